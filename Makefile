@@ -1,0 +1,43 @@
+# Two commands get a researcher from a fresh clone to results: `make demo` and `make test`.
+# Each creates .venv when it is missing. torch is pinned to the CPU wheel that this kind of
+# machine holds on disk; an unpinned torch would pull a multi-GB CUDA build.
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+DEMO_DIR ?= runs/demo
+
+export WANDB_MODE ?= offline
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev]"
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m qrl.demo out=$(DEMO_DIR)
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+lint: $(STAMP)
+	$(PY) -m ruff check qrl tests benchmarks experiments
+	$(PY) -m ruff format --check qrl tests benchmarks experiments
+	$(PY) -m mypy
+
+format: $(STAMP)
+	$(PY) -m ruff format qrl tests benchmarks experiments
+	$(PY) -m ruff check --fix qrl tests benchmarks experiments
+
+bench: $(STAMP)
+	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,49 @@
+"""Compose qrl's Hydra configs from Python (tests, the demo, the audit API)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+from qrl.errors import ConfigError, QrlError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+
+def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose `conf/<name>.yaml` with command-line style overrides, outside of `hydra.main`."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
+def build(cfg: DictConfig, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` that lets qrl's own errors through unwrapped.
+
+    Hydra wraps every exception of a `_target_` in `InstantiationException`; a `QrlError`
+    already says what to fix, so the user sees it alone.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(cfg, **kwargs)
+    except InstantiationException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, QrlError):
+            raise cause from None
+        raise ConfigError(str(exc)) from exc
+
+
+def to_dict(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
+    """A resolved plain-dict copy of a config node (empty for None)."""
+    if cfg is None:
+        return {}
+    if isinstance(cfg, DictConfig):
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        assert isinstance(plain, dict)
+        return {str(k): v for k, v in plain.items()}
+    return dict(cfg)

@@ -1,0 +1,502 @@
+"""Image data sets as tensors in [0, 1] pixel space, shaped (N, C, H, W), with seeded splits.
+
+Every loader reads local files only (nothing is downloaded):
+
+| name            | files under `data.root`                                          |
+|-----------------|------------------------------------------------------------------|
+| `digits`        | none: scikit-learn ships the 8x8 handwritten digits              |
+| `mnist`         | `train-images-idx3-ubyte`, `train-labels-idx1-ubyte`,            |
+| `fashion_mnist` | `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte` (each `.gz` or not) |
+| `cifar10`       | `cifar-10-batches-py/` with `data_batch_1..5`, `test_batch`        |
+| `cifar100`      | `cifar-100-python/` with `train`, `test`                          |
+| `npz`           | one `.npz` with `x_train`, `y_train`, `x_test`, `y_test`           |
+| `synthetic`     | none: seeded class-conditional images, for tests                   |
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from qrl.errors import ConfigError, DataError
+
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte",
+    "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte",
+    "test_y": "t10k-labels-idx1-ubyte",
+}
+DIGIT_NAMES = tuple(str(i) for i in range(10))
+FASHION_NAMES = (
+    "t-shirt",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle-boot",
+)
+CIFAR10_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of a data set.
+
+    Attributes:
+        x: images, float32 in [0, 1], shaped (N, C, H, W).
+        y: integer class labels, shaped (N,).
+    """
+
+    x: Tensor
+    y: Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (x, y) mini-batches; with `shuffle`, in an order drawn from `generator`."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.x[idx], self.y[idx]
+
+    def subset(self, n: int | None, seed: int = 0) -> Split:
+        """A seeded random subset of at most `n` examples (all of them when `n` is None)."""
+        if n is None or n >= len(self):
+            return self
+        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A data set with train / val / test splits and what models need to know about it."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        """Per-channel mean of the training images (models normalize inside themselves)."""
+        return tuple(float(v) for v in self.train.x.mean(dim=(0, 2, 3)))
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        """Per-channel standard deviation of the training images."""
+        return tuple(max(float(v), 1e-3) for v in self.train.x.std(dim=(0, 2, 3)))
+
+    def describe(self) -> str:
+        c, (h, w) = self.channels, self.image_size
+        return (
+            f"{self.name}: {c}x{h}x{w}, {self.num_classes} classes, "
+            f"train/val/test = {len(self.train)}/{len(self.val)}/{len(self.test)}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Public entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def load_data(
+    name: str = "digits",
+    root: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.25,
+    train_limit: int | None = None,
+    **options: int | float,
+) -> ImageData:
+    """Load a data set by name with a split that depends only on `seed`.
+
+    Args:
+        name: one of `digits`, `mnist`, `fashion_mnist`, `cifar10`, `cifar100`, `npz`,
+            `synthetic`.
+        root: folder (or, for `npz`, file) holding the data set's files; unused for
+            `digits` and `synthetic`.
+        seed: seed of the train/val (and, where the data set has no test split, test) split.
+        val_fraction: share of the training pool held out for validation.
+        test_fraction: share held out for test, for data sets without a standard test split.
+        train_limit: keep at most this many training examples (seeded), for quick runs.
+        **options: options of the `synthetic` generator (`n`, `channels`, `size`,
+            `num_classes`, `noise`).
+
+    Raises:
+        ConfigError: unknown data set name or bad fractions.
+        DataError: missing or malformed files, with the expected paths.
+    """
+    if name not in LOADERS:
+        raise ConfigError(f"unknown data set {name!r}; choose one of {sorted(LOADERS)}")
+    if not 0.0 <= val_fraction < 1.0 or not 0.0 < test_fraction < 1.0:
+        raise ConfigError(
+            f"data.val_fraction must be in [0, 1) and data.test_fraction in (0, 1), "
+            f"got {val_fraction} and {test_fraction}"
+        )
+    if options and name != "synthetic":
+        raise ConfigError(f"options {sorted(options)} only apply to data=synthetic")
+    needs_root = name not in ("digits", "synthetic")
+    if needs_root and root in (None, ""):
+        raise DataError(
+            f"data.root is not set: data={name} reads local files and downloads nothing. "
+            f"Set data.root to the folder that holds them ({_expected_files(name)})."
+        )
+    raw = LOADERS[name](Path(root) if root else None, seed, options)
+    return _split(raw, seed, val_fraction, test_fraction, train_limit)
+
+
+@dataclass(frozen=True)
+class _Raw:
+    name: str
+    x_train: np.ndarray  # (N, C, H, W) float32 in [0, 1]
+    y_train: np.ndarray
+    x_test: np.ndarray | None  # None: carve a test split out of the training pool
+    y_test: np.ndarray | None
+    num_classes: int
+    class_names: tuple[str, ...]
+
+
+def _split(
+    raw: _Raw, seed: int, val_fraction: float, test_fraction: float, train_limit: int | None
+) -> ImageData:
+    rng = np.random.default_rng(seed)
+    x, y = raw.x_train, raw.y_train
+    if raw.x_test is None or raw.y_test is None:
+        order = _stratified_order(y, rng)
+        n_test = round(test_fraction * len(y))
+        test_idx, order = order[:n_test], order[n_test:]
+        x_test, y_test = x[test_idx], y[test_idx]
+        x, y = x[order], y[order]
+    else:
+        x_test, y_test = raw.x_test, raw.y_test
+    order = _stratified_order(y, rng)
+    n_val = round(val_fraction * len(y))
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    train = _to_split(x[train_idx], y[train_idx])
+    return ImageData(
+        name=raw.name,
+        train=train.subset(train_limit, seed),
+        val=_to_split(x[val_idx], y[val_idx]),
+        test=_to_split(x_test, y_test),
+        num_classes=raw.num_classes,
+        class_names=raw.class_names,
+    )
+
+
+def _stratified_order(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A permutation whose every prefix holds the classes in (nearly) their overall shares."""
+    perm = rng.permutation(len(y))
+    # Rank each example within its class, then sort by relative rank: prefixes stay balanced.
+    rank = np.empty(len(y), dtype=np.float64)
+    for cls in np.unique(y):
+        members = perm[y[perm] == cls]
+        rank[members] = (np.arange(len(members)) + rng.random()) / len(members)
+    return perm[np.argsort(rank[perm], kind="stable")]
+
+
+def _to_split(x: np.ndarray, y: np.ndarray) -> Split:
+    return Split(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), torch.from_numpy(y).long()
+    )
+
+
+def from_tensors(
+    x: Tensor,
+    y: Tensor,
+    *,
+    name: str = "tensors",
+    num_classes: int | None = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.25,
+) -> ImageData:
+    """Wrap a user's own (inputs, labels) pair as `ImageData` with seeded splits.
+
+    Args:
+        x: images in [0, 1], shaped (N, C, H, W).
+        y: integer labels, shaped (N,).
+    """
+    if x.ndim != 4:
+        raise DataError(f"inputs must be shaped (N, C, H, W), got {tuple(x.shape)}")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise DataError(f"labels must be shaped ({x.shape[0]},), got {tuple(y.shape)}")
+    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise DataError("inputs must be finite and in [0, 1] pixel space")
+    k = int(num_classes if num_classes is not None else int(y.max()) + 1)
+    raw = _Raw(
+        name,
+        x.detach().cpu().float().numpy(),
+        y.detach().cpu().long().numpy(),
+        None,
+        None,
+        k,
+        tuple(str(i) for i in range(k)),
+    )
+    return _split(raw, seed, val_fraction, test_fraction, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loaders
+# ---------------------------------------------------------------------------------------------
+
+
+def _load_digits(root: Path | None, seed: int, options: dict) -> _Raw:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None]  # (N, 1, 8, 8)
+    return _Raw("digits", x, bunch.target.astype(np.int64), None, None, 10, DIGIT_NAMES)
+
+
+def _load_synthetic(root: Path | None, seed: int, options: dict) -> _Raw:
+    n = int(options.get("n", 600))
+    channels = int(options.get("channels", 1))
+    size = int(options.get("size", 8))
+    k = int(options.get("num_classes", 4))
+    noise = float(options.get("noise", 0.1))
+    if n < 2 * k or channels not in (1, 3) or size < 4 or k < 2:
+        raise ConfigError(
+            "synthetic data needs n >= 2 * num_classes, channels 1 or 3, size >= 4, "
+            f"num_classes >= 2; got n={n}, channels={channels}, size={size}, num_classes={k}"
+        )
+    rng = np.random.default_rng(seed + 7919)
+    prototypes = rng.random((k, channels, size, size)).astype(np.float32)
+    y = np.arange(n) % k
+    x = prototypes[y] + noise * rng.standard_normal((n, channels, size, size)).astype(np.float32)
+    return _Raw(
+        "synthetic", np.clip(x, 0, 1), y.astype(np.int64), None, None, k, tuple(map(str, range(k)))
+    )
+
+
+def _idx_loader(name: str, subdir: str, class_names: tuple[str, ...]) -> Callable[..., _Raw]:
+    def load(root: Path | None, seed: int, options: dict) -> _Raw:
+        assert root is not None
+        paths = {key: _find_idx(root, fname, name, subdir) for key, fname in IDX_FILES.items()}
+        x_train, y_train = read_idx(paths["train_x"]), read_idx(paths["train_y"])
+        x_test, y_test = read_idx(paths["test_x"]), read_idx(paths["test_y"])
+        for xs, ys, split in ((x_train, y_train, "train"), (x_test, y_test, "t10k")):
+            if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+                raise DataError(
+                    f"{name}: {split} images {xs.shape} and labels {ys.shape} do not match "
+                    f"(expected (N, H, W) images and (N,) labels) under {root}"
+                )
+        return _Raw(
+            name,
+            x_train[:, None].astype(np.float32) / 255.0,
+            y_train.astype(np.int64),
+            x_test[:, None].astype(np.float32) / 255.0,
+            y_test.astype(np.int64),
+            10,
+            class_names,
+        )
+
+    return load
+
+
+def _find_idx(root: Path, fname: str, name: str, subdir: str) -> Path:
+    folders = [root, root / subdir / "raw", root / "raw"]
+    for folder in folders:
+        for candidate in (folder / fname, folder / f"{fname}.gz"):
+            if candidate.is_file():
+                return candidate
+    raise DataError(
+        f"{name}: cannot find {fname} (or {fname}.gz) in {root}; also looked in "
+        f"{', '.join(str(f) for f in folders[1:])}. Set data.root to the folder holding "
+        f"{_expected_files(name)}."
+    )
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not.
+
+    Raises:
+        DataError: the file is truncated, not IDX, or not an unsigned-byte array.
+    """
+    path = Path(path)
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            blob = f.read()
+    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DataError(f"{path} cannot be read as an IDX file ({exc}); re-download it") from exc
+    if len(blob) < 4 or blob[0] != 0 or blob[1] != 0:
+        raise DataError(f"{path} is not an IDX file (bad magic number); re-download it")
+    dtype_code, ndim = blob[2], blob[3]
+    if dtype_code != 0x08:
+        raise DataError(f"{path}: IDX type 0x{dtype_code:02x} is not unsigned bytes (0x08)")
+    header = 4 + 4 * ndim
+    if len(blob) < header:
+        raise DataError(f"{path} is truncated inside its header; re-download it")
+    dims = [int.from_bytes(blob[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = int(np.prod(dims))
+    if len(blob) - header != expected:
+        raise DataError(
+            f"{path} is truncated or malformed: its header promises {dims} = {expected} bytes "
+            f"of data, the file holds {len(blob) - header}; re-download it"
+        )
+    return np.frombuffer(blob, dtype=np.uint8, offset=header).reshape(dims)
+
+
+def _cifar_loader(name: str) -> Callable[..., _Raw]:
+    coarse = name == "cifar10"
+    folder_name = "cifar-10-batches-py" if coarse else "cifar-100-python"
+    train_files = [f"data_batch_{i}" for i in range(1, 6)] if coarse else ["train"]
+    label_key = b"labels" if coarse else b"fine_labels"
+
+    def load(root: Path | None, seed: int, options: dict) -> _Raw:
+        assert root is not None
+        folder = root / folder_name if (root / folder_name).is_dir() else root
+        missing = [
+            f
+            for f in [*train_files, "test_batch" if coarse else "test"]
+            if not (folder / f).is_file()
+        ]
+        if missing:
+            raise DataError(
+                f"{name}: missing {', '.join(missing)} in {folder}. Set data.root to the folder "
+                f"holding {_expected_files(name)}."
+            )
+        x_train, y_train = _read_cifar([folder / f for f in train_files], label_key)
+        x_test, y_test = _read_cifar([folder / ("test_batch" if coarse else "test")], label_key)
+        k = 10 if coarse else 100
+        names = CIFAR10_NAMES if coarse else _cifar100_names(folder)
+        return _Raw(name, x_train, y_train, x_test, y_test, k, names)
+
+    return load
+
+
+def _read_cifar(paths: list[Path], label_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                batch = pickle.load(f, encoding="bytes")
+            data = np.asarray(batch[b"data"], dtype=np.uint8)
+            labels = np.asarray(batch[label_key], dtype=np.int64)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, OSError) as exc:
+            raise DataError(
+                f"{path} is truncated or not a CIFAR python batch ({type(exc).__name__}: {exc}); "
+                "re-download the python version of the data set"
+            ) from exc
+        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(labels):
+            raise DataError(
+                f"{path}: expected data (N, 3072) and N labels, got {data.shape} and {labels.shape}"
+            )
+        xs.append(data.reshape(-1, 3, 32, 32).astype(np.float32) / 255.0)
+        ys.append(labels)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def _cifar100_names(folder: Path) -> tuple[str, ...]:
+    try:
+        with open(folder / "meta", "rb") as f:
+            meta = pickle.load(f, encoding="bytes")
+        names = tuple(n.decode() for n in meta[b"fine_label_names"])
+        if len(names) == 100:
+            return names
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, AttributeError):
+        pass  # the class names are cosmetic; fall back to numbers
+    return tuple(str(i) for i in range(100))
+
+
+def _load_npz(root: Path | None, seed: int, options: dict) -> _Raw:
+    assert root is not None
+    if not root.is_file():
+        raise DataError(f"npz: {root} is not a file; set data.root to a .npz file")
+    try:
+        with np.load(root) as arrays:
+            parts = {k: arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except KeyError as exc:
+        raise DataError(
+            f"npz: {root} lacks array {exc}; it needs x_train, y_train, x_test, y_test"
+        ) from exc
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"npz: {root} cannot be read ({exc})") from exc
+
+    def images(x: np.ndarray) -> np.ndarray:
+        if x.ndim == 3:
+            x = x[:, None]
+        if x.ndim != 4:
+            raise DataError(
+                f"npz: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}"
+            )
+        if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            x = x.transpose(0, 3, 1, 2)
+        x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
+        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+            raise DataError(
+                "npz: float images must lie in [0, 1]; uint8 images are scaled by 1/255"
+            )
+        return x
+
+    y_train, y_test = parts["y_train"].astype(np.int64), parts["y_test"].astype(np.int64)
+    k = int(max(y_train.max(), y_test.max())) + 1
+    return _Raw(
+        root.stem,
+        images(parts["x_train"]),
+        y_train,
+        images(parts["x_test"]),
+        y_test,
+        k,
+        tuple(map(str, range(k))),
+    )
+
+
+def _expected_files(name: str) -> str:
+    if name in ("mnist", "fashion_mnist"):
+        return ", ".join(f"{f}[.gz]" for f in IDX_FILES.values())
+    if name == "cifar10":
+        return "cifar-10-batches-py/{data_batch_1..5, test_batch}"
+    if name == "cifar100":
+        return "cifar-100-python/{train, test, meta}"
+    if name == "npz":
+        return "a .npz file with x_train, y_train, x_test, y_test"
+    return "nothing"
+
+
+LOADERS: dict[str, Callable[[Path | None, int, dict], _Raw]] = {
+    "digits": _load_digits,
+    "synthetic": _load_synthetic,
+    "mnist": _idx_loader("mnist", "MNIST", DIGIT_NAMES),
+    "fashion_mnist": _idx_loader("fashion_mnist", "FashionMNIST", FASHION_NAMES),
+    "cifar10": _cifar_loader("cifar10"),
+    "cifar100": _cifar_loader("cifar100"),
+    "npz": _load_npz,
+}
