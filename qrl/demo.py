@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from qrl import distill
+from qrl import distill, quant_eval
 from qrl.config import load_config
 from qrl.errors import QrlError
 
@@ -25,6 +25,11 @@ def main(argv: list[str]) -> int:
         print("== stage A: teacher and distilled student (python -m qrl.distill)")
         cfg = load_config("distill", [f"out={out / 'distill'}", *extra])
         distill.run(cfg)
+        print(
+            "\n== dynamic quantization per bit-width and on int8 kernels (python -m qrl.quant_eval)"
+        )
+        cfg = load_config("quant_eval", [f"run={out / 'distill'}", f"out={out / 'quant_eval'}"])
+        quant_eval.run(cfg)
     except QrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

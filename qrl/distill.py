@@ -27,7 +27,7 @@ from qrl.data import ImageData
 from qrl.errors import CheckpointError
 from qrl.evaluation import LogitsFn, accuracy, agreement, predict_logits
 from qrl.loggers import RunLogger
-from qrl.runs import seed_everything, write_metrics
+from qrl.runs import save_config, seed_everything, write_metrics
 from qrl.tables import format_table
 from qrl.training import TrainSettings, fit
 
@@ -148,6 +148,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
     seed = int(cfg.seed)
     seed_everything(seed)
     data: ImageData = build_from_config(cfg.data)

@@ -19,6 +19,7 @@ import torch
 import qrl
 
 METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
 
 
 def seed_everything(seed: int) -> None:
@@ -82,6 +83,26 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.ndarray):
         return value.tolist()
     return value
+
+
+def save_config(run_dir: str | os.PathLike[str], cfg: Any) -> Path:
+    """Save the run's resolved config as `config.yaml`, so later tasks can rebuild its inputs."""
+    from omegaconf import OmegaConf
+
+    text = OmegaConf.to_yaml(cfg, resolve=True)
+    return atomic_write(Path(run_dir) / CONFIG_FILE, lambda tmp: _write_text(tmp, text))
+
+
+def load_run_config(run_dir: str | os.PathLike[str]) -> Any:
+    """The `config.yaml` that a qrl task saved in its run dir."""
+    from omegaconf import OmegaConf
+
+    from qrl.errors import ConfigError
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist: {run_dir} is not a qrl run dir")
+    return OmegaConf.load(path)
 
 
 def write_metrics(

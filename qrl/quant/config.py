@@ -1,0 +1,102 @@
+"""`QuantConfig`: a frozen, self-validating description of a dynamic quantizer."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from qrl.errors import ConfigError
+
+MIN_BITS, MAX_BITS = 2, 8
+ACT_GRANULARITIES = ("per_tensor", "per_sample", "per_channel")
+WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
+CLIPPINGS = ("minmax", "percentile")
+BACKENDS = ("fake", "torch_ao", "onnxruntime")
+
+
+def check_bits(bits: Any, what: str = "bits") -> int:
+    """Return `bits` as an int, or raise a `ConfigError` unless it is an integer in 2..8."""
+    if isinstance(bits, bool) or not isinstance(bits, int) or not MIN_BITS <= bits <= MAX_BITS:
+        raise ConfigError(f"{what} must be an integer from {MIN_BITS} to {MAX_BITS}, got {bits!r}")
+    return bits
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """How the dynamic quantizer treats activations (at run time) and weights (once).
+
+    Activations (the input of every Conv and Linear layer) get a scale and zero-point computed
+    from each forward pass's own values: over the whole batch (`per_tensor`), per input
+    (`per_sample`, the default: one input's quantization never depends on the rest of its batch)
+    or per channel. Weights are quantized once, per output channel by default.
+
+    Attributes:
+        act_bits: activation bit-width, 2..8 (per layer and per input via `set_bits_`).
+        act_granularity: `per_tensor`, `per_sample` or `per_channel`.
+        act_symmetric: symmetric signed grid around zero instead of an asymmetric unsigned one.
+        act_clip: `minmax` (range = observed min and max) or `percentile`.
+        act_percentile: with `percentile` clipping, the upper percentile kept (lower: 100 - p).
+        act_include_zero: widen the range to contain 0, as torch and ONNX Runtime kernels do,
+            so that zero is exactly representable.
+        act_reduce_range: use one bit fewer, as fbgemm's `reduce_range` does (x86 int8 kernels).
+        weight_bits: weight bit-width 2..8, or None to keep float weights.
+        weight_granularity: `per_channel` (output channel) or `per_tensor`.
+        weight_symmetric: symmetric weights (zero-point 0), as deployed int8 kernels use.
+        backend: `fake` (qrl's simulator, any bits, differentiable) or a real int8 kernel:
+            `torch_ao` (Linear layers) or `onnxruntime` (Conv and MatMul).
+    """
+
+    act_bits: int = 8
+    act_granularity: str = "per_sample"
+    act_symmetric: bool = False
+    act_clip: str = "minmax"
+    act_percentile: float = 99.99
+    act_include_zero: bool = True
+    act_reduce_range: bool = False
+    weight_bits: int | None = 8
+    weight_granularity: str = "per_channel"
+    weight_symmetric: bool = True
+    backend: str = "fake"
+
+    def __post_init__(self) -> None:
+        check_bits(self.act_bits, "act_bits")
+        if self.weight_bits is not None:
+            check_bits(self.weight_bits, "weight_bits")
+        _one_of("act_granularity", self.act_granularity, ACT_GRANULARITIES)
+        _one_of("weight_granularity", self.weight_granularity, WEIGHT_GRANULARITIES)
+        _one_of("act_clip", self.act_clip, CLIPPINGS)
+        _one_of("backend", self.backend, BACKENDS)
+        if not 50.0 < self.act_percentile <= 100.0:
+            raise ConfigError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
+        if self.act_reduce_range and self.act_bits < MIN_BITS + 1:
+            raise ConfigError(
+                f"act_reduce_range drops one bit: act_bits must be at least {MIN_BITS + 1}, "
+                f"got {self.act_bits}"
+            )
+        if self.backend != "fake" and (self.act_bits != 8 or self.weight_bits != 8):
+            raise ConfigError(
+                f"backend={self.backend} runs real int8 kernels: act_bits and weight_bits must "
+                f"be 8, got {self.act_bits} and {self.weight_bits}; use backend=fake for other "
+                "bit-widths"
+            )
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> QuantConfig:
+        """Build from a config mapping; unknown keys are an error (typos must not pass)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known - {"name"})
+        if unknown:
+            raise ConfigError(f"unknown quant options {unknown}; known: {sorted(known)}")
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_bits(self, act_bits: int) -> QuantConfig:
+        """The same quantizer at another activation bit-width."""
+        return replace(self, act_bits=act_bits)
+
+
+def _one_of(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name} must be one of {list(allowed)}, got {value!r}")

@@ -1,0 +1,193 @@
+"""The dynamic-quantized copy of a model: every Conv and Linear input quantized at run time.
+
+qmodel = quantized_copy(student, QuantConfig(act_bits=4))
+set_bits_(qmodel, bits)           # int | one int per layer | (batch, layers) int tensor
+logits = qmodel(x)                # one batched forward, each input at its own bits
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from qrl.errors import ConfigError
+from qrl.quant.config import QuantConfig, check_bits
+from qrl.quant.functional import Bits, check_bits_tensor, quantize_activation, quantize_weight
+
+QUANTIZABLE = (nn.Conv2d, nn.Linear)
+
+
+class QuantizedLayer(nn.Module):
+    """A Conv2d or Linear whose input is quantized dynamically and whose weight statically.
+
+    The float layer stays inside (`.layer`) and keeps training: in training mode the weight is
+    re-quantized every pass with the straight-through estimator (QAT); in eval mode the
+    quantized weight is cached until the float weight changes.
+
+    Attributes:
+        bits: the activation bit-width: an int, or a (batch,) integer tensor (one per input).
+        last_lo, last_hi: the activation range observed in the last forward pass (detached).
+    """
+
+    def __init__(self, layer: nn.Conv2d | nn.Linear, cfg: QuantConfig) -> None:
+        super().__init__()
+        self.layer = layer
+        self.cfg = cfg
+        self.bits: Bits = cfg.act_bits
+        self.enabled = True
+        self.last_lo: Tensor | None = None
+        self.last_hi: Tensor | None = None
+        self._weight_cache: tuple[int, Tensor] | None = None
+
+    def quantized_weight(self) -> Tensor:
+        weight = self.layer.weight
+        if self.training or (weight.requires_grad and torch.is_grad_enabled()):
+            return quantize_weight(weight, self.cfg)
+        version = weight._version
+        if self._weight_cache is None or self._weight_cache[0] != version:
+            with torch.no_grad():
+                self._weight_cache = (version, quantize_weight(weight, self.cfg))
+        return self._weight_cache[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.enabled:
+            return self.layer(x)
+        channel_dim = 1 if isinstance(self.layer, nn.Conv2d) else x.ndim - 1
+        xq, self.last_lo, self.last_hi = quantize_activation(
+            x, self.bits, self.cfg, channel_dim=channel_dim
+        )
+        weight = self.quantized_weight()
+        if isinstance(self.layer, nn.Conv2d):
+            return self.layer._conv_forward(xq, weight, self.layer.bias)
+        return F.linear(xq, weight, self.layer.bias)
+
+    def extra_repr(self) -> str:
+        bits = self.bits if isinstance(self.bits, int) else f"per-input {tuple(self.bits.shape)}"
+        return (
+            f"act_bits={bits}, act={self.cfg.act_granularity}, weight_bits={self.cfg.weight_bits}"
+        )
+
+
+def quantized_copy(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
+    """A deep copy of `model` whose every Conv2d and Linear is a `QuantizedLayer`.
+
+    The argument is never modified. The copy keeps the float weights (so it can be trained
+    with QAT) and the train/eval mode of the original.
+
+    Raises:
+        ConfigError: `cfg.backend` is not `fake` (real kernels live in `qrl.quant.backends`),
+            or the model has no Conv2d / Linear layer.
+    """
+    cfg = cfg or QuantConfig()
+    if cfg.backend != "fake":
+        raise ConfigError(
+            f"quantized_copy simulates quantization (backend=fake); for backend={cfg.backend} "
+            "use qrl.quant.backends.real_backend"
+        )
+    qmodel = copy.deepcopy(model)
+    _wrap_children(qmodel, cfg)
+    if not layer_names(qmodel):
+        raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
+    return qmodel
+
+
+def _wrap_children(module: nn.Module, cfg: QuantConfig) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, QUANTIZABLE):
+            setattr(module, name, QuantizedLayer(child, cfg))
+        elif not isinstance(child, QuantizedLayer):
+            _wrap_children(child, cfg)
+
+
+def quantized_layers(qmodel: nn.Module) -> list[QuantizedLayer]:
+    """The quantized layers of a quantized copy, in definition order."""
+    return [m for m in qmodel.modules() if isinstance(m, QuantizedLayer)]
+
+
+def layer_names(qmodel: nn.Module) -> list[str]:
+    """Names of the quantized layers (the float layers' names in the original model)."""
+    return [
+        name.removesuffix(".layer")
+        for name, m in qmodel.named_modules()
+        if isinstance(m, QuantizedLayer)
+    ]
+
+
+def set_bits_(qmodel: nn.Module, bits: int | Sequence[int] | Tensor) -> nn.Module:
+    """Set the activation bit-widths of a quantized copy in place; returns it.
+
+    Args:
+        qmodel: a model from `quantized_copy`.
+        bits: one int for every layer; one int per quantized layer (a sequence or a (layers,)
+            tensor); or an integer tensor of shape (batch, layers) giving every input its own
+            per-layer bit-widths, applied in one batched forward pass.
+
+    Raises:
+        ConfigError: bits outside 2..8, a non-integer dtype, or the wrong number of layers.
+    """
+    layers = quantized_layers(qmodel)
+    if not layers:
+        raise ConfigError("set_bits_ needs a model from quantized_copy (no quantized layers found)")
+    if isinstance(bits, Tensor):
+        bits = check_bits_tensor(bits)
+        if bits.ndim == 0:
+            bits = int(bits)
+        elif bits.ndim == 1:
+            bits = [int(b) for b in bits]
+        elif bits.ndim == 2:
+            if bits.shape[1] != len(layers):
+                raise ConfigError(
+                    f"per-input bits must be shaped (batch, {len(layers)}), one column per "
+                    f"quantized layer; got {tuple(bits.shape)}"
+                )
+            for j, layer in enumerate(layers):
+                layer.bits = bits[:, j].contiguous()
+            return qmodel
+        else:
+            raise ConfigError(f"bits tensors must be 0-, 1- or 2-D, got shape {tuple(bits.shape)}")
+    if isinstance(bits, int):
+        check_bits(bits)
+        for layer in layers:
+            layer.bits = bits
+        return qmodel
+    per_layer = list(bits)
+    if len(per_layer) != len(layers):
+        raise ConfigError(f"got {len(per_layer)} bit-widths for {len(layers)} quantized layers")
+    for layer, b in zip(layers, per_layer, strict=True):
+        layer.bits = check_bits(_as_int(b), "bits")
+    return qmodel
+
+
+def _as_int(value: object) -> object:
+    """NumPy and torch integers become ints; anything else is left for `check_bits` to refuse."""
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return value
+
+
+def set_quantization_enabled_(qmodel: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every quantized layer to its float path (`False`) or back; in place."""
+    for layer in quantized_layers(qmodel):
+        layer.enabled = enabled
+    return qmodel
+
+
+def float_model(qmodel: nn.Module) -> nn.Module:
+    """A plain copy of a quantized copy, with its (possibly QAT-trained) float weights."""
+    model = copy.deepcopy(qmodel)
+    _unwrap_children(model)
+    return model
+
+
+def _unwrap_children(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, QuantizedLayer):
+            setattr(module, name, child.layer)
+        else:
+            _unwrap_children(child)

@@ -1,0 +1,148 @@
+"""Accuracy of a distilled student under dynamic quantization, per bit-width and on real kernels.
+
+    python -m qrl.quant_eval run=runs/demo/distill quant=int8_dynamic
+
+For each activation bit-width in `bits` (uniform over layers, qrl's simulator with the `quant`
+preset), and for each real int8 backend in `backends`, it measures test accuracy, the drop from
+the full-precision student (points) and agreement with the teacher. Writes `bits.csv`,
+`accuracy_vs_bits.png` and, last, `metrics.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+
+from qrl.cli import hydra_task
+from qrl.errors import ConfigError
+from qrl.evaluation import accuracy, agreement, predict_logits
+from qrl.loggers import RunLogger
+from qrl.quant import as_quant_config, quantized_copy
+from qrl.quant.backends import BACKEND_NAMES, real_backend
+from qrl.quant.config import check_bits
+from qrl.runs import atomic_write, save_config, seed_everything, write_metrics
+from qrl.tables import format_table
+from qrl.victim import load_victim
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate the run's student at every bit-width and backend; returns the metrics."""
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
+    seed_everything(int(cfg.seed))
+    quant = as_quant_config(cfg.quant)
+    bits_list = [check_bits(int(b), "bits entries") for b in cfg.bits]
+    unknown = sorted(set(cfg.backends) - set(BACKEND_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown backends {unknown}; choose from {list(BACKEND_NAMES)}")
+    victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant)
+    x, y = victim.data.test.x, victim.data.test.y
+    bs = int(cfg.batch_size)
+
+    teacher_logits = predict_logits(victim.teacher, x, bs)
+    fp_logits = predict_logits(victim.student, x, bs)
+    acc_fp = accuracy(fp_logits, y)
+    metrics: dict[str, Any] = {
+        "teacher/acc": accuracy(teacher_logits, y),
+        "student/acc_fp": acc_fp,
+        "data/test_size": len(y),
+    }
+    rows: list[dict[str, Any]] = []
+
+    def record(label: str, logits: torch.Tensor, key: str) -> None:
+        acc = accuracy(logits, y)
+        rows.append(
+            {
+                "quantizer": label,
+                "acc": acc,
+                "drop_points": 100 * (acc_fp - acc),
+                "agreement_teacher": agreement(logits, teacher_logits),
+                "agreement_fp": agreement(logits, fp_logits),
+            }
+        )
+        metrics[f"{key}/acc"] = acc
+        metrics[f"{key}/drop"] = acc_fp - acc
+
+    for bits in bits_list:
+        qmodel = quantized_copy(victim.student, quant.with_bits(bits)).eval()
+        record(
+            f"qrl {quant.act_granularity} {bits}-bit",
+            predict_logits(qmodel, x, bs),
+            f"quant/{bits}bit",
+        )
+    for name in cfg.backends:
+        backend = real_backend(name, victim.student, x[:8])
+        record(f"{name} int8", predict_logits(backend, x, bs), f"confirm/{name}")
+
+    with RunLogger(out, cfg.logger, config=cfg, name=f"quant_eval-s{cfg.seed}") as log:
+        log.summary(metrics)
+    _write_csv(out / "bits.csv", rows)
+    _plot(out / "accuracy_vs_bits.png", bits_list, rows, acc_fp, metrics["teacher/acc"])
+    record_ = write_metrics(out, metrics, seed=int(cfg.seed), started=started)
+
+    print(
+        format_table(
+            ["quantizer", "test acc", "drop (points)", "agree teacher", "agree fp"],
+            [
+                [
+                    r["quantizer"],
+                    f"{r['acc']:.4f}",
+                    f"{r['drop_points']:.2f}",
+                    f"{r['agreement_teacher']:.4f}",
+                    f"{r['agreement_fp']:.4f}",
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print(f"full-precision student {acc_fp:.4f}, teacher {metrics['teacher/acc']:.4f}")
+    print(f"wrote {out}/bits.csv, accuracy_vs_bits.png, metrics.json")
+    return record_
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def _plot(
+    path: Path, bits: list[int], rows: list[dict[str, Any]], acc_fp: float, acc_t: float
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(bits, [100 * r["acc"] for r in rows[: len(bits)]], "o-", label="quantized student")
+    ax.axhline(100 * acc_fp, color="k", ls="--", lw=1, label="full-precision student")
+    ax.axhline(100 * acc_t, color="g", ls=":", lw=1, label="teacher")
+    for r in rows[len(bits) :]:
+        ax.plot([8], [100 * r["acc"]], "s", label=r["quantizer"])
+    ax.set(xlabel="activation bits", ylabel="test accuracy (%)", title="Dynamic quantization")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="quant_eval")
+def main(cfg: DictConfig) -> None:
+    hydra_task(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""The victim of a search: a black-box teacher, a white-box student and its quantized copy."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from qrl.checkpoints import load_model
+from qrl.config import build
+from qrl.data import ImageData
+from qrl.errors import CheckpointError
+from qrl.quant import QuantConfig, quantized_copy
+from qrl.quant.backends import RealBackend, real_backend
+from qrl.runs import load_run_config
+
+
+@dataclass
+class Victim:
+    """Teacher T, full-precision student S and the quantized student S_q, with their data.
+
+    Attributes:
+        teacher: queried for logits only.
+        student: the full-precision student.
+        qstudent: S_q: `quantized_copy(student, quant)`, or a real int8 backend.
+        data: the data set the student was distilled on (its test split is held out).
+        quant: the quantizer of `qstudent`.
+    """
+
+    teacher: nn.Module
+    student: nn.Module
+    qstudent: nn.Module | RealBackend
+    data: ImageData
+    quant: QuantConfig
+
+    @torch.no_grad()
+    def logits(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(teacher, full-precision student, quantized student) logits of one batch."""
+        return self.teacher(x), self.student(x), self.qstudent(x)
+
+    @classmethod
+    def build(
+        cls, teacher: nn.Module, student: nn.Module, data: ImageData, quant: QuantConfig
+    ) -> Victim:
+        """Wrap models and data; the quantized copy (or real backend) is made here."""
+        teacher, student = teacher.eval(), student.eval()
+        _check_shape(student, data)
+        _check_shape(teacher, data)
+        qstudent: nn.Module | RealBackend
+        if quant.backend == "fake":
+            qstudent = quantized_copy(student, quant).eval()
+        else:
+            qstudent = real_backend(quant.backend, student, data.test.x[:8])
+        return cls(teacher, student, qstudent, data, quant)
+
+
+def _check_shape(model: nn.Module, data: ImageData) -> None:
+    """Fail early, with the shapes named, when a model cannot take the data's images."""
+    x = data.test.x[:2]
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    except RuntimeError as exc:
+        raise CheckpointError(
+            f"{type(model).__name__} cannot take {data.name} images shaped {tuple(x.shape[1:])}: "
+            f"{str(exc).splitlines()[0]}"
+        ) from exc
+    if out.ndim != 2 or out.shape[1] != data.num_classes:
+        raise CheckpointError(
+            f"{type(model).__name__} gives outputs shaped {tuple(out.shape)} on {data.name}, "
+            f"expected (batch, {data.num_classes}) logits"
+        )
+
+
+def load_victim(run_dir: str | os.PathLike[str], quant: QuantConfig) -> Victim:
+    """Load the teacher and student of a `qrl.distill` run dir, with the same data split."""
+    run_dir = Path(run_dir)
+    for name in ("teacher.pt", "student.pt"):
+        if not (run_dir / name).is_file():
+            raise CheckpointError(
+                f"{run_dir / name} does not exist: point to a finished `python -m qrl.distill` "
+                "run dir"
+            )
+    data = build(load_run_config(run_dir).data)
+    teacher, _ = load_model(run_dir / "teacher.pt")
+    student, _ = load_model(run_dir / "student.pt")
+    return Victim.build(teacher, student, data, quant)

@@ -1,0 +1,38 @@
+"""`python -m qrl.quant_eval`: accuracy per bit-width and on real kernels, from a distill run."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from qrl import quant_eval
+from qrl.config import load_config
+from qrl.errors import CheckpointError, ConfigError
+
+
+def test_quant_eval_on_the_digits_student(digits_run: Path, tmp_path: Path) -> None:
+    cfg = load_config("quant_eval", [f"run={digits_run}", f"out={tmp_path}", "bits=[2,8]"])
+    metrics = quant_eval.run(cfg)
+    distilled = json.loads((digits_run / "metrics.json").read_text())
+    assert metrics["student/acc_fp"] == pytest.approx(distilled["student/acc"])
+    # 8-bit dynamic quantization costs the digits student at most a point; 2-bit costs more.
+    assert metrics["quant/8bit/drop"] <= 0.01
+    assert metrics["quant/2bit/acc"] < metrics["quant/8bit/acc"]
+    assert abs(metrics["confirm/onnxruntime/drop"]) <= 0.01
+    rows = list(csv.DictReader(open(tmp_path / "bits.csv")))  # noqa: SIM115
+    assert [r["quantizer"] for r in rows][-2:] == ["onnxruntime int8", "torch_ao int8"]
+    assert (tmp_path / "accuracy_vs_bits.png").stat().st_size > 1000
+    assert (tmp_path / "metrics.json").is_file()
+
+
+def test_quant_eval_errors(tmp_path: Path) -> None:
+    with pytest.raises(CheckpointError, match=r"teacher\.pt does not exist"):
+        quant_eval.run(load_config("quant_eval", [f"run={tmp_path}", f"out={tmp_path / 'o'}"]))
+    with pytest.raises(ConfigError, match="bits entries must be an integer from 2 to 8"):
+        quant_eval.run(
+            load_config("quant_eval", [f"run={tmp_path}", f"out={tmp_path / 'o'}", "bits=[1]"])
+        )
+    assert not (tmp_path / "o" / "metrics.json").exists()
