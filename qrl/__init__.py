@@ -1,7 +1,14 @@
-"""qrl: find the inputs and bit-width policies under which dynamically quantized networks fail."""
+"""qrl: find the inputs and bit-width policies under which dynamically quantized networks fail.
+
+Importing qrl registers its Gymnasium environments (`qrl/QuantFailure-v0`, `qrl/QuantBits-v0`).
+"""
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from qrl.envs import register_envs as _register_envs
+
+_register_envs()
 
 __all__ = ["__version__"]

@@ -88,3 +88,39 @@ def load_victim(run_dir: str | os.PathLike[str], quant: QuantConfig) -> Victim:
     teacher, _ = load_model(run_dir / "teacher.pt")
     student, _ = load_model(run_dir / "student.pt")
     return Victim.build(teacher, student, data, quant)
+
+
+def cache_dir() -> Path:
+    """Where qrl caches what it trains on first use: `$QRL_CACHE`, else `~/.cache/qrl`."""
+    return Path(os.environ.get("QRL_CACHE") or Path.home() / ".cache" / "qrl")
+
+
+DEFAULT_VICTIM = "digits-cnn-s0"
+# The distillation that makes the default victim: `python -m qrl.distill` with its defaults.
+DEFAULT_DISTILL_OVERRIDES: tuple[str, ...] = ("data=digits", "model=cnn", "seed=0")
+
+
+def default_victim(quant: QuantConfig, progress: bool = True) -> Victim:
+    """The default digits teacher and student: distilled once into the cache, then loaded.
+
+    The first call runs `python -m qrl.distill data=digits seed=0` (about 45 s on two CPU
+    cores) under a file lock, so concurrent processes train it only once.
+    """
+    import fcntl
+
+    from qrl import distill
+    from qrl.config import load_config
+
+    run_dir = cache_dir() / "victims" / DEFAULT_VICTIM
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir / "metrics.json").is_file():
+            print(f"qrl: distilling the default digits teacher and student into {run_dir} (once)")
+            overrides = [
+                *DEFAULT_DISTILL_OVERRIDES,
+                f"out={run_dir}",
+                f"progress={str(progress).lower()}",
+            ]
+            distill.run(load_config("distill", overrides))
+    return load_victim(run_dir, quant)

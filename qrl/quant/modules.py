@@ -17,7 +17,13 @@ from torch import Tensor, nn
 
 from qrl.errors import ConfigError
 from qrl.quant.config import QuantConfig, check_bits
-from qrl.quant.functional import Bits, check_bits_tensor, quantize_activation, quantize_weight
+from qrl.quant.functional import (
+    Bits,
+    check_bits_tensor,
+    observe_range,
+    quantize_activation,
+    quantize_weight,
+)
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -56,6 +62,9 @@ class QuantizedLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
+            # The float path still records per-input ranges: they describe the input to a
+            # bit-width policy before it chooses bits.
+            self.last_lo, self.last_hi = observe_range(x.detach(), "per_sample")
             return self.layer(x)
         channel_dim = 1 if isinstance(self.layer, nn.Conv2d) else x.ndim - 1
         xq, self.last_lo, self.last_hi = quantize_activation(

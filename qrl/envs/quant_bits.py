@@ -1,0 +1,312 @@
+"""`qrl/QuantBits-v0`: the paper's per-input contextual task. The observation describes one
+input; the action gives that input's per-layer bit-widths under the budget; the reward says
+whether the quantized student then fails (mode `detrimental`) or holds (mode `robust`).
+
+`QuantBitsVecEnv` is the same task as a Stable-Baselines3 `VecEnv` whose N slots are scored
+in one batched forward pass, every input at its own bit-widths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gymnasium import spaces
+from stable_baselines3.common.vec_env import VecEnv
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvStepReturn
+from torch import Tensor, nn
+
+from qrl.data import ImageData
+from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
+from qrl.errors import ConfigError
+from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, BitsDecoder
+from qrl.quant import QuantConfig, layer_names, set_bits_, set_quantization_enabled_
+from qrl.victim import Victim
+
+REWARD_MODES = ("detrimental", "robust")
+INFO_KEYS = ("acc_teacher", "acc_fp", "acc_q", "gap", "mean_bits")
+OBS_SIDE = 8  # images are average-pooled to at most 8x8 for the observation
+
+
+class BitsTask:
+    """The engine both forms share: draw inputs, describe them, score their bit-widths.
+
+    Args:
+        victim: teacher, student and quantized student (the fake quantizer: bits vary per input).
+        reward: `detrimental` (1 when S_q is wrong where T is right) or `robust` (1 when S_q is
+            right).
+        bits_set, bits_budget: the bit-width decoder's allowed set and average budget.
+        split: the data split inputs are drawn from.
+    """
+
+    def __init__(
+        self,
+        victim: Victim,
+        reward: str = "detrimental",
+        bits_set: Sequence[int] = DEFAULT_BITS_SET,
+        bits_budget: float = DEFAULT_BUDGET,
+        split: str = "train",
+    ) -> None:
+        if reward not in REWARD_MODES:
+            raise ConfigError(f"reward must be one of {list(REWARD_MODES)}, got {reward!r}")
+        if not isinstance(victim.qstudent, nn.Module):
+            raise ConfigError(
+                "QuantBits needs per-input bit-widths, which only the simulated quantizer "
+                f"(quant backend fake) has; got backend {victim.quant.backend}"
+            )
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"split must be train, val or test, got {split!r}")
+        self.victim, self.reward_mode = victim, reward
+        self.qstudent: nn.Module = victim.qstudent
+        self.pool = getattr(victim.data, split)
+        self.num_layers = len(layer_names(self.qstudent))
+        self.decoder = BitsDecoder(self.num_layers, bits_set, bits_budget)
+        c, (h, w) = victim.data.channels, victim.data.image_size
+        self.side = (min(OBS_SIDE, h), min(OBS_SIDE, w))
+        self.obs_dim = c * self.side[0] * self.side[1] + victim.data.num_classes + self.num_layers
+        self.observation_space = spaces.Box(0.0, 1.0, (self.obs_dim,), np.float32)
+        self.action_space = spaces.Box(-1.0, 1.0, (self.num_layers,), np.float32)
+
+    def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        idx = torch.randint(0, len(self.pool), (n,), generator=generator)
+        return self.pool.x[idx], self.pool.y[idx]
+
+    @torch.no_grad()
+    def observe(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, Tensor, Tensor]:
+        """Observations of a batch (before any bits are chosen) and T's and S's correctness.
+
+        The observation is the image average-pooled to at most 8x8, the full-precision
+        student's class probabilities, and its per-layer activation ranges (squashed).
+        """
+        set_quantization_enabled_(self.qstudent, False)  # the float path, recording ranges
+        try:
+            fp_logits = self.qstudent(x)
+            ranges = range_features(self.qstudent, len(x))
+        finally:
+            set_quantization_enabled_(self.qstudent, True)
+        teacher_right = self.victim.teacher(x).argmax(1) == y
+        pooled = F.adaptive_avg_pool2d(x, self.side).flatten(1)  # (B, C*8*8)
+        probs = fp_logits.softmax(dim=1)
+        obs = torch.cat([pooled, probs, torch.from_numpy(ranges)], dim=1).clamp(0.0, 1.0)
+        return obs.numpy().astype(np.float32), teacher_right, fp_logits.argmax(1) == y
+
+    @torch.no_grad()
+    def score(
+        self, x: Tensor, y: Tensor, actions: np.ndarray, teacher_right: Tensor
+    ) -> tuple[np.ndarray, Tensor, np.ndarray]:
+        """Rewards (B,), S_q's correctness and the decoded bits (B, L), in one forward pass."""
+        bits = self.decoder.decode(actions)
+        set_bits_(self.qstudent, torch.from_numpy(bits))
+        q_right = self.qstudent(x).argmax(1) == y
+        if self.reward_mode == "detrimental":
+            rewards = (teacher_right & ~q_right).float()
+        else:
+            rewards = q_right.float()
+        return rewards.numpy().astype(np.float32), q_right, bits
+
+
+def _info(teacher_right: bool, fp_right: bool, q_right: bool, bits: np.ndarray) -> dict[str, float]:
+    return {
+        "acc_teacher": float(teacher_right),
+        "acc_fp": float(fp_right),
+        "acc_q": float(q_right),
+        "gap": float(teacher_right) - float(q_right),
+        "mean_bits": float(np.mean(bits)),
+    }
+
+
+def _victim_from(kwargs: dict[str, Any]) -> Victim:
+    return resolve_victim(
+        kwargs.pop("victim", None),
+        kwargs.pop("teacher", None),
+        kwargs.pop("student", None),
+        kwargs.pop("data", None),
+        kwargs.pop("quant", "int4_dynamic"),
+    )
+
+
+class QuantBitsEnv(gym.Env[np.ndarray, np.ndarray]):
+    """Per-input dynamic bit-widths: one input per step (a contextual bandit).
+
+    ## Description
+    Each step shows the agent one input, drawn from the data; the agent answers with that
+    input's per-layer activation bit-widths; the quantized student classifies the input at
+    those bits. This is the bit-width-policy half of a network-policy pair (Frank & Ardis).
+
+    ## Action Space
+    `Box(-1, 1, (L,), float32)`, one value per quantized layer, decoded by `BitsDecoder` into
+    bit-widths from `bits_set` that spend the `bits_budget` average (see `qrl.policies.bits`).
+    Finite values outside [-1, 1] are clipped; NaN or infinite values raise `ValueError`.
+
+    ## Observation Space
+    `Box(0, 1, (C*8*8 + K + L,), float32)`: the input average-pooled to at most 8x8 pixels,
+    the full-precision student's K class probabilities, and its L per-layer activation ranges
+    on this input, tanh(log1p(range) / 3).
+
+    ## Rewards
+    `detrimental`: 1 when the quantized student is wrong where the teacher is right, else 0.
+    `robust`: 1 when the quantized student is right, else 0.
+
+    ## Starting State
+    A first input drawn from the data split; its `info` reports S_q at the budget-uniform
+    bit-widths of the all-zero action.
+
+    ## Episode End
+    Never terminates; truncated after `max_episode_steps` (32 at registration).
+
+    ## Arguments
+    `victim` or `teacher`/`student`/`data` (default: the cached digits victim), `quant`
+    (default `int4_dynamic`; the backend must be `fake`), `reward` (`detrimental`),
+    `bits_set` ({2,3,4,5,6,8}), `bits_budget` (4.0), `split` (`train`).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": []}  # noqa: RUF012 (Gymnasium declares it per instance)
+
+    def __init__(
+        self,
+        victim: Victim | None = None,
+        *,
+        teacher: nn.Module | None = None,
+        student: nn.Module | None = None,
+        data: ImageData | tuple[Tensor, Tensor] | None = None,
+        quant: str | QuantConfig | Any = "int4_dynamic",
+        reward: str = "detrimental",
+        bits_set: Sequence[int] = DEFAULT_BITS_SET,
+        bits_budget: float = DEFAULT_BUDGET,
+        split: str = "train",
+    ) -> None:
+        victim_ = resolve_victim(victim, teacher, student, data, quant)
+        self.task = BitsTask(victim_, reward, bits_set, bits_budget, split)
+        self.observation_space = self.task.observation_space
+        self.action_space = self.task.action_space
+        self._current: tuple[Tensor, Tensor, np.ndarray, Tensor, Tensor] | None = None
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, float]]:
+        super().reset(seed=seed)
+        obs = self._next_input()
+        assert self._current is not None
+        x, y, _, teacher_right, fp_right = self._current
+        zero = np.zeros((1, self.task.num_layers))
+        _, q_right, bits = self.task.score(x, y, zero, teacher_right)
+        return obs, _info(bool(teacher_right[0]), bool(fp_right[0]), bool(q_right[0]), bits[0])
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, float]]:
+        if self._current is None:
+            raise RuntimeError("call reset() before step()")
+        a = check_action(action, self.action_space)
+        x, y, _, teacher_right, fp_right = self._current
+        rewards, q_right, bits = self.task.score(x, y, a[None], teacher_right)
+        info = _info(bool(teacher_right[0]), bool(fp_right[0]), bool(q_right[0]), bits[0])
+        return self._next_input(), float(rewards[0]), False, False, info
+
+    def _next_input(self) -> np.ndarray:
+        x, y = self.task.draw(1, torch_generator(self.np_random))
+        obs, teacher_right, fp_right = self.task.observe(x, y)
+        self._current = (x, y, obs, teacher_right, fp_right)
+        return obs[0]
+
+
+class QuantBitsVecEnv(VecEnv):
+    """`QuantBits` as an SB3 `VecEnv`: N inputs per step, scored in one batched forward pass.
+
+    Each slot behaves like a `QuantBitsEnv` truncated after `max_episode_steps`; a truncated
+    slot reports `terminal_observation` and `TimeLimit.truncated` in its info and continues
+    with a fresh input. All randomness comes from one generator, seeded by `seed`.
+
+    Args:
+        num_envs: inputs per step.
+        max_episode_steps: steps per episode of each slot.
+        seed: seed of the input stream (`seed()` sets it for the next reset).
+        **kwargs: the arguments of `QuantBitsEnv`.
+    """
+
+    def __init__(
+        self,
+        num_envs: int = 64,
+        max_episode_steps: int = 32,
+        seed: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.render_mode = None
+        self.task = BitsTask(_victim_from(kwargs), **kwargs)
+        super().__init__(num_envs, self.task.observation_space, self.task.action_space)
+        self.max_episode_steps = max_episode_steps
+        self.rng = np.random.default_rng(seed)
+        self._steps = np.zeros(num_envs, dtype=np.int64)
+        self._actions: np.ndarray | None = None
+        self._x = self._y = self._teacher_right = self._fp_right = torch.empty(0)
+
+    def reset(self) -> np.ndarray:
+        if self._seeds[0] is not None:
+            self.rng = np.random.default_rng(self._seeds[0])
+        self._reset_seeds()
+        self._reset_options()
+        self._steps[:] = 0
+        obs = self._draw()
+        self.reset_infos = [{} for _ in range(self.num_envs)]
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = np.asarray(actions)
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None or len(self._x) == 0:
+            raise RuntimeError("call reset() and step_async() before step_wait()")
+        actions = np.stack([check_action(a, self.action_space) for a in self._actions])
+        rewards, q_right, bits = self.task.score(self._x, self._y, actions, self._teacher_right)
+        infos: list[dict[str, Any]] = [
+            _info(bool(t), bool(f), bool(q), b)
+            for t, f, q, b in zip(self._teacher_right, self._fp_right, q_right, bits, strict=True)
+        ]
+        self._steps += 1
+        obs = self._draw()
+        dones = self._steps >= self.max_episode_steps
+        for i in np.flatnonzero(dones):
+            infos[i]["terminal_observation"] = obs[i]
+            infos[i]["TimeLimit.truncated"] = True
+            self._steps[i] = 0
+        self._actions = None
+        return obs, rewards, dones, infos
+
+    def _draw(self) -> np.ndarray:
+        self._x, self._y = self.task.draw(self.num_envs, torch_generator(self.rng))
+        obs, self._teacher_right, self._fp_right = self.task.observe(self._x, self._y)
+        return obs
+
+    def close(self) -> None:
+        pass
+
+    def _indices(self, indices: VecEnvIndices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self, attr_name) for _ in self._indices(indices)]
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self, attr_name, value)
+
+    def env_method(
+        self,
+        method_name: str,
+        *method_args: Any,
+        indices: VecEnvIndices = None,
+        **method_kwargs: Any,
+    ) -> list[Any]:
+        method = getattr(self, method_name)
+        return [method(*method_args, **method_kwargs) for _ in self._indices(indices)]
+
+    def env_is_wrapped(
+        self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None
+    ) -> list[bool]:
+        return [False for _ in self._indices(indices)]
