@@ -61,8 +61,8 @@ def save_model(
     return atomic_torch_save(record, path)
 
 
-def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a checkpoint file, turning every way it can be broken into one clear error."""
+def load_file(path: str | os.PathLike[str]) -> Any:
+    """`torch.load` (weights only) that turns every way a file can be broken into one error."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -73,6 +73,12 @@ def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and re-run"
         ) from exc
+    return record
+
+
+def load_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a qrl checkpoint file (a dict holding a `state_dict`)."""
+    record = load_file(path)
     if not isinstance(record, dict) or "state_dict" not in record:
         raise CheckpointError(f"checkpoint {path} holds no state_dict")
     return record

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -47,3 +49,85 @@ def bootstrap_ci(
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+@dataclass
+class HeldOutResult:
+    """A policy's gap on held-out inputs, with a bootstrap confidence interval.
+
+    Attributes:
+        gap: acc(teacher) - acc(quantized student), a fraction.
+        ci: (low, high) bootstrap interval of the gap at `level`.
+        failures: (inputs, labels, quantized predictions) where the quantized student is
+            wrong and the teacher right, at most `keep_failures` of them.
+    """
+
+    gap: float
+    ci: tuple[float, float]
+    acc_teacher: float
+    acc_fp: float
+    acc_q: float
+    samples: int
+    failures: tuple[Tensor, Tensor, Tensor]
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        return {
+            f"{prefix}/gap": self.gap,
+            f"{prefix}/gap_ci_low": self.ci[0],
+            f"{prefix}/gap_ci_high": self.ci[1],
+            f"{prefix}/acc_teacher": self.acc_teacher,
+            f"{prefix}/acc_fp": self.acc_fp,
+            f"{prefix}/acc_q": self.acc_q,
+            f"{prefix}/samples": self.samples,
+        }
+
+
+def evaluate_policy(
+    env: Any,
+    action: np.ndarray,
+    *,
+    samples: int,
+    seed: int,
+    batch_size: int = 1024,
+    level: float = 0.95,
+    resamples: int = 2000,
+    keep_failures: int = 64,
+) -> HeldOutResult:
+    """Score a policy on `samples` fresh draws from the env's split (in batches).
+
+    `env` is a `QuantFailureEnv` (its `draw` and `measure`); the same `seed` gives the same
+    draws, so two victims (e.g. simulator and int8 kernel) can be compared input by input.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    t_right, fp_right, q_right, fails = [], [], [], []
+    kept = 0
+    for start in range(0, samples, batch_size):
+        x, y = env.draw(action, min(batch_size, samples - start), gen)
+        m = env.measure(action, x, y)
+        t_right.append(m["teacher_right"])
+        fp_right.append(m["fp_right"])
+        q_right.append(m["q_right"])
+        fail = m["teacher_right"] & ~m["q_right"]
+        if kept < keep_failures and bool(fail.any()):
+            idx = torch.nonzero(fail).flatten()[: keep_failures - kept]
+            fails.append((x[idx], y[idx], m["q_pred"][idx]))
+            kept += len(idx)
+    t, f, q = torch.cat(t_right).float(), torch.cat(fp_right).float(), torch.cat(q_right).float()
+    diff = (t - q).numpy()
+    if fails:
+        failures = tuple(torch.cat([part[i] for part in fails]) for i in range(3))
+    else:
+        failures = (
+            torch.empty(0),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.long),
+        )
+    return HeldOutResult(
+        gap=float(diff.mean()),
+        ci=bootstrap_ci(diff, level=level, resamples=resamples, seed=seed),
+        acc_teacher=float(t.mean()),
+        acc_fp=float(f.mean()),
+        acc_q=float(q.mean()),
+        samples=len(diff),
+        failures=failures,  # type: ignore[arg-type]
+    )

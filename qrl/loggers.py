@@ -40,28 +40,58 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         opts: Mapping[str, Any] = cfg if cfg is not None else {}
+        self.wandb_run: Any = None
+        if opts.get("wandb", False):
+            # Before any SummaryWriter exists: W&B then mirrors every TensorBoard log of the
+            # run (ours and SB3's), which is how the SB3 integration reports training metrics.
+            self.wandb_run = _start_wandb(self.run_dir, opts, config, name)
         self._csv_file = open(self.run_dir / "log.csv", "a", newline="")  # noqa: SIM115
         self._csv = csv.writer(self._csv_file)
         if self._csv_file.tell() == 0:
             self._csv.writerow(["step", "key", "value"])
         self.tb = SummaryWriter(str(self.run_dir / "tb"))
-        self.wandb_run: Any = None
-        if opts.get("wandb", False):
-            self.wandb_run = _start_wandb(self.run_dir, opts, config, name)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
-        """Record scalar metrics at `step` (keys are namespaced, e.g. `teacher/loss`)."""
+        """Record scalar metrics at `step` (keys are namespaced, e.g. `teacher/loss`).
+
+        W&B receives them through its TensorBoard mirror, not a second time here.
+        """
         for key, value in metrics.items():
             self._csv.writerow([step, key, float(value)])
             self.tb.add_scalar(key, float(value), step)
         self._csv_file.flush()
+
+    def sb3_callbacks(self) -> list[Any]:
+        """Stable-Baselines3 callbacks for this run: the W&B integration's, when W&B is on."""
+        if self.wandb_run is None:
+            return []
+        from wandb.integration.sb3 import WandbCallback
+
+        return [WandbCallback(verbose=0)]
+
+    def log_image(self, key: str, path: Path) -> None:
+        """Attach a picture to the W&B run (it already lies in the run dir)."""
         if self.wandb_run is not None:
-            self.wandb_run.log({k: float(v) for k, v in metrics.items()}, step=step)
+            import wandb
+
+            self.wandb_run.log({key: wandb.Image(str(path))})
+
+    def log_artifact(self, name: str, kind: str, paths: list[Path]) -> None:
+        """Store files as one W&B artifact (e.g. the failure archive)."""
+        if self.wandb_run is not None:
+            import wandb
+
+            artifact = wandb.Artifact(name, type=kind)
+            for path in paths:
+                artifact.add_file(str(path))
+            self.wandb_run.log_artifact(artifact)
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Record a run's final numbers (W&B summary; the caller writes metrics.json)."""
         if self.wandb_run is not None:
-            self.wandb_run.summary.update(dict(metrics))
+            self.wandb_run.summary.update(
+                {k: v for k, v in metrics.items() if isinstance(v, int | float | str)}
+            )
 
     def close(self, failed: bool = False) -> None:
         self.tb.close()
@@ -104,5 +134,5 @@ def _start_wandb(
         dir=str(run_dir),
         config=to_dict(config),
         reinit="finish_previous",
-        sync_tensorboard=False,
+        sync_tensorboard=True,
     )

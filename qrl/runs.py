@@ -46,7 +46,7 @@ def git_sha() -> str:
         return "unknown"
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Write a file through a temporary sibling and rename it, so readers never see half a file.
 
     Args:

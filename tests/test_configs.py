@@ -49,3 +49,40 @@ def test_hydra_run_dir_default_is_under_runs() -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("distill", return_hydra_config=True)
     assert str(cfg.hydra.run.dir).startswith("runs/distill/")
+
+
+@pytest.mark.parametrize("name", options("agent"))
+def test_every_agent_option_composes_and_builds(name: str) -> None:
+    cfg = load_config("search", [f"agent={name}", "out=x"])
+    assert cfg.agent.name == name and cfg.agent.kind in ("sb3", "random", "cma")
+    if cfg.agent.kind == "sb3":
+        factory = instantiate(cfg.agent.model)  # a partial: the search supplies env and seed
+        assert callable(factory)
+
+
+@pytest.mark.parametrize("group", ["policy", "env", "quant"])
+def test_every_search_group_option_composes(group: str) -> None:
+    for name in options(group):
+        cfg = load_config("search", [f"{group}={name}", "out=x"])
+        assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("task", ["distill", "quant_eval", "search", "audit"])
+def test_every_task_config_composes(task: str) -> None:
+    cfg = load_config(task, ["out=x", "run=y"] if task == "quant_eval" else ["out=x"])
+    assert cfg.task == task
+
+
+@pytest.mark.parametrize("name", options("experiment"))
+def test_every_experiment_preset_composes(name: str) -> None:
+    cfg = load_config("search", [f"+experiment={name}", "out=x"])
+    assert cfg.budget.evaluations > 0
+
+
+@pytest.mark.parametrize("name", options("sweep"))
+def test_every_sweep_preset_composes(name: str) -> None:
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("search", overrides=[f"+sweep={name}", "out=x"], return_hydra_config=True)
+    assert "agent" in cfg.hydra.sweeper.params

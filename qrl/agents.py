@@ -1,0 +1,212 @@
+"""Search agents behind one interface, all held to the same budget of environment evaluations.
+
+- `sb3`: any Stable-Baselines3 algorithm (PPO, SAC, TD3, A2C), built from a Hydra partial.
+- `random`: uniform random policies, the baseline every agent must beat.
+- `cma`: CMA-ES (the `cma` package), an evolution strategy over the action vector.
+
+An evaluation is one environment step: one proposed policy scored on one batch. Every agent
+steps the same `RecordingWrapper`d environment, so every evaluation of every agent is counted
+and archived the same way; resets (which score the data's own distribution) are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.vec_env import DummyVecEnv
+from tqdm.auto import tqdm
+
+from qrl.config import build, to_dict
+from qrl.errors import ConfigError
+
+AGENT_KINDS = ("sb3", "random", "cma")
+
+
+@dataclass
+class Evaluation:
+    """One scored policy proposal."""
+
+    index: int  # 1-based position in the search
+    action: np.ndarray
+    reward: float
+    info: dict[str, float]
+
+
+@dataclass
+class SearchLog:
+    """Every evaluation of a search, the best so far, and the budget that ends it."""
+
+    budget: int
+    evaluations: list[Evaluation] = field(default_factory=list)
+    best: Evaluation | None = None
+    on_record: Callable[[Evaluation, Evaluation], None] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.evaluations)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.count >= self.budget
+
+    def record(self, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
+        if self.exhausted:
+            return  # an agent's extra steps past the budget are not part of the result
+        ev = Evaluation(
+            self.count + 1,
+            np.asarray(action, dtype=np.float64).copy(),
+            float(reward),
+            {k: float(v) for k, v in info.items() if isinstance(v, int | float)},
+        )
+        self.evaluations.append(ev)
+        if self.best is None or ev.reward > self.best.reward:
+            self.best = ev
+        if self.on_record is not None:
+            self.on_record(ev, self.best)
+
+    def top(self, k: int) -> list[Evaluation]:
+        """The k best evaluations by reward (ties: the earlier first)."""
+        return sorted(self.evaluations, key=lambda e: (-e.reward, e.index))[:k]
+
+
+class RecordingWrapper(gym.Wrapper):
+    """Records every step's action, reward and info into a shared `SearchLog`."""
+
+    def __init__(self, env: gym.Env, log: SearchLog) -> None:
+        super().__init__(env)
+        self.log = log
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.log.record(
+            np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0), float(reward), info
+        )
+        return obs, reward, terminated, truncated, info
+
+
+class BudgetCallback(BaseCallback):
+    """Stops SB3 training once the search log holds the budget's evaluations."""
+
+    def __init__(self, log: SearchLog) -> None:
+        super().__init__()
+        self.search_log = log
+
+    def _on_step(self) -> bool:
+        return not self.search_log.exhausted
+
+
+def run_agent(
+    agent_cfg: Any,
+    make_env: Callable[[], gym.Env],
+    log: SearchLog,
+    *,
+    seed: int,
+    n_envs: int = 1,
+    sb3_log_dir: str | None = None,
+    callbacks: list[BaseCallback] | None = None,
+) -> None:
+    """Run one agent until `log` holds `log.budget` evaluations.
+
+    Args:
+        agent_cfg: the `agent` config group (`kind`, and `model` for SB3 or `sigma0` for CMA).
+        make_env: builds one recorded environment (called `n_envs` times for SB3).
+        log: the shared search log; its budget ends the search.
+        seed: seeds the agent and the environments.
+        n_envs: parallel environments for SB3 agents (`DummyVecEnv`).
+        sb3_log_dir: where SB3 writes its CSV and TensorBoard logs.
+        callbacks: extra SB3 callbacks (e.g. the W&B one).
+    """
+    opts = to_dict(agent_cfg)
+    kind = opts.get("kind")
+    if kind == "sb3":
+        _run_sb3(agent_cfg, make_env, log, seed, n_envs, sb3_log_dir, callbacks or [])
+    elif kind == "random":
+        _run_random(make_env(), log, seed)
+    elif kind == "cma":
+        _run_cma(make_env(), log, seed, float(opts.get("sigma0", 0.5)), opts.get("popsize"))
+    else:
+        raise ConfigError(f"agent kind must be one of {list(AGENT_KINDS)}, got {kind!r}")
+
+
+def _run_sb3(
+    agent_cfg: Any,
+    make_env: Callable[[], gym.Env],
+    log: SearchLog,
+    seed: int,
+    n_envs: int,
+    sb3_log_dir: str | None,
+    callbacks: list[BaseCallback],
+) -> None:
+    from stable_baselines3.common.logger import configure
+    from stable_baselines3.common.noise import NormalActionNoise
+
+    venv = DummyVecEnv([make_env for _ in range(n_envs)])
+    venv.seed(seed)
+    extra: dict[str, Any] = {}
+    sigma = to_dict(agent_cfg).get("action_noise_sigma")
+    if sigma:  # off-policy deterministic agents (TD3) explore with Gaussian action noise
+        dim = int(np.prod(venv.action_space.shape or (1,)))
+        extra["action_noise"] = NormalActionNoise(np.zeros(dim), float(sigma) * np.ones(dim))
+    model = build(agent_cfg.model)(env=venv, seed=seed, **extra)  # a partial: env comes last
+    if sb3_log_dir is not None:
+        model.set_logger(configure(sb3_log_dir, ["csv", "tensorboard"]))
+    # total_timesteps is only an upper bound: the budget callback ends training exactly.
+    model.learn(
+        total_timesteps=10 * log.budget + 10_000,
+        callback=CallbackList([BudgetCallback(log), *callbacks]),
+        progress_bar=False,
+    )
+    venv.close()
+
+
+def _run_random(env: gym.Env, log: SearchLog, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    while not log.exhausted:
+        _, _, terminated, truncated, _ = env.step(rng.uniform(-1.0, 1.0, env.action_space.shape))
+        if terminated or truncated:
+            env.reset()
+
+
+def _run_cma(env: gym.Env, log: SearchLog, seed: int, sigma0: float, popsize: int | None) -> None:
+    import cma
+
+    dim = int(np.prod(env.action_space.shape or (1,)))
+    options: dict[str, Any] = {"bounds": [-1.0, 1.0], "seed": seed + 1, "verbose": -9}
+    if popsize:
+        options["popsize"] = int(popsize)
+    es = cma.CMAEvolutionStrategy(np.zeros(dim), sigma0, options)
+    env.reset(seed=seed)
+    while not log.exhausted:
+        candidates = es.ask()
+        losses = []
+        for x in candidates:
+            if log.exhausted:
+                break
+            _, reward, terminated, truncated, _ = env.step(np.asarray(x))
+            losses.append(-float(reward))  # CMA-ES minimizes
+            if terminated or truncated:
+                env.reset()
+        if len(losses) == len(candidates):
+            es.tell(candidates, losses)
+
+
+class ProgressBar:
+    """A tqdm bar over the evaluation budget, showing the best reward and gap so far."""
+
+    def __init__(self, log: SearchLog, desc: str, enabled: bool = True) -> None:
+        self.bar = tqdm(total=log.budget, desc=desc, disable=not enabled, leave=False)
+
+    def __call__(self, ev: Evaluation, best: Evaluation) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix(
+            best_reward=f"{best.reward:.3f}", best_gap=f"{best.info.get('gap', 0):.3f}"
+        )
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,272 @@
+"""Audit your own model: search for the policies under which its dynamic-quantized copy fails.
+
+From Python:
+
+    result = qrl.audit(model, (x, y), quant="int4_dynamic", policy="input", agent="ppo")
+    print(result.gap, result.gap_ci, result.description)
+
+From the command line (a qrl checkpoint, a TorchScript file, or a state dict plus its spec):
+
+    python -m qrl.audit model.path=student.pt data=digits quant=int4_dynamic agent=ppo
+    python -m qrl.audit model.path=weights.pt +model.spec._target_=qrl.models.SmallCNN \\
+        +model.spec.width=16
+
+The teacher defaults to the model itself in full precision, so the gap is exactly what dynamic
+quantization costs on the inputs the search finds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from qrl.checkpoints import FORMAT, load_file, load_model
+from qrl.cli import hydra_task
+from qrl.config import build, load_config, to_dict
+from qrl.data import ImageData, from_tensors
+from qrl.errors import CheckpointError, ConfigError, DataError
+from qrl.quant import QuantConfig, as_quant_config
+from qrl.runs import read_metrics, save_config, seed_everything
+from qrl.search import search_victim
+from qrl.victim import Victim
+
+
+@dataclass
+class AuditResult:
+    """What an audit found.
+
+    Attributes:
+        policy: the best action found (the policy's parameters in [-1, 1]).
+        description: that policy in words, e.g. "brightness +0.30, noise sigma 0.080".
+        gap: held-out accuracy gap, teacher minus quantized model (a fraction).
+        gap_ci: its bootstrap confidence interval (low, high).
+        acc_teacher, acc_q: held-out accuracies under the policy.
+        confirm_gap: the gap on a real int8 backend, when one ran (else None).
+        archive: the top policies of the search, best first.
+        metrics: everything the run wrote to `metrics.json`.
+        run_dir: the run's directory (archive, failure grid, search curve, logs).
+    """
+
+    policy: np.ndarray
+    description: str
+    gap: float
+    gap_ci: tuple[float, float]
+    acc_teacher: float
+    acc_q: float
+    confirm_gap: float | None
+    archive: list[dict[str, Any]]
+    metrics: dict[str, Any]
+    run_dir: Path
+
+    def __str__(self) -> str:
+        lines = [
+            f"held-out gap {100 * self.gap:.2f} points "
+            f"(95% CI {100 * self.gap_ci[0]:.2f} to {100 * self.gap_ci[1]:.2f})",
+            f"under: {self.description}",
+            f"accuracy teacher {100 * self.acc_teacher:.2f}%, quantized {100 * self.acc_q:.2f}%",
+        ]
+        if self.confirm_gap is not None:
+            lines.append(f"confirmed on int8 kernels: gap {100 * self.confirm_gap:.2f} points")
+        lines.append(f"details in {self.run_dir}")
+        return "\n".join(lines)
+
+
+def as_image_data(data: ImageData | tuple[Tensor, Tensor] | Dataset, seed: int = 0) -> ImageData:
+    """Accept `ImageData`, an (inputs, labels) pair, or a torch `Dataset` of (image, label)."""
+    if isinstance(data, ImageData):
+        return data
+    if (
+        isinstance(data, tuple | list)
+        and len(data) == 2
+        and all(isinstance(t, Tensor) for t in data)
+    ):
+        return from_tensors(data[0], data[1], seed=seed)
+    if isinstance(data, Dataset):
+        try:
+            pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+            x = torch.stack([torch.as_tensor(p[0], dtype=torch.float32) for p in pairs])
+            y = torch.as_tensor([int(p[1]) for p in pairs])
+        except (TypeError, IndexError, ValueError, RuntimeError) as exc:
+            raise DataError(
+                f"the Dataset must yield (image tensor (C, H, W), int label): {exc}"
+            ) from exc
+        return from_tensors(x, y, seed=seed)
+    raise DataError("data must be ImageData, an (inputs, labels) tensor pair, or a torch Dataset")
+
+
+def _named_or_given(group: str, value: Any, overrides: list[str]) -> Any:
+    """A preset name becomes a Hydra override; a config object is merged in afterwards."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        overrides.append(f"{group}={value}")
+        return None
+    return value
+
+
+def audit(
+    student: nn.Module,
+    data: ImageData | tuple[Tensor, Tensor] | Dataset,
+    teacher: nn.Module | None = None,
+    *,
+    quant: str | QuantConfig | Mapping[str, Any] = "int4_dynamic",
+    policy: str | Mapping[str, Any] = "input",
+    agent: str | Mapping[str, Any] = "ppo",
+    evaluations: int = 1000,
+    seed: int = 0,
+    out: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+) -> AuditResult:
+    """Search for input distributions (or bit-widths) under which `student`'s quantized copy fails.
+
+    Args:
+        student: the model to audit; takes (N, C, H, W) images in [0, 1].
+        data: `ImageData`, an (inputs, labels) pair, or a torch `Dataset`; its test split is
+            held out for the final evaluation.
+        teacher: the reference model; defaults to `student` in full precision.
+        quant, policy, agent: preset names as on the command line (`int4_dynamic`, `input`,
+            `ppo`) or config objects (`QuantConfig` / mappings of the same keys).
+        evaluations: the search budget (environment evaluations).
+        seed: seeds the data split, the agent and the evaluation.
+        out: the run dir (default `runs/audit/<timestamp>`).
+        overrides: further Hydra overrides of the `search` config (e.g. `env.batch_size=128`).
+
+    Raises:
+        CheckpointError: the model cannot take the data's images (shapes are named).
+    """
+    started = time.perf_counter()
+    names: list[str] = []
+    quant_obj = _named_or_given("quant", quant, names)
+    policy_obj = _named_or_given("policy", policy, names)
+    agent_obj = _named_or_given("agent", agent, names)
+    run_dir = (
+        Path(out) if out else Path("runs/audit") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+    )
+    cfg = load_config(
+        "search",
+        [
+            *names,
+            f"budget.evaluations={int(evaluations)}",
+            f"seed={seed}",
+            f"out={run_dir}",
+            f"progress={str(progress).lower()}",
+            *overrides,
+        ],
+    )
+    OmegaConf.set_struct(cfg, False)
+    if quant_obj is not None:
+        cfg.quant = OmegaConf.create(
+            quant_obj.to_dict() if isinstance(quant_obj, QuantConfig) else to_dict(quant_obj)
+        )
+    if policy_obj is not None:
+        cfg.policy = OmegaConf.merge(cfg.policy, to_dict(policy_obj))
+    if agent_obj is not None:
+        cfg.agent = OmegaConf.create(to_dict(agent_obj))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(run_dir, cfg)
+    seed_everything(seed)
+    victim = Victim.build(
+        teacher if teacher is not None else student,
+        student,
+        as_image_data(data, seed),
+        as_quant_config(cfg.quant),
+    )
+    search_victim(victim, cfg, run_dir, started)
+    return _result(run_dir)
+
+
+def _result(run_dir: Path) -> AuditResult:
+    import json
+
+    metrics = read_metrics(run_dir)
+    return AuditResult(
+        policy=np.asarray(metrics["policy/action"]),
+        description=str(metrics["policy/description"]),
+        gap=float(metrics["eval/gap"]),
+        gap_ci=(float(metrics["eval/gap_ci_low"]), float(metrics["eval/gap_ci_high"])),
+        acc_teacher=float(metrics["eval/acc_teacher"]),
+        acc_q=float(metrics["eval/acc_q"]),
+        confirm_gap=float(metrics["confirm/gap"]) if "confirm/gap" in metrics else None,
+        archive=json.loads((run_dir / "archive.json").read_text()),
+        metrics=metrics,
+        run_dir=run_dir,
+    )
+
+
+def load_any_model(path: str | Path, spec: Mapping[str, Any] | None, data: ImageData) -> nn.Module:
+    """Load a qrl checkpoint, a TorchScript file, or a state dict built from `spec`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model checkpoint {path} does not exist")
+    try:  # TorchScript archives describe their own architecture
+        return torch.jit.load(str(path), map_location="cpu").eval()
+    except (RuntimeError, ValueError):
+        pass
+    record = load_file(path)  # raises CheckpointError for corrupt files
+    if not isinstance(record, dict) or not all(isinstance(k, str) for k in record):
+        raise CheckpointError(f"{path} holds neither a model checkpoint nor a state dict")
+    if record.get("format") == FORMAT:
+        return load_model(path)[0]
+    if not spec:
+        raise CheckpointError(
+            f"{path} is a plain state dict: say which model it belongs to with "
+            "+model.spec._target_=<class> (and its options, e.g. +model.spec.width=16)"
+        )
+    from qrl.checkpoints import InputSpec
+    from qrl.checkpoints import build as build_model
+
+    model = build_model(dict(spec), InputSpec.of(data))
+    state = record.get("state_dict", record)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path} does not fit model {spec.get('_target_')}: {exc}") from exc
+    return model.eval()
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """The CLI: load the model (and teacher), then search it on the configured data."""
+    started = time.perf_counter()
+    if not cfg.model.path:
+        raise ConfigError("set model.path=<checkpoint> (qrl, TorchScript or state dict)")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
+    seed_everything(int(cfg.seed))
+    data: ImageData = build(cfg.data)
+    spec = to_dict(cfg.model.spec) if cfg.model.get("spec") else None
+    student = load_any_model(cfg.model.path, spec, data)
+    teacher = load_any_model(cfg.teacher.path, spec, data) if cfg.teacher.path else student
+    quant = as_quant_config(cfg.quant)
+    if isinstance(student, torch.jit.ScriptModule) and quant.backend == "fake":
+        raise ConfigError(
+            "a TorchScript model hides the layers qrl's simulator quantizes: audit it on real "
+            "int8 kernels (quant=int8_dynamic quant.backend=onnxruntime), or pass a state dict "
+            "with +model.spec._target_=<class> to simulate other bit-widths"
+        )
+    victim = Victim.build(teacher, student, data, quant)
+    search_victim(victim, cfg, out, started)
+    result = _result(out)
+    print(result)
+    return result.metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
+def main(cfg: DictConfig) -> None:
+    hydra_task(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

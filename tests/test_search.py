@@ -1,0 +1,227 @@
+"""`python -m qrl.search`: equal budgets, held-out evaluation, archive, real-kernel confirmation."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qrl import report, search
+from qrl.agents import SearchLog
+from qrl.config import CONF_DIR, load_config
+from qrl.envs.quant_failure import QuantFailureEnv
+from qrl.errors import ConfigError
+from qrl.evaluation import evaluate_policy
+from qrl.quant import preset
+from qrl.victim import load_victim
+
+FAST = ["env.batch_size=64", "eval.samples=512", "eval.bootstrap=500", "progress=false"]
+
+
+def _search(digits_run: Path, out: Path, *overrides: str) -> dict:
+    cfg = load_config("search", [f"victim.run={digits_run}", f"out={out}", *FAST, *overrides])
+    return search.run(cfg)
+
+
+@pytest.mark.parametrize("agent", sorted(p.stem for p in (CONF_DIR / "agent").glob("*.yaml")))
+def test_every_agent_spends_exactly_the_budget(
+    digits_run: Path, tmp_path: Path, agent: str
+) -> None:
+    metrics = _search(
+        digits_run, tmp_path, f"agent={agent}", "budget.evaluations=24", "confirm.backends=[]"
+    )
+    assert metrics["search/evaluations"] == 24
+    assert 1 <= metrics["search/evaluations_to_best"] <= 24
+    rows = [r for r in (tmp_path / "log.csv").read_text().splitlines() if ",search/reward," in r]
+    assert len(rows) == 24
+
+
+def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path: Path) -> None:
+    metrics = _search(
+        digits_run, tmp_path, "agent=random", "budget.evaluations=30", "archive.top_k=5"
+    )
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    for key in (
+        "search/best_gap",
+        "eval/gap",
+        "eval/gap_ci_low",
+        "eval/gap_ci_high",
+        "eval/acc_teacher",
+        "eval/acc_q",
+        "search/evaluations",
+        "search/evaluations_to_best",
+        "confirm/gap",
+        "seed",
+        "wall_time_s",
+    ):
+        assert key in on_disk, key
+    assert on_disk["eval/gap_ci_low"] <= on_disk["eval/gap"] <= on_disk["eval/gap_ci_high"]
+    assert on_disk["confirm/backend"] == "onnxruntime"  # torch_ao skipped: the student has convs
+    assert "confirm/torch_ao/gap" not in on_disk
+    archive = json.loads((tmp_path / "archive.json").read_text())
+    assert len(archive) == 5 and archive[0]["reward"] == pytest.approx(
+        metrics["search/best_reward"]
+    )
+    assert [a["reward"] for a in archive] == sorted((a["reward"] for a in archive), reverse=True)
+    assert archive[0]["policy"] == metrics["policy/description"]
+    for name in ("failures.png", "search_curve.png", "archive.csv", "config.yaml"):
+        assert (tmp_path / name).stat().st_size > 0
+    newest = max(tmp_path.iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert newest.name == "metrics.json"
+
+
+def test_held_out_evaluation_uses_fresh_inputs_and_a_valid_interval(digits_run: Path) -> None:
+    victim = load_victim(digits_run, preset("int4_dynamic"))
+    env = QuantFailureEnv(victim, split="test", mode="input")
+    action = np.zeros(env.action_space.shape)
+    action[0] = 0.6  # brighter images
+    small = evaluate_policy(env, action, samples=256, seed=1, resamples=500)
+    large = evaluate_policy(env, action, samples=4096, seed=1, resamples=500)
+    again = evaluate_policy(env, action, samples=4096, seed=1, resamples=500)
+    assert large.gap == again.gap and large.ci == again.ci
+    assert small.ci[0] <= small.gap <= small.ci[1]
+    assert large.ci[1] - large.ci[0] < small.ci[1] - small.ci[0]
+    assert large.gap == pytest.approx(large.acc_teacher - large.acc_q)
+    x, y, pred = large.failures
+    assert len(x) == len(y) == len(pred) and bool((pred != y).all())
+
+
+def test_onnxruntime_can_be_the_victim_itself(digits_run: Path, tmp_path: Path) -> None:
+    metrics = _search(
+        digits_run,
+        tmp_path,
+        "quant=int8_dynamic",
+        "quant.backend=onnxruntime",
+        "agent=random",
+        "budget.evaluations=10",
+    )
+    assert metrics["search/evaluations"] == 10 and "confirm/onnxruntime/gap" not in metrics
+    with pytest.raises(ConfigError, match="needs the simulated quantizer"):
+        _search(
+            digits_run,
+            tmp_path / "bits",
+            "quant=int8_dynamic",
+            "quant.backend=onnxruntime",
+            "policy=bits",
+            "budget.evaluations=5",
+        )
+
+
+@pytest.mark.parametrize("policy", ["bits", "joint"])
+def test_bit_width_policies_are_searched_under_the_budget(
+    digits_run: Path, tmp_path: Path, policy: str
+) -> None:
+    metrics = _search(digits_run, tmp_path, f"policy={policy}", "agent=es", "budget.evaluations=20")
+    archive = json.loads((tmp_path / "archive.json").read_text())
+    assert all(row["mean_bits"] <= 4.0 for row in archive)
+    assert "bits " in metrics["policy/description"]
+    assert ("confirm/gap" in metrics) == (policy == "joint")  # int8 kernels take inputs, not bits
+
+
+def test_search_log_keeps_only_the_budget() -> None:
+    log = SearchLog(budget=2)
+    for reward in (0.1, 0.5, 0.9):
+        log.record(np.zeros(2), reward, {"gap": reward})
+    assert log.count == 2 and log.best is not None and log.best.reward == 0.5
+
+
+def test_wandb_offline_run_can_be_synced_later(
+    digits_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _search(
+        digits_run,
+        tmp_path,
+        "agent=ppo",
+        "budget.evaluations=16",
+        "logger=wandb",
+        "confirm.backends=[]",
+    )
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+    assert list(runs[0].glob("files/media/images/failures*.png"))
+    dry = subprocess.run(
+        [str(Path(sys.executable).parent / "wandb"), "sync", "--dry-run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            **{k: v for k, v in os.environ.items() if k != "WANDB_SILENT"},
+            "WANDB_MODE": "offline",
+        },
+    )
+    assert "Would sync 1 run" in dry.stdout + dry.stderr
+
+
+def test_a_crashing_job_finishes_its_wandb_run(
+    digits_run: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("evaluation crashed")
+
+    monkeypatch.setattr(search, "evaluate_policy", crash)
+    with pytest.raises(RuntimeError, match="evaluation crashed"):
+        _search(digits_run, tmp_path, "agent=random", "budget.evaluations=5", "logger=wandb")
+    assert wandb.run is None
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_report_compares_agents_across_seeds(digits_run: Path, tmp_path: Path) -> None:
+    for agent in ("random", "es"):
+        for seed in (0, 1):
+            _search(
+                digits_run,
+                tmp_path / f"{agent}-{seed}",
+                f"agent={agent}",
+                f"seed={seed}",
+                "budget.evaluations=12",
+                "confirm.backends=[]",
+            )
+    runs = report.collect_runs(tmp_path)
+    table = report.compare(runs)
+    assert "| es " in table and "| random " in table and "0,1" in table
+    assert report.main([str(tmp_path), "--out", str(tmp_path / "report.md")]) == 0
+    assert (tmp_path / "report.png").stat().st_size > 0
+    assert report.main([str(tmp_path / "empty")]) == 2
+
+
+def test_cli_sweep_over_agents(digits_run: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qrl.search",
+            "-m",
+            "agent=random,es",
+            f"victim.run={digits_run}",
+            "budget.evaluations=8",
+            "confirm.backends=[]",
+            *FAST,
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(report.collect_runs(tmp_path)) == 2
+
+
+def test_search_config_errors_are_clear(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "qrl.search", "agent=dqn", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0 and "dqn" in result.stderr
