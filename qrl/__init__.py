@@ -11,4 +11,13 @@ from qrl.envs import register_envs as _register_envs
 
 _register_envs()
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "audit"]
+
+
+def __getattr__(name: str) -> object:
+    # `qrl.audit(...)` without importing torch at `import qrl`: load the module on first use.
+    if name == "audit":
+        import importlib
+
+        return importlib.import_module("qrl.audit")
+    raise AttributeError(f"module 'qrl' has no attribute {name!r}")

@@ -200,7 +200,7 @@ class ProgressBar:
     """A tqdm bar over the evaluation budget, showing the best reward and gap so far."""
 
     def __init__(self, log: SearchLog, desc: str, enabled: bool = True) -> None:
-        self.bar = tqdm(total=log.budget, desc=desc, disable=not enabled, leave=False)
+        self.bar = tqdm(total=log.budget, desc=desc, disable=None if enabled else True, leave=False)
 
     def __call__(self, ev: Evaluation, best: Evaluation) -> None:
         self.bar.update(1)

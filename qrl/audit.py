@@ -2,6 +2,8 @@
 
 From Python:
 
+    import qrl
+
     result = qrl.audit(model, (x, y), quant="int4_dynamic", policy="input", agent="ppo")
     print(result.gap, result.gap_ci, result.description)
 
@@ -17,7 +19,9 @@ quantization costs on the inputs the search finds.
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,7 +41,7 @@ from qrl.config import build, load_config, to_dict
 from qrl.data import ImageData, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
-from qrl.runs import read_metrics, save_config, seed_everything
+from qrl.runs import read_metrics, save_config, seed_everything, start_run
 from qrl.search import search_victim
 from qrl.victim import Victim
 
@@ -238,13 +242,9 @@ def load_any_model(path: str | Path, spec: Mapping[str, Any] | None, data: Image
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """The CLI: load the model (and teacher), then search it on the configured data."""
-    started = time.perf_counter()
     if not cfg.model.path:
         raise ConfigError("set model.path=<checkpoint> (qrl, TorchScript or state dict)")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
-    seed_everything(int(cfg.seed))
+    out, started = start_run(cfg)
     data: ImageData = build(cfg.data)
     spec = to_dict(cfg.model.spec) if cfg.model.get("spec") else None
     student = load_any_model(cfg.model.path, spec, data)
@@ -267,6 +267,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 
+
+class _CallableModule(types.ModuleType):
+    """`qrl.audit` is both the CLI module (`python -m qrl.audit`) and the function the API
+    promises (`qrl.audit(model, data, ...)`): calling the module calls `audit`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AuditResult:
+        return audit(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,22 @@ CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose `conf/<name>.yaml` with command-line style overrides, outside of `hydra.main`."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=list(overrides))
+    """Compose `conf/<name>.yaml` with command-line style overrides.
+
+    Works inside a running Hydra app too (a search that first distils the default victim):
+    the app's own Hydra state is set aside for the composition and restored afterwards.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    running = GlobalHydra.instance().hydra if GlobalHydra.instance().is_initialized() else None
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose(config_name=name, overrides=list(overrides))
+    finally:
+        if running is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(running)
 
 
 def build(cfg: DictConfig, **kwargs: Any) -> Any:

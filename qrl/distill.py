@@ -9,7 +9,6 @@ from its last epoch (`*.state.pt`).
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from qrl.data import ImageData
 from qrl.errors import CheckpointError
 from qrl.evaluation import LogitsFn, accuracy, agreement, predict_logits
 from qrl.loggers import RunLogger
-from qrl.runs import save_config, seed_everything, write_metrics
+from qrl.runs import start_run, write_metrics
 from qrl.tables import format_table
 from qrl.training import TrainSettings, fit
 
@@ -145,12 +144,8 @@ def _load_or_train(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train or load the teacher, distil the student, evaluate both; returns the metrics."""
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
+    out, started = start_run(cfg)
     seed = int(cfg.seed)
-    seed_everything(seed)
     data: ImageData = build_from_config(cfg.data)
     inputs = InputSpec.of(data)
     teacher_spec, student_spec = to_dict(cfg.model.teacher), to_dict(cfg.model.student)

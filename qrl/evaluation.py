@@ -56,7 +56,10 @@ class HeldOutResult:
     """A policy's gap on held-out inputs, with a bootstrap confidence interval.
 
     Attributes:
-        gap: acc(teacher) - acc(quantized student), a fraction.
+        gap: acc(reference) - acc(quantized student), a fraction; the reference is the
+            teacher unless the env says otherwise.
+        drop_fp: acc(full-precision student) - acc(quantized student): the part of the gap
+            that quantization alone causes.
         ci: (low, high) bootstrap interval of the gap at `level`.
         failures: (inputs, labels, quantized predictions) where the quantized student is
             wrong and the teacher right, at most `keep_failures` of them.
@@ -64,6 +67,7 @@ class HeldOutResult:
 
     gap: float
     ci: tuple[float, float]
+    drop_fp: float
     acc_teacher: float
     acc_fp: float
     acc_q: float
@@ -75,6 +79,7 @@ class HeldOutResult:
             f"{prefix}/gap": self.gap,
             f"{prefix}/gap_ci_low": self.ci[0],
             f"{prefix}/gap_ci_high": self.ci[1],
+            f"{prefix}/drop_fp": self.drop_fp,
             f"{prefix}/acc_teacher": self.acc_teacher,
             f"{prefix}/acc_fp": self.acc_fp,
             f"{prefix}/acc_q": self.acc_q,
@@ -113,7 +118,8 @@ def evaluate_policy(
             fails.append((x[idx], y[idx], m["q_pred"][idx]))
             kept += len(idx)
     t, f, q = torch.cat(t_right).float(), torch.cat(fp_right).float(), torch.cat(q_right).float()
-    diff = (t - q).numpy()
+    reference = f if getattr(env, "reference", "teacher") == "student" else t
+    diff = (reference - q).numpy()
     if fails:
         failures = tuple(torch.cat([part[i] for part in fails]) for i in range(3))
     else:
@@ -125,6 +131,7 @@ def evaluate_policy(
     return HeldOutResult(
         gap=float(diff.mean()),
         ci=bootstrap_ci(diff, level=level, resamples=resamples, seed=seed),
+        drop_fp=float((f - q).mean()),
         acc_teacher=float(t.mean()),
         acc_fp=float(f.mean()),
         acc_q=float(q.mean()),

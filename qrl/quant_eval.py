@@ -11,7 +11,6 @@ the full-precision student (points) and agreement with the teacher. Writes `bits
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +25,14 @@ from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, real_backend
 from qrl.quant.config import check_bits
-from qrl.runs import atomic_write, save_config, seed_everything, write_metrics
+from qrl.runs import atomic_write, start_run, write_metrics
 from qrl.tables import format_table
 from qrl.victim import load_victim
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run's student at every bit-width and backend; returns the metrics."""
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
-    seed_everything(int(cfg.seed))
+    out, started = start_run(cfg)
     quant = as_quant_config(cfg.quant)
     bits_list = [check_bits(int(b), "bits entries") for b in cfg.bits]
     unknown = sorted(set(cfg.backends) - set(BACKEND_NAMES))

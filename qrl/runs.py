@@ -105,6 +105,20 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> Any:
     return OmegaConf.load(path)
 
 
+def start_run(cfg: Any) -> tuple[Path, float]:
+    """What every task does first: create `cfg.out`, save the config there, seed everything.
+
+    Returns:
+        (run dir, start time for `write_metrics`).
+    """
+    started = time.perf_counter()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(out, cfg)
+    seed_everything(int(cfg.seed))
+    return out, started
+
+
 def write_metrics(
     run_dir: str | os.PathLike[str], metrics: Mapping[str, Any], *, seed: int, started: float
 ) -> dict[str, Any]:

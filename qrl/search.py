@@ -13,7 +13,6 @@ wrong and the teacher right), `search_curve.png`, `log.csv`, `tb/`, `sb3/` and, 
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config
 from qrl.quant.backends import real_backend
 from qrl.report import failure_grid, search_curve, write_archive
-from qrl.runs import save_config, seed_everything, write_metrics
+from qrl.runs import start_run, write_metrics
 from qrl.tables import format_table
 from qrl.victim import Victim, default_victim, load_victim
 
@@ -52,6 +51,7 @@ def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "batch_size": int(cfg.env.batch_size),
         "validity_floor": float(cfg.env.validity_floor),
         "penalty": float(cfg.env.penalty),
+        "reference": str(cfg.env.get("reference", "teacher")),
     }
 
 
@@ -183,6 +183,7 @@ def confirm_on_kernels(
             corruptions=list(cfg.policy.corruptions),
             class_mix=bool(cfg.policy.class_mix),
             split=str(cfg.eval.split),
+            reference=str(cfg.env.get("reference", "teacher")),
         )
         res: HeldOutResult = evaluate_policy(real_env, input_part, **evaluate)
         for key, value in res.metrics(f"confirm/{name}").items():
@@ -214,6 +215,7 @@ def _print_summary(
             f"[{pct(result.ci[0])}, {pct(result.ci[1])}] {int(100 * cfg.eval.ci_level)}% CI",
         ],
         ["held-out gap, data's own distribution", pct(metrics["baseline/gap"]), ""],
+        ["held-out drop, full-precision student - quantized", pct(result.drop_fp), ""],
         [
             "held-out acc: teacher / quantized",
             f"{pct(result.acc_teacher)} / {pct(result.acc_q)}",
@@ -247,11 +249,7 @@ def _print_summary(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Build the victim named by the config and search it; returns the metrics."""
-    started = time.perf_counter()
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(out, cfg)
-    seed_everything(int(cfg.seed))
+    out, started = start_run(cfg)
     # --- build victim -------------------------------------------------------------------------
     quant = as_quant_config(cfg.quant)
     victim = load_victim(cfg.victim.run, quant) if cfg.victim.run else default_victim(quant)

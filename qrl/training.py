@@ -79,7 +79,10 @@ def fit(
     start = 0
     if state_path is not None and state_path.is_file():
         start = _restore(state_path, model, opt, sched)
-    bar = tqdm(range(start, settings.epochs), desc=prefix, disable=not progress, leave=False)
+    # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
+    bar = tqdm(
+        range(start, settings.epochs), desc=prefix, disable=None if progress else True, leave=False
+    )
     for epoch in bar:
         model.train()
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)

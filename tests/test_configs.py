@@ -86,3 +86,13 @@ def test_every_sweep_preset_composes(name: str) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("search", overrides=[f"+sweep={name}", "out=x"], return_hydra_config=True)
     assert "agent" in cfg.hydra.sweeper.params
+
+
+def test_configs_compose_inside_a_running_hydra_app() -> None:
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        running = GlobalHydra.instance().hydra
+        assert load_config("distill", ["out=x"]).task == "distill"
+        assert GlobalHydra.instance().hydra is running

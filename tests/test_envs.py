@@ -208,3 +208,12 @@ def test_first_use_trains_and_caches_the_victim(
     second = victim_module.default_victim(preset("int8_dynamic"))
     w1, w2 = first.student.state_dict(), second.student.state_dict()
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_student_reference_measures_quantization_alone(victim: Victim) -> None:
+    env = QuantFailureEnv(victim, mode="input", batch_size=128, reference="student")
+    env.reset(seed=0)
+    *_, info = env.step(np.full(env.action_space.shape, 0.3))
+    assert info["gap"] == pytest.approx(info["acc_fp"] - info["acc_q"])
+    with pytest.raises(Exception, match="reference must be teacher or student"):
+        QuantFailureEnv(victim, reference="oracle")

@@ -31,7 +31,8 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
     The environment wraps a black-box teacher T, a full-precision student S and S's dynamic
     quantized copy S_q. Each step the agent proposes a policy's parameters; the environment
     draws a batch from the policy's input distribution, evaluates T, S and S_q on it in one
-    batched pass, and pays the accuracy gap acc(T) - acc(S_q).
+    batched pass, and pays the accuracy gap acc(T) - acc(S_q) (or acc(S) - acc(S_q) with
+    `reference="student"`, which leaves out what the student already gets wrong in float).
 
     ## Action Space
     `Box(-1, 1, (k,), float32)`, by `mode`:
@@ -48,7 +49,9 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
     for each of the L quantized layers tanh(log1p(mean activation range) / 3).
 
     ## Rewards
-    gap - penalty * max(0, validity_floor - acc_teacher): the gap pays, but a distribution on
+    gap - penalty * max(0, validity_floor - acc_teacher), where gap = acc(reference) - acc(S_q)
+    and the reference is the teacher (default) or the full-precision student: the gap pays, but
+    a distribution on
     which the teacher itself falls below the validity floor (destroyed images) costs more than
     it can earn.
 
@@ -63,7 +66,8 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
     `victim` or `teacher`/`student`/`data` (default: the cached digits victim), `quant`
     (preset name or `QuantConfig`, default `int4_dynamic`), `mode`, `corruptions`,
     `class_mix`, `bits_set`, `bits_budget`, `batch_size` (256), `validity_floor` (0.9),
-    `penalty` (2.0), `split` (the data split batches are drawn from, default `train`).
+    `penalty` (2.0), `split` (the data split batches are drawn from, default `train`),
+    `reference` (`teacher` or `student`: whose accuracy the gap is measured from).
 
     ## Version History
     - v0: initial version.
@@ -88,6 +92,7 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
         validity_floor: float = 0.9,
         penalty: float = 2.0,
         split: str = "train",
+        reference: str = "teacher",
     ) -> None:
         if mode not in MODES:
             raise ConfigError(f"mode must be one of {list(MODES)}, got {mode!r}")
@@ -97,6 +102,9 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         if split not in ("train", "val", "test"):
             raise ConfigError(f"split must be train, val or test, got {split!r}")
+        if reference not in ("teacher", "student"):
+            raise ConfigError(f"reference must be teacher or student, got {reference!r}")
+        self.reference = reference
         self.victim = resolve_victim(victim, teacher, student, data, quant)
         self.mode, self.batch_size = mode, batch_size
         self.validity_floor, self.penalty = validity_floor, penalty
@@ -192,12 +200,13 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
         x, y = self.draw(action, self.batch_size, gen)
         m = self.measure(action, x, y)
         acc_t = float(m["teacher_right"].float().mean())
+        acc_fp = float(m["fp_right"].float().mean())
         acc_q = float(m["q_right"].float().mean())
         self._last_info = {
             "acc_teacher": acc_t,
-            "acc_fp": float(m["fp_right"].float().mean()),
+            "acc_fp": acc_fp,
             "acc_q": acc_q,
-            "gap": acc_t - acc_q,
+            "gap": (acc_t if self.reference == "teacher" else acc_fp) - acc_q,
             "mean_bits": m["mean_bits"],
             "valid": float(acc_t >= self.validity_floor),
         }
