@@ -161,6 +161,7 @@ def _run_sb3(
         callback=CallbackList([BudgetCallback(log), *callbacks]),
         progress_bar=False,
     )
+    model.logger.close()  # flush SB3's CSV / TensorBoard files before results are written
     venv.close()
 
 

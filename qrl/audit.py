@@ -76,7 +76,8 @@ class AuditResult:
     def __str__(self) -> str:
         lines = [
             f"held-out gap {100 * self.gap:.2f} points "
-            f"(95% CI {100 * self.gap_ci[0]:.2f} to {100 * self.gap_ci[1]:.2f})",
+            f"({100 * self.metrics.get('eval/ci_level', 0.95):.0f}% CI "
+            f"{100 * self.gap_ci[0]:.2f} to {100 * self.gap_ci[1]:.2f})",
             f"under: {self.description}",
             f"accuracy teacher {100 * self.acc_teacher:.2f}%, quantized {100 * self.acc_q:.2f}%",
         ]
@@ -179,6 +180,7 @@ def audit(
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.json").unlink(missing_ok=True)  # a rerun here replaces the result
     save_config(run_dir, cfg)
     seed_everything(seed)
     victim = Victim.build(

@@ -17,3 +17,7 @@ class DataError(QrlError, FileNotFoundError):
 
 class CheckpointError(QrlError, ValueError):
     """A checkpoint that is missing, corrupt, or made for another model."""
+
+
+class ActionError(QrlError, ValueError):
+    """An action an environment cannot take (NaN, infinite, wrong shape)."""

@@ -37,17 +37,38 @@ def agreement(logits_a: Tensor, logits_b: Tensor) -> float:
     return float((logits_a.argmax(dim=1) == logits_b.argmax(dim=1)).float().mean())
 
 
-def bootstrap_ci(
-    values: np.ndarray | Tensor, *, level: float = 0.95, resamples: int = 2000, seed: int = 0
+def cluster_bootstrap_ci(
+    values: np.ndarray,
+    clusters: np.ndarray,
+    *,
+    level: float = 0.95,
+    resamples: int = 2000,
+    seed: int = 0,
 ) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of per-example values."""
-    v = np.asarray(values.cpu() if isinstance(values, Tensor) else values, dtype=np.float64)
+    """Percentile bootstrap interval of the mean of `values`, resampling whole clusters.
+
+    Held-out draws reuse the same source images (a test split of a few hundred images, drawn
+    thousands of times under random transformations), so draws are not independent: the
+    interval resamples source images, each with all of its draws, and so reflects the finite
+    test set as well as the transformation noise.
+    """
+    if resamples < 1 or not 0.0 < level < 1.0:
+        raise ValueError(
+            f"bootstrap needs resamples >= 1 and level in (0, 1), got {resamples}, {level}"
+        )
+    v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
-        raise ValueError("bootstrap_ci needs at least one value")
+        raise ValueError("cluster_bootstrap_ci needs at least one value")
+    _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    sums = np.bincount(inverse, weights=v)
+    counts = np.bincount(inverse).astype(np.float64)
     rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(axis=1)
+    means = []
+    for start in range(0, resamples, 250):  # blocks keep memory flat for large test splits
+        picks = rng.integers(0, len(sums), size=(min(250, resamples - start), len(sums)))
+        means.append(sums[picks].sum(axis=1) / counts[picks].sum(axis=1))
     alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    low, high = np.quantile(np.concatenate(means), [alpha, 1.0 - alpha])
     return float(low), float(high)
 
 
@@ -60,7 +81,7 @@ class HeldOutResult:
             teacher unless the env says otherwise.
         drop_fp: acc(full-precision student) - acc(quantized student): the part of the gap
             that quantization alone causes.
-        ci: (low, high) bootstrap interval of the gap at `level`.
+        ci: (low, high) bootstrap interval of the gap at `level`, resampling source images.
         failures: (inputs, labels, quantized predictions) where the quantized student is
             wrong and the teacher right, at most `keep_failures` of them.
     """
@@ -72,6 +93,7 @@ class HeldOutResult:
     acc_fp: float
     acc_q: float
     samples: int
+    images: int
     failures: tuple[Tensor, Tensor, Tensor]
 
     def metrics(self, prefix: str) -> dict[str, float]:
@@ -84,6 +106,7 @@ class HeldOutResult:
             f"{prefix}/acc_fp": self.acc_fp,
             f"{prefix}/acc_q": self.acc_q,
             f"{prefix}/samples": self.samples,
+            f"{prefix}/images": self.images,
         }
 
 
@@ -100,15 +123,18 @@ def evaluate_policy(
 ) -> HeldOutResult:
     """Score a policy on `samples` fresh draws from the env's split (in batches).
 
-    `env` is a `QuantFailureEnv` (its `draw` and `measure`); the same `seed` gives the same
-    draws, so two victims (e.g. simulator and int8 kernel) can be compared input by input.
+    `env` is a `QuantFailureEnv` (its `draw_indexed` and `measure`); the same `seed` gives the
+    same draws, so two victims (e.g. simulator and int8 kernel) can be compared input by input.
     """
+    if samples < 1:
+        raise ValueError(f"held-out evaluation needs samples >= 1, got {samples}")
     gen = torch.Generator().manual_seed(seed)
-    t_right, fp_right, q_right, fails = [], [], [], []
+    t_right, fp_right, q_right, sources, fails = [], [], [], [], []
     kept = 0
     for start in range(0, samples, batch_size):
-        x, y = env.draw(action, min(batch_size, samples - start), gen)
+        x, y, idx = env.draw_indexed(action, min(batch_size, samples - start), gen)
         m = env.measure(action, x, y)
+        sources.append(idx)
         t_right.append(m["teacher_right"])
         fp_right.append(m["fp_right"])
         q_right.append(m["q_right"])
@@ -120,6 +146,7 @@ def evaluate_policy(
     t, f, q = torch.cat(t_right).float(), torch.cat(fp_right).float(), torch.cat(q_right).float()
     reference = f if getattr(env, "reference", "teacher") == "student" else t
     diff = (reference - q).numpy()
+    source = torch.cat(sources).numpy()
     if fails:
         failures = tuple(torch.cat([part[i] for part in fails]) for i in range(3))
     else:
@@ -130,11 +157,12 @@ def evaluate_policy(
         )
     return HeldOutResult(
         gap=float(diff.mean()),
-        ci=bootstrap_ci(diff, level=level, resamples=resamples, seed=seed),
+        ci=cluster_bootstrap_ci(diff, source, level=level, resamples=resamples, seed=seed),
         drop_fp=float((f - q).mean()),
         acc_teacher=float(t.mean()),
         acc_fp=float(f.mean()),
         acc_q=float(q.mean()),
         samples=len(diff),
+        images=len(np.unique(source)),
         failures=failures,  # type: ignore[arg-type]
     )

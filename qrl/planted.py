@@ -65,7 +65,7 @@ def planted_digits_mlp(
 ) -> tuple[MLP, ImageData]:
     """An MLP trained on digits (robust to brightness shifts), with the outlier unit planted.
 
-    Training adds a random brightness shift in [0, 0.5] to half the batches, so the float model
+    Training adds a random brightness shift in [0, 0.5] to half the examples, so the float model
     stays accurate on bright images: the only thing that breaks there is its quantized copy.
 
     Returns:

@@ -30,11 +30,22 @@ from qrl.tables import format_table
 from qrl.victim import load_victim
 
 
+def quant_name(cfg: DictConfig) -> str:
+    return str(cfg.quant.get("name", "this quantizer"))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run's student at every bit-width and backend; returns the metrics."""
     out, started = start_run(cfg)
     quant = as_quant_config(cfg.quant)
     bits_list = [check_bits(int(b), "bits entries") for b in cfg.bits]
+    if quant.act_reduce_range:  # one bit fewer: 2-bit would be a 1-bit grid
+        skipped = [b for b in bits_list if b < 3]
+        bits_list = [b for b in bits_list if b >= 3]
+        if skipped:
+            print(f"note: {quant_name(cfg)} uses reduce_range; skipping bits {skipped}")
+    if not bits_list and not cfg.backends:
+        raise ConfigError("nothing to evaluate: give at least one entry in bits or backends")
     unknown = sorted(set(cfg.backends) - set(BACKEND_NAMES))
     if unknown:
         raise ConfigError(f"unknown backends {unknown}; choose from {list(BACKEND_NAMES)}")
@@ -122,7 +133,8 @@ def _plot(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(bits, [100 * r["acc"] for r in rows[: len(bits)]], "o-", label="quantized student")
+    if bits:
+        ax.plot(bits, [100 * r["acc"] for r in rows[: len(bits)]], "o-", label="quantized student")
     ax.axhline(100 * acc_fp, color="k", ls="--", lw=1, label="full-precision student")
     ax.axhline(100 * acc_t, color="g", ls=":", lw=1, label="teacher")
     for r in rows[len(bits) :]:

@@ -122,6 +122,8 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
         record: dict[str, Any] = {"run_dir": str(run_dir), **json.loads(metrics_path.read_text())}
         if (run_dir / CONFIG_FILE).is_file():
             record["config"] = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
+        if "eval/drop_fp" not in record and {"eval/acc_fp", "eval/acc_q"} <= set(record):
+            record["eval/drop_fp"] = record["eval/acc_fp"] - record["eval/acc_q"]
         runs.append(record)
     return runs
 
@@ -136,9 +138,10 @@ def _lookup(record: dict[str, Any], dotted: str) -> Any:
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "-"
+    digits = 0 if all(float(v).is_integer() for v in values) else 3
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def compare(
@@ -146,6 +149,7 @@ def compare(
     by: str = "agent.name",
     keys: Sequence[str] = (
         "eval/gap",
+        "eval/drop_fp",
         "search/best_gap",
         "search/evaluations_to_best",
         "confirm/gap",
@@ -159,6 +163,7 @@ def compare(
     header = [by.split(".")[0], "seeds", *keys]
     rows = []
     for name, members in sorted(groups.items()):
+        members.sort(key=lambda m: int(m.get("seed", 0)))
         row: list[Any] = [name, ",".join(str(m.get("seed")) for m in members)]
         for key in keys:
             row.append(_mean_std([float(m[key]) for m in members if key in m]))

@@ -59,11 +59,19 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@cache
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -114,6 +122,8 @@ def start_run(cfg: Any) -> tuple[Path, float]:
     started = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    # A rerun into the same dir replaces the result: until it finishes, the dir is unfinished.
+    (out / METRICS_FILE).unlink(missing_ok=True)
     save_config(out, cfg)
     seed_everything(int(cfg.seed))
     return out, started

@@ -61,6 +61,10 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
     budget = int(cfg.budget.evaluations)
     if budget < 1:
         raise ConfigError(f"budget.evaluations must be >= 1, got {budget}")
+    if int(cfg.eval.samples) < 1 or int(cfg.eval.bootstrap) < 1 or not 0 < cfg.eval.ci_level < 1:
+        raise ConfigError(
+            "eval.samples and eval.bootstrap must be >= 1 and eval.ci_level in (0, 1)"
+        )
     kwargs = env_kwargs(cfg)
     name = f"search-{cfg.agent.name}-{cfg.policy.mode}-s{seed}"
     with RunLogger(out, cfg.logger, config=cfg, name=name) as log:
@@ -139,6 +143,7 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
             "search/evaluations": search_log.count,
             "search/evaluations_to_best": best.index,
             **result.metrics("eval"),
+            "eval/ci_level": float(cfg.eval.ci_level),
             **{k.replace("eval/", "baseline/"): v for k, v in baseline.metrics("eval").items()},
             **confirm,
             "policy/description": description,
@@ -175,7 +180,12 @@ def confirm_on_kernels(
     for name in cfg.confirm.backends:
         if name == victim.quant.backend or (name == "torch_ao" and not linear_only):
             continue
-        backend = real_backend(str(name), victim.student, victim.data.test.x[:8])
+        backend = real_backend(
+            str(name),
+            victim.student,
+            victim.data.test.x[:8],
+            onnx_reduce_range=bool(cfg.confirm.get("onnx_reduce_range", False)),
+        )
         real = dataclasses.replace(victim, qstudent=backend)
         real_env = QuantFailureEnv(
             real,

@@ -164,8 +164,12 @@ def test_ppo_trains_on_the_vectorized_env(victim: Victim) -> None:
 
     venv = QuantBitsVecEnv(num_envs=16, seed=0, victim=victim)
     model = PPO("MlpPolicy", venv, n_steps=8, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(total_timesteps=256)
     assert model.num_timesteps >= 256
+    assert any(
+        not torch.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True)
+    )
 
 
 def test_custom_models_and_tensors_as_data() -> None:
@@ -217,3 +221,11 @@ def test_student_reference_measures_quantization_alone(victim: Victim) -> None:
     assert info["gap"] == pytest.approx(info["acc_fp"] - info["acc_q"])
     with pytest.raises(Exception, match="reference must be teacher or student"):
         QuantFailureEnv(victim, reference="oracle")
+
+
+def test_per_input_bits_need_per_sample_quantization(victim: Victim) -> None:
+    from dataclasses import replace
+
+    per_tensor = replace(victim, quant=preset("int4_dynamic", act_granularity="per_tensor"))
+    with pytest.raises(Exception, match="only with act_granularity=per_sample"):
+        QuantBitsEnv(per_tensor)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,19 @@ def test_wandb_offline_run_is_finished_even_on_crash(tmp_path: Path, monkeypatch
     assert run is not None
     offline_dirs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(offline_dirs) == 1 and any(offline_dirs[0].glob("*.wandb"))
+
+
+def test_rerun_into_a_finished_dir_is_unfinished_until_it_ends(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from qrl.runs import start_run, write_metrics
+
+    cfg = OmegaConf.create({"out": str(tmp_path), "seed": 0})
+    _, started = start_run(cfg)
+    write_metrics(tmp_path, {"x": 1.0}, seed=0, started=started)
+    assert (tmp_path / "metrics.json").is_file()
+    start_run(cfg)
+    assert not (tmp_path / "metrics.json").exists()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "config.yaml").stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600

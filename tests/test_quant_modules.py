@@ -167,3 +167,24 @@ def test_quantized_copy_refuses_models_without_layers_and_real_backends() -> Non
         quantized_copy(nn.Sequential(nn.ReLU()))
     with pytest.raises(ConfigError, match="real_backend"):
         quantized_copy(MLP(), QuantConfig(backend="onnxruntime"))
+
+
+def test_bad_bits_leave_the_model_unchanged_and_reduce_range_needs_three_bits() -> None:
+    qmodel = quantized_copy(ARCHS["mlp"](), QuantConfig(act_bits=8, act_reduce_range=True))
+    n = len(layer_names(qmodel))
+    set_bits_(qmodel, 5)
+    with pytest.raises(ConfigError, match="at least 3"):
+        set_bits_(qmodel, [3] * (n - 1) + [2])
+    with pytest.raises(ConfigError, match="from 2 to 8"):
+        set_bits_(qmodel, [4] * (n - 1) + [9])
+    assert [layer.bits for layer in quantized_layers(qmodel)] == [5] * n
+    set_bits_(qmodel, 3)
+
+
+def test_weight_cache_follows_a_dtype_change() -> None:
+    qmodel = quantized_copy(MLP(1, 3, (8, 8), hidden=(8,))).eval()
+    x = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        qmodel(x)
+        out = qmodel.double()(x.double())
+    assert out.dtype == torch.float64

@@ -16,7 +16,7 @@ from qrl.agents import SearchLog
 from qrl.config import CONF_DIR, load_config
 from qrl.envs.quant_failure import QuantFailureEnv
 from qrl.errors import ConfigError
-from qrl.evaluation import evaluate_policy
+from qrl.evaluation import cluster_bootstrap_ci, evaluate_policy
 from qrl.quant import preset
 from qrl.victim import load_victim
 
@@ -78,6 +78,7 @@ def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path:
 def test_held_out_evaluation_uses_fresh_inputs_and_a_valid_interval(digits_run: Path) -> None:
     victim = load_victim(digits_run, preset("int4_dynamic"))
     env = QuantFailureEnv(victim, split="test", mode="input")
+    assert env.pool is victim.data.test  # the search draws from train; held-out from test
     action = np.zeros(env.action_space.shape)
     action[0] = 0.6  # brighter images
     small = evaluate_policy(env, action, samples=256, seed=1, resamples=500)
@@ -225,3 +226,17 @@ def test_search_config_errors_are_clear(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode != 0 and "dqn" in result.stderr
+
+
+def test_cluster_bootstrap_counts_source_images_not_draws() -> None:
+    rng = np.random.default_rng(0)
+    per_image = rng.integers(0, 2, 100).astype(float)  # 100 images, each right or wrong
+    repeated = np.repeat(per_image, 40)  # drawn 40 times each, as held-out draws reuse images
+    clusters = np.repeat(np.arange(100), 40)
+    low, high = cluster_bootstrap_ci(repeated, clusters, resamples=2000)
+    low1, high1 = cluster_bootstrap_ci(per_image, np.arange(100), resamples=2000)
+    naive_low, naive_high = cluster_bootstrap_ci(repeated, np.arange(4000), resamples=2000)
+    assert high - low == pytest.approx(high1 - low1, rel=0.15)  # the 100 images decide the width
+    assert (naive_high - naive_low) < 0.3 * (
+        high - low
+    )  # treating draws as independent: ~6x too narrow

@@ -10,7 +10,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from qrl.data import ImageData, from_tensors
-from qrl.errors import ConfigError
+from qrl.errors import ActionError, ConfigError
 from qrl.quant import QuantConfig, as_quant_config, quantized_layers
 from qrl.victim import Victim, default_victim
 
@@ -54,9 +54,9 @@ def check_action(action: Any, space: spaces.Space) -> np.ndarray:
     assert isinstance(space, spaces.Box)
     a = np.asarray(action, dtype=np.float64)
     if a.shape != space.shape:
-        raise ValueError(f"action must have shape {space.shape}, got {a.shape}")
+        raise ActionError(f"action must have shape {space.shape}, got {a.shape}")
     if not np.isfinite(a).all():
-        raise ValueError(
+        raise ActionError(
             "action contains NaN or infinite values: the agent has diverged "
             "(lower its learning rate, or check its inputs)"
         )

@@ -24,7 +24,13 @@ from qrl.data import ImageData
 from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, BitsDecoder
-from qrl.quant import QuantConfig, layer_names, set_bits_, set_quantization_enabled_
+from qrl.quant import (
+    QuantConfig,
+    layer_names,
+    quantized_layers,
+    set_bits_,
+    set_quantization_enabled_,
+)
 from qrl.victim import Victim
 
 REWARD_MODES = ("detrimental", "robust")
@@ -60,6 +66,12 @@ class BitsTask:
             )
         if split not in ("train", "val", "test"):
             raise ConfigError(f"split must be train, val or test, got {split!r}")
+        if victim.quant.act_granularity != "per_sample":
+            raise ConfigError(
+                "QuantBits scores a batch of inputs in one pass, each at its own bits: that keeps "
+                "them independent only with act_granularity=per_sample, got "
+                f"{victim.quant.act_granularity}"
+            )
         self.victim, self.reward_mode = victim, reward
         self.qstudent: nn.Module = victim.qstudent
         self.pool = getattr(victim.data, split)
@@ -82,12 +94,15 @@ class BitsTask:
         The observation is the image average-pooled to at most 8x8, the full-precision
         student's class probabilities, and its per-layer activation ranges (squashed).
         """
+        layers = quantized_layers(self.qstudent)
+        enabled = [layer.enabled for layer in layers]
         set_quantization_enabled_(self.qstudent, False)  # the float path, recording ranges
         try:
             fp_logits = self.qstudent(x)
             ranges = range_features(self.qstudent, len(x))
         finally:
-            set_quantization_enabled_(self.qstudent, True)
+            for layer, on in zip(layers, enabled, strict=True):
+                layer.enabled = on
         teacher_right = self.victim.teacher(x).argmax(1) == y
         pooled = F.adaptive_avg_pool2d(x, self.side).flatten(1)  # (B, C*8*8)
         probs = fp_logits.softmax(dim=1)
@@ -140,7 +155,8 @@ class QuantBitsEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Action Space
     `Box(-1, 1, (L,), float32)`, one value per quantized layer, decoded by `BitsDecoder` into
     bit-widths from `bits_set` that spend the `bits_budget` average (see `qrl.policies.bits`).
-    Finite values outside [-1, 1] are clipped; NaN or infinite values raise `ValueError`.
+    Finite values outside [-1, 1] are clipped; NaN or infinite values raise
+    `qrl.errors.ActionError` (a `ValueError`).
 
     ## Observation Space
     `Box(0, 1, (C*8*8 + K + L,), float32)`: the input average-pooled to at most 8x8 pixels,

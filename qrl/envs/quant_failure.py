@@ -16,7 +16,7 @@ from qrl.data import ImageData
 from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, DEFAULT_CORRUPTIONS, BitsDecoder
-from qrl.policies.input import InputDistribution
+from qrl.policies.input import InputDistribution, class_prior
 from qrl.quant import QuantConfig, layer_names, set_bits_
 from qrl.victim import Victim
 
@@ -41,12 +41,13 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
     - `bits`: one value per quantized layer, decoded by `BitsDecoder` into bit-widths from
       `bits_set` under the `bits_budget` average (see `qrl.policies.bits`).
     - `joint`: the input parameters followed by the per-layer values.
-    Finite values outside [-1, 1] are clipped; NaN or infinite values raise `ValueError`.
+    Finite values outside [-1, 1] are clipped; NaN or infinite values raise
+    `qrl.errors.ActionError` (a `ValueError`).
 
     ## Observation Space
     `Box(-1, 1, (6 + k + L,), float32)`: the last step's gap, teacher, student and quantized
     accuracies, normalized mean bits (b - 2) / 6 and validity flag; the last action (k); and
-    for each of the L quantized layers tanh(log1p(mean activation range) / 3).
+    for each of the L quantized layers the batch mean of tanh(log1p(activation range) / 3).
 
     ## Rewards
     gap - penalty * max(0, validity_floor - acc_teacher), where gap = acc(reference) - acc(S_q)
@@ -165,18 +166,28 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
         input_part, bits = self.split_action(action)
         parts = []
         if input_part is not None and self.inputs is not None:
-            parts.append(self.inputs.describe(input_part))
+            prior = class_prior(self.pool, self.victim.data.num_classes)
+            parts.append(self.inputs.describe(input_part, prior=prior))
         if bits is not None:
             parts.append("bits " + "/".join(str(int(b)) for b in bits))
         return "; ".join(parts)
 
     def draw(self, action: np.ndarray, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """A batch of `n` inputs and labels from the action's input distribution."""
+        x, y, _ = self.draw_indexed(action, n, generator)
+        return x, y
+
+    def draw_indexed(
+        self, action: np.ndarray, n: int, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """`draw`, plus the index in the pool of the image behind each input."""
         input_part, _ = self.split_action(action)
         if input_part is None or self.inputs is None:
             idx = torch.randint(0, len(self.pool), (n,), generator=generator)
-            return self.pool.x[idx], self.pool.y[idx]
-        return self.inputs.sample(self.pool, n, input_part, generator)
+            return self.pool.x[idx], self.pool.y[idx], idx
+        idx = self.inputs.choose(self.pool, n, input_part, generator)
+        x = self.inputs.transform(self.pool.x[idx], input_part, generator)
+        return x, self.pool.y[idx], idx
 
     @torch.no_grad()
     def measure(self, action: np.ndarray, x: Tensor, y: Tensor) -> dict[str, Any]:

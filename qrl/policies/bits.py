@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from qrl.errors import ConfigError
+from qrl.errors import ActionError, ConfigError
 from qrl.quant.config import MAX_BITS, MIN_BITS
 
 DEFAULT_BITS_SET = (2, 3, 4, 5, 6, 8)
@@ -78,11 +78,11 @@ class BitsDecoder:
         """Bit-widths (int64) shaped like `actions`: (layers,) or (batch, layers)."""
         a = np.asarray(actions, dtype=np.float64)
         if a.shape[-1] != self.num_layers:
-            raise ValueError(
+            raise ActionError(
                 f"bit-width actions need {self.num_layers} values per input, got {a.shape[-1]}"
             )
         if not np.isfinite(a).all():
-            raise ValueError("bit-width actions contain NaN or infinite values")
+            raise ActionError("bit-width actions contain NaN or infinite values")
         t = np.atleast_2d(self.targets(a))  # (B, L)
         idx = np.searchsorted(self.levels, t + 1e-9, side="right") - 1  # step 3: floor snap
         idx = np.clip(idx, 0, len(self.levels) - 1)

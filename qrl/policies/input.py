@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from qrl.data import Split
-from qrl.errors import ConfigError
+from qrl.errors import ActionError, ConfigError
 
 CLASS_TEMPERATURE = 3.0
 RGB_ONLY = ("saturation", "color_shift")
@@ -177,6 +177,12 @@ DEFAULT_CORRUPTIONS = ("brightness", "contrast", "gamma", "noise", "blur", "tran
 ORDER = tuple(CORRUPTIONS)  # the fixed order of application
 
 
+def class_prior(pool: Split, num_classes: int) -> Tensor:
+    """Class frequencies of a split, shaped (num_classes,)."""
+    counts = torch.bincount(pool.y, minlength=num_classes).float()
+    return counts / counts.sum()
+
+
 class InputDistribution:
     """A parametric family of input distributions, indexed by an action in [-1, 1]^dim.
 
@@ -251,22 +257,31 @@ class InputDistribution:
         Examples are drawn i.i.d. (with replacement), so a batch follows the class mixture
         exactly in expectation even when one class dominates it.
         """
-        action = self._check(action)
-        prior = torch.bincount(pool.y, minlength=self.num_classes).float()
-        prior = prior / prior.sum()
-        w_class = self.class_weights(action, prior)
-        per_example = (w_class / prior.clamp_min(1e-12))[pool.y]
-        idx = torch.multinomial(per_example, n, replacement=True, generator=generator)
+        idx = self.choose(pool, n, action, generator)
         return self.transform(pool.x[idx], action, generator), pool.y[idx]
 
-    def describe(self, action: np.ndarray, tol: float = 0.02) -> str:
-        """The distribution in words, e.g. "brightness +0.30, noise sigma 0.080"."""
+    def choose(self, pool: Split, n: int, action: np.ndarray, generator: torch.Generator) -> Tensor:
+        """Indices into `pool` of `n` i.i.d. draws under the action's class mixture."""
+        action = self._check(action)
+        prior = class_prior(pool, self.num_classes)
+        w_class = self.class_weights(action, prior)
+        per_example = (w_class / prior.clamp_min(1e-12))[pool.y]
+        return torch.multinomial(per_example, n, replacement=True, generator=generator)
+
+    def describe(self, action: np.ndarray, tol: float = 0.02, prior: Tensor | None = None) -> str:
+        """The distribution in words, e.g. "brightness +0.30, noise sigma 0.080".
+
+        Class shares are computed against `prior` (the pool's class frequencies; uniform when
+        None), as `sample` draws them.
+        """
         action = self._check(action)
         parts = [
             c.describe(action[sl]) for c, sl in self.slices if np.any(np.abs(action[sl]) > tol)
         ]
         if self.class_mix:
-            w = self.class_weights(action, torch.full((self.num_classes,), 1.0 / self.num_classes))
+            if prior is None:
+                prior = torch.full((self.num_classes,), 1.0 / self.num_classes)
+            w = self.class_weights(action, prior)
             top = torch.argsort(w, descending=True)[:3]
             if float(w.max() - w.min()) > tol:
                 parts.append("classes " + ", ".join(f"{int(k)}: {float(w[k]):.0%}" for k in top))
@@ -275,5 +290,7 @@ class InputDistribution:
     def _check(self, action: np.ndarray) -> np.ndarray:
         a = np.asarray(action, dtype=np.float64).reshape(-1)
         if a.shape[0] != self.dim:
-            raise ValueError(f"input-distribution action needs {self.dim} values, got {a.shape[0]}")
+            raise ActionError(
+                f"input-distribution action needs {self.dim} values, got {a.shape[0]}"
+            )
         return a

@@ -166,10 +166,19 @@ def _onnx_nodes(model_bytes: bytes) -> list:
     return list(onnx.load_model(io.BytesIO(model_bytes)).graph.node)
 
 
-def real_backend(name: str, model: nn.Module, example: Tensor) -> RealBackend:
-    """Build a real int8 backend by name (`torch_ao` or `onnxruntime`)."""
+def real_backend(
+    name: str, model: nn.Module, example: Tensor, *, onnx_reduce_range: bool = False
+) -> RealBackend:
+    """Build a real int8 backend by name (`torch_ao` or `onnxruntime`).
+
+    `onnx_reduce_range` quantizes ONNX Runtime's weights to 7 bits. ONNX Runtime's default
+    (False, as here) multiplies uint8 by int8 in 16-bit pairs on x86 CPUs without VNNI and can
+    saturate: measured on an AVX2 machine, one 64->16 Linear layer deviated 0.22 from float
+    without it and 0.009 with it. Both are real deployments; the default is what
+    `quantize_dynamic` users get.
+    """
     if name == "torch_ao":
         return TorchAOBackend(model)
     if name == "onnxruntime":
-        return OnnxRuntimeBackend(model, example)
+        return OnnxRuntimeBackend(model, example, reduce_range=onnx_reduce_range)
     raise ConfigError(f"unknown quant backend {name!r}; real backends are {list(BACKEND_NAMES)}")

@@ -7,7 +7,9 @@ Conventions follow the deployed int8 kernels (fbgemm, ONNX Runtime): values are 
 unsigned, `[0, 2^b - 1]`.
 
 Every function here is batched: `bits` may be one int or an integer tensor with one entry per
-input, and the result is the same as quantizing each input on its own at its own bits.
+input. With `per_sample` granularity the result is the same as quantizing each input on its
+own at its own bits; with `per_tensor` or `per_channel` the inputs of a batch share one observed
+range (as in deployed kernels), and only the grid differs per input.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def observe_range(
     rows = _rows(x, granularity, channel_dim)
     if clip == "percentile" and percentile < 100.0:
         n = rows.shape[1]
-        k_hi = max(1, min(n, math.ceil(percentile / 100.0 * n)))
+        k_hi = max(1, min(n, math.ceil(percentile / 100.0 * n - 1e-9)))  # 1e-9: float error
         lo = rows.kthvalue(n - k_hi + 1, dim=1).values
         hi = rows.kthvalue(k_hi, dim=1).values
     else:
@@ -185,7 +187,7 @@ def quantize_activation(
     scale, zero_point = compute_qparams(
         lo, hi, qmin, qmax, symmetric=cfg.act_symmetric, include_zero=cfg.act_include_zero
     )
-    if cfg.act_reduce_range:
+    if cfg.act_reduce_range and cfg.act_clip == "minmax":
         # fbgemm picks qparams for the reduced grid but clamps to the full one: a value that
         # rounds one step past the reduced grid keeps that step (measured against torch.ao).
         qmin, qmax = qrange(b, cfg.act_symmetric)

@@ -48,13 +48,14 @@ class QuantizedLayer(nn.Module):
         self.enabled = True
         self.last_lo: Tensor | None = None
         self.last_hi: Tensor | None = None
-        self._weight_cache: tuple[int, Tensor] | None = None
+        self._weight_cache: tuple[tuple, Tensor] | None = None
 
     def quantized_weight(self) -> Tensor:
         weight = self.layer.weight
         if self.training or (weight.requires_grad and torch.is_grad_enabled()):
             return quantize_weight(weight, self.cfg)
-        version = weight._version
+        # Keyed on the storage too: .to() / .data = ... swap the tensor without a version bump.
+        version = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._weight_cache is None or self._weight_cache[0] != version:
             with torch.no_grad():
                 self._weight_cache = (version, quantize_weight(weight, self.cfg))
@@ -137,39 +138,46 @@ def set_bits_(qmodel: nn.Module, bits: int | Sequence[int] | Tensor) -> nn.Modul
             per-layer bit-widths, applied in one batched forward pass.
 
     Raises:
-        ConfigError: bits outside 2..8, a non-integer dtype, or the wrong number of layers.
+        ConfigError: bits outside 2..8 (3..8 with `act_reduce_range`), a non-integer dtype, or
+            the wrong number of layers. Nothing is changed when it raises.
     """
     layers = quantized_layers(qmodel)
     if not layers:
         raise ConfigError("set_bits_ needs a model from quantized_copy (no quantized layers found)")
+    per_layer = _per_layer_bits(bits, len(layers))
+    lowest = min(int(b.min()) if isinstance(b, Tensor) else b for b in per_layer)
+    if lowest < 3 and layers[0].cfg.act_reduce_range:
+        raise ConfigError(
+            f"act_reduce_range drops one bit, so every bit-width must be at least 3; got {lowest} "
+            "(use a bits set without 2, or a preset without reduce_range)"
+        )
+    for layer, b in zip(layers, per_layer, strict=True):
+        layer.bits = b
+    return qmodel
+
+
+def _per_layer_bits(bits: int | Sequence[int] | Tensor, n_layers: int) -> list[Bits]:
+    """Validated bits for each layer: ints, or (batch,) tensors for per-input bits."""
     if isinstance(bits, Tensor):
         bits = check_bits_tensor(bits)
         if bits.ndim == 0:
-            bits = int(bits)
-        elif bits.ndim == 1:
-            bits = [int(b) for b in bits]
-        elif bits.ndim == 2:
-            if bits.shape[1] != len(layers):
+            return [int(bits)] * n_layers
+        if bits.ndim == 2:
+            if bits.shape[1] != n_layers:
                 raise ConfigError(
-                    f"per-input bits must be shaped (batch, {len(layers)}), one column per "
+                    f"per-input bits must be shaped (batch, {n_layers}), one column per "
                     f"quantized layer; got {tuple(bits.shape)}"
                 )
-            for j, layer in enumerate(layers):
-                layer.bits = bits[:, j].contiguous()
-            return qmodel
-        else:
+            return [bits[:, j].contiguous() for j in range(n_layers)]
+        if bits.ndim != 1:
             raise ConfigError(f"bits tensors must be 0-, 1- or 2-D, got shape {tuple(bits.shape)}")
+        bits = [int(b) for b in bits]
     if isinstance(bits, int):
-        check_bits(bits)
-        for layer in layers:
-            layer.bits = bits
-        return qmodel
+        return [check_bits(bits)] * n_layers
     per_layer = list(bits)
-    if len(per_layer) != len(layers):
-        raise ConfigError(f"got {len(per_layer)} bit-widths for {len(layers)} quantized layers")
-    for layer, b in zip(layers, per_layer, strict=True):
-        layer.bits = check_bits(_as_int(b), "bits")
-    return qmodel
+    if len(per_layer) != n_layers:
+        raise ConfigError(f"got {len(per_layer)} bit-widths for {n_layers} quantized layers")
+    return [check_bits(_as_int(b), "bits") for b in per_layer]
 
 
 def _as_int(value: object) -> object:
