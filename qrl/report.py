@@ -11,6 +11,7 @@ import csv
 import json
 import statistics
 import sys
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -86,7 +87,8 @@ def failure_grid(
         ax.set_title(f"T:{class_names[int(y[i])]} Q:{class_names[int(pred[i])]}", fontsize=7)
     if n == 0:
         axes.flat[0].text(0.5, 0.5, "no failures found", ha="center", va="center")
-    fig.suptitle(title, fontsize=8)
+    lines = [wrapped for line in title.splitlines() for wrapped in textwrap.wrap(line, 22 * cols)]
+    fig.suptitle("\n".join(lines), fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
