@@ -41,7 +41,7 @@ from qrl.config import build, load_config, to_dict
 from qrl.data import ImageData, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
-from qrl.runs import read_metrics, save_config, seed_everything, start_run
+from qrl.runs import read_metrics, start_run
 from qrl.search import search_victim
 from qrl.victim import Victim
 
@@ -179,10 +179,7 @@ def audit(
         cfg.policy = OmegaConf.merge(cfg.policy, to_dict(policy_obj))
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "metrics.json").unlink(missing_ok=True)  # a rerun here replaces the result
-    save_config(run_dir, cfg)
-    seed_everything(seed)
+    start_run(cfg)  # cfg.out is run_dir: create it, drop a stale result, save config, seed
     victim = Victim.build(
         teacher if teacher is not None else student,
         student,
