@@ -1,4 +1,9 @@
-"""A small, resumable training loop shared by teacher training, distillation and QAT."""
+"""A small, resumable training loop shared by teacher training, distillation and QAT.
+
+`Trainer` owns the optimizer and learning-rate schedule for a fixed number of steps and takes
+one step at a time, so network updates can alternate with other work (PPO on the bit-width
+policy, in `qrl.pairs`) without restarting either; `fit` runs it over epochs.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,49 @@ class TrainSettings:
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.shift < 0:
             raise ValueError(f"invalid training settings {self}")
+
+
+class Trainer:
+    """AdamW with a one-cycle learning rate over `total_steps` steps, one `step(loss)` at a time.
+
+    Args:
+        model: the module whose parameters are trained.
+        lr, weight_decay: AdamW's peak learning rate and weight decay.
+        total_steps: the length of the schedule (steps past it keep the final rate).
+    """
+
+    def __init__(self, model: nn.Module, *, lr: float, weight_decay: float, total_steps: int):
+        self.model = model
+        self.total_steps = max(1, int(total_steps))
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        self.sched = torch.optim.lr_scheduler.OneCycleLR(
+            self.opt, max_lr=lr, total_steps=self.total_steps, pct_start=0.15
+        )
+        self.steps = 0
+
+    def step(self, loss: Tensor) -> float:
+        """One optimizer step on `loss`; returns its value."""
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.steps < self.total_steps:  # OneCycleLR refuses steps past its end
+            self.sched.step()
+        self.steps += 1
+        return float(loss.detach())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "opt": self.opt.state_dict(),
+            "sched": self.sched.state_dict(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        self.steps = int(state["steps"])
 
 
 def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -68,17 +117,16 @@ def fit(
     Each epoch draws its shuffling and augmentation from a generator seeded by (seed, epoch), so
     a resumed run gives exactly the same weights as an uninterrupted one.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt,
-        max_lr=settings.lr,
-        total_steps=max(1, settings.epochs * steps_per_epoch),
-        pct_start=0.15,
+    trainer = Trainer(
+        model,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        total_steps=settings.epochs * steps_per_epoch,
     )
     start = 0
     if state_path is not None and state_path.is_file():
-        start = _restore(state_path, model, opt, sched)
+        start = _restore(state_path, trainer)
     # disable=None: tqdm turns itself off when stderr is not a terminal (logs, CI).
     bar = tqdm(
         range(start, settings.epochs), desc=prefix, disable=None if progress else True, leave=False
@@ -88,12 +136,8 @@ def fit(
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         total, count = 0.0, 0
         for x, y in train.batches(settings.batch_size, shuffle=True, generator=gen):
-            loss = loss_fn(model, random_shift(x, settings.shift, gen), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, count = total + float(loss.detach()) * len(y), count + len(y)
+            loss = trainer.step(loss_fn(model, random_shift(x, settings.shift, gen), y))
+            total, count = total + loss * len(y), count + len(y)
         metrics = {f"{prefix}/loss": total / max(count, 1)}
         if val is not None and len(val) > 0:
             metrics[f"{prefix}/val_acc"] = accuracy(predict_logits(model, val.x), val.y)
@@ -101,25 +145,15 @@ def fit(
         if logger is not None:
             logger.log(metrics, step=epoch + 1)
         if state_path is not None:
-            atomic_torch_save(
-                {
-                    "epoch": epoch + 1,
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                },
-                state_path,
-            )
+            atomic_torch_save({"epoch": epoch + 1, **trainer.state_dict()}, state_path)
     model.eval()
     return model
 
 
-def _restore(path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: object) -> int:
+def _restore(path: Path, trainer: Trainer) -> int:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])  # type: ignore[attr-defined]
+        trainer.load_state_dict(state)
         return int(state["epoch"])
     except Exception as exc:
         raise CheckpointError(

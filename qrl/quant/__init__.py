@@ -9,11 +9,13 @@ from qrl.quant.functional import compute_qparams, fake_quantize, fake_quantize_s
 from qrl.quant.modules import (
     QuantizedLayer,
     float_model,
+    float_path,
     layer_names,
     quantized_copy,
     quantized_layers,
     set_bits_,
     set_quantization_enabled_,
+    using_bits,
 )
 from qrl.quant.presets import as_quant_config, preset, preset_names
 
@@ -25,6 +27,7 @@ __all__ = [
     "fake_quantize",
     "fake_quantize_ste",
     "float_model",
+    "float_path",
     "layer_names",
     "preset",
     "preset_names",
@@ -33,4 +36,5 @@ __all__ = [
     "quantized_layers",
     "set_bits_",
     "set_quantization_enabled_",
+    "using_bits",
 ]

@@ -42,6 +42,8 @@ class QuantConfig:
         weight_bits: weight bit-width 2..8, or None to keep float weights.
         weight_granularity: `per_channel` (output channel) or `per_tensor`.
         weight_symmetric: symmetric weights (zero-point 0), as deployed int8 kernels use.
+        act_range_grad: in QAT, let gradients flow into the observed activation range (min and
+            max) as well as straight through the rounding; forward values are unchanged.
         backend: `fake` (qrl's simulator, any bits, differentiable) or a real int8 kernel:
             `torch_ao` (Linear layers) or `onnxruntime` (Conv and MatMul).
     """
@@ -56,6 +58,7 @@ class QuantConfig:
     weight_bits: int | None = 8
     weight_granularity: str = "per_channel"
     weight_symmetric: bool = True
+    act_range_grad: bool = False
     backend: str = "fake"
 
     def __post_init__(self) -> None:

@@ -70,7 +70,10 @@ def compute_qparams(
         lo = torch.where(flat, lo.clamp(max=0.0), lo)
         hi = torch.where(flat, hi.clamp(min=0.0), hi)
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(EPS)
-    zero_point = torch.round(qmin - lo / scale)
+    # Straight-through only when the range carries gradients (QAT with act_range_grad): the
+    # plain round keeps the numerics bit-exact against the deployed kernels.
+    shift = qmin - lo / scale
+    zero_point = round_ste(shift) if shift.requires_grad else torch.round(shift)
     return scale, zero_point
 
 
@@ -80,6 +83,26 @@ def fake_quantize(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Bits, qmax
     q = x * (1.0 / scale)
     q.round_().add_(zero_point).clamp_(qmin, qmax)  # type: ignore[arg-type]
     return q.sub_(zero_point).mul_(scale)
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round half to even in the forward pass; identity gradient (straight-through)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def fake_quantize_range_ste(
+    x: Tensor, scale: Tensor, zero_point: Tensor, qmin: Bits, qmax: Bits
+) -> Tensor:
+    """`fake_quantize` whose gradient also reaches the scale and zero-point (the observed range).
+
+    Rounding is straight-through; clamping is not (0 gradient for clipped values). Because the
+    scale is a function of the observed min and max, training can learn to move the range itself,
+    which is how dynamic min-max quantization fails in practice: one large activation stretches
+    the grid until every other value of that input rounds to zero (see PAPER.md).
+    """
+    q = round_ste(x / scale) + zero_point
+    q = torch.clamp(q, qmin, qmax)  # type: ignore[call-overload]
+    return (q - zero_point) * scale
 
 
 def fake_quantize_ste(
@@ -176,8 +199,9 @@ def quantize_activation(
         (quantized x, lo, hi): the observed range is returned for statistics.
     """
     b = per_input_bits(bits, x)
+    range_grad = cfg.act_range_grad and x.requires_grad
     lo, hi = observe_range(
-        x.detach(),
+        x if range_grad else x.detach(),
         cfg.act_granularity,
         channel_dim=channel_dim,
         clip=cfg.act_clip,
@@ -191,6 +215,9 @@ def quantize_activation(
         # fbgemm picks qparams for the reduced grid but clamps to the full one: a value that
         # rounds one step past the reduced grid keeps that step (measured against torch.ao).
         qmin, qmax = qrange(b, cfg.act_symmetric)
+    if range_grad:
+        out = fake_quantize_range_ste(x, scale, zero_point, qmin, qmax)
+        return out, lo.detach(), hi.detach()
     if x.requires_grad:
         return fake_quantize_ste(x, scale, zero_point, qmin, qmax), lo, hi
     return fake_quantize(x, scale, zero_point, qmin, qmax), lo, hi

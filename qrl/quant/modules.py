@@ -1,15 +1,21 @@
 """The dynamic-quantized copy of a model: every Conv and Linear input quantized at run time.
 
 qmodel = quantized_copy(student, QuantConfig(act_bits=4))
-set_bits_(qmodel, bits)           # int | one int per layer | (batch, layers) int tensor
-logits = qmodel(x)                # one batched forward, each input at its own bits
+with using_bits(qmodel, bits):    # int | one int per layer | (batch, layers) int tensor
+    logits = qmodel(x)            # one batched forward, each input at its own bits
+with float_path(qmodel):
+    fp_logits = qmodel(x)         # quantization off, activation ranges still recorded
+
+Bit-widths are set for a scope and restored after it, so two users of one quantized copy (a QAT
+step and a policy's rollout) never see each other's bits. `set_bits_` sets them for good.
 """
 
 from __future__ import annotations
 
 import copy
 import operator
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -186,6 +192,37 @@ def _as_int(value: object) -> object:
         return operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         return value
+
+
+@contextmanager
+def using_bits(qmodel: nn.Module, bits: int | Sequence[int] | Tensor) -> Iterator[nn.Module]:
+    """Run a block with these activation bit-widths; the previous ones come back afterwards.
+
+    Args:
+        qmodel: a model from `quantized_copy`.
+        bits: as for `set_bits_` (validated before anything changes).
+    """
+    layers = quantized_layers(qmodel)
+    saved = [layer.bits for layer in layers]
+    set_bits_(qmodel, bits)
+    try:
+        yield qmodel
+    finally:
+        for layer, b in zip(layers, saved, strict=True):
+            layer.bits = b
+
+
+@contextmanager
+def float_path(qmodel: nn.Module) -> Iterator[nn.Module]:
+    """Run a block with quantization switched off (per-input ranges are still recorded)."""
+    layers = quantized_layers(qmodel)
+    saved = [layer.enabled for layer in layers]
+    set_quantization_enabled_(qmodel, False)
+    try:
+        yield qmodel
+    finally:
+        for layer, on in zip(layers, saved, strict=True):
+            layer.enabled = on
 
 
 def set_quantization_enabled_(qmodel: nn.Module, enabled: bool) -> nn.Module:
