@@ -101,7 +101,7 @@ def fake_quantize_range_ste(
     the grid until every other value of that input rounds to zero (see PAPER.md).
     """
     q = round_ste(x / scale) + zero_point
-    q = torch.clamp(q, qmin, qmax)  # type: ignore[call-overload]
+    q = torch.clamp(q, qmin, qmax)  # type: ignore[arg-type]
     return (q - zero_point) * scale
 
 
