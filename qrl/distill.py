@@ -24,9 +24,9 @@ from qrl.config import build as build_from_config
 from qrl.config import to_dict
 from qrl.data import ImageData
 from qrl.errors import CheckpointError
-from qrl.evaluation import LogitsFn, accuracy, agreement, predict_logits
 from qrl.loggers import RunLogger
 from qrl.runs import start_run, write_metrics
+from qrl.scoring import LogitsFn, accuracy, agreement, predict_logits
 from qrl.tables import format_table
 from qrl.training import TrainSettings, fit
 

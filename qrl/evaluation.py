@@ -2,39 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
-
-LogitsFn = Callable[[Tensor], Tensor]
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module | LogitsFn, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits of `model` on `x` in eval mode, batch by batch; shaped (N, num_classes)."""
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
-    finally:
-        if was_training:
-            assert isinstance(model, nn.Module)
-            model.train()
-
-
-def accuracy(logits: Tensor, y: Tensor) -> float:
-    """Fraction of rows whose argmax equals the label."""
-    return float((logits.argmax(dim=1) == y).float().mean())
-
-
-def agreement(logits_a: Tensor, logits_b: Tensor) -> float:
-    """Fraction of rows on which two models predict the same class."""
-    return float((logits_a.argmax(dim=1) == logits_b.argmax(dim=1)).float().mean())
+from torch import Tensor
 
 
 def cluster_bootstrap_ci(

@@ -20,12 +20,12 @@ from omegaconf import DictConfig
 
 from qrl.cli import hydra_task
 from qrl.errors import ConfigError
-from qrl.evaluation import accuracy, agreement, predict_logits
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, real_backend
 from qrl.quant.config import check_bits
 from qrl.runs import atomic_write, start_run, write_metrics
+from qrl.scoring import accuracy, agreement, predict_logits
 from qrl.tables import format_table
 from qrl.victim import load_victim
 

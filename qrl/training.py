@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 
 from qrl.data import Split
 from qrl.errors import CheckpointError
-from qrl.evaluation import accuracy, predict_logits
 from qrl.loggers import RunLogger
 from qrl.runs import atomic_torch_save
+from qrl.scoring import accuracy, predict_logits
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
