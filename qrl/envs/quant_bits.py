@@ -24,18 +24,35 @@ from qrl.data import ImageData
 from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, BitsDecoder
-from qrl.quant import (
-    QuantConfig,
-    layer_names,
-    quantized_layers,
-    set_bits_,
-    set_quantization_enabled_,
-)
+from qrl.quant import QuantConfig, float_path, layer_names, set_bits_
 from qrl.victim import Victim
 
 REWARD_MODES = ("detrimental", "robust")
 INFO_KEYS = ("acc_teacher", "acc_fp", "acc_q", "gap", "mean_bits")
 OBS_SIDE = 8  # images are average-pooled to at most 8x8 for the observation
+
+
+def observation_side(image_size: tuple[int, int]) -> tuple[int, int]:
+    """The pooled image size in a QuantBits observation: at most 8x8."""
+    return (min(OBS_SIDE, image_size[0]), min(OBS_SIDE, image_size[1]))
+
+
+@torch.no_grad()
+def bits_observation(
+    qmodel: nn.Module, x: Tensor, side: tuple[int, int]
+) -> tuple[np.ndarray, Tensor]:
+    """What a bit-width policy sees of a batch before it chooses bits, and the float logits.
+
+    The observation (B, C*h*w + K + L) is the image average-pooled to `side`, the
+    full-precision network's class probabilities, and its per-layer activation ranges on this
+    input (squashed into [0, 1)), all from one float pass of the quantized copy.
+    """
+    with float_path(qmodel):  # quantization off, ranges recorded
+        fp_logits = qmodel(x)
+        ranges = range_features(qmodel, len(x))
+    pooled = F.adaptive_avg_pool2d(x, side).flatten(1)  # (B, C*h*w)
+    obs = torch.cat([pooled, fp_logits.softmax(dim=1), torch.from_numpy(ranges)], dim=1)
+    return obs.clamp(0.0, 1.0).numpy().astype(np.float32), fp_logits
 
 
 class BitsTask:
@@ -78,7 +95,7 @@ class BitsTask:
         self.num_layers = len(layer_names(self.qstudent))
         self.decoder = BitsDecoder(self.num_layers, bits_set, bits_budget)
         c, (h, w) = victim.data.channels, victim.data.image_size
-        self.side = (min(OBS_SIDE, h), min(OBS_SIDE, w))
+        self.side = observation_side((h, w))
         self.obs_dim = c * self.side[0] * self.side[1] + victim.data.num_classes + self.num_layers
         self.observation_space = spaces.Box(0.0, 1.0, (self.obs_dim,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (self.num_layers,), np.float32)
@@ -94,20 +111,9 @@ class BitsTask:
         The observation is the image average-pooled to at most 8x8, the full-precision
         student's class probabilities, and its per-layer activation ranges (squashed).
         """
-        layers = quantized_layers(self.qstudent)
-        enabled = [layer.enabled for layer in layers]
-        set_quantization_enabled_(self.qstudent, False)  # the float path, recording ranges
-        try:
-            fp_logits = self.qstudent(x)
-            ranges = range_features(self.qstudent, len(x))
-        finally:
-            for layer, on in zip(layers, enabled, strict=True):
-                layer.enabled = on
+        obs, fp_logits = bits_observation(self.qstudent, x, self.side)
         teacher_right = self.victim.teacher(x).argmax(1) == y
-        pooled = F.adaptive_avg_pool2d(x, self.side).flatten(1)  # (B, C*8*8)
-        probs = fp_logits.softmax(dim=1)
-        obs = torch.cat([pooled, probs, torch.from_numpy(ranges)], dim=1).clamp(0.0, 1.0)
-        return obs.numpy().astype(np.float32), teacher_right, fp_logits.argmax(1) == y
+        return obs, teacher_right, fp_logits.argmax(1) == y
 
     @torch.no_grad()
     def score(
