@@ -1,0 +1,235 @@
+"""Stage C: what a pair's network does quantized, under its own policy and under others.
+
+Every number here is measured on one split (the test split by default) and is one of:
+- `acc_fp`, `acc_q`: accuracy in full precision and quantized (fractions);
+- `drop` = acc_fp - acc_q of the same network on the same inputs: what quantization causes;
+- `gap_teacher` = acc(teacher) - acc_q: the gap to the teacher, named as such.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from qrl.data import Split
+from qrl.pairs import Pair
+from qrl.policies import BitsDecoder, RandomBits
+from qrl.quant import using_bits
+from qrl.quant.backends import real_backend
+from qrl.report import _pyplot, failure_grid
+from qrl.runs import atomic_write
+from qrl.scoring import correct, predict_logits, rate
+
+BitsFn = Callable[[Tensor], Tensor]  # inputs (B, C, H, W) -> bits (B, L)
+BATCH = 512
+
+
+@torch.no_grad()
+def quantized_right(qnet: nn.Module, x: Tensor, y: Tensor, bits: BitsFn | Tensor) -> Tensor:
+    """Per-input correctness of `qnet` under per-input bits (a function of x, or (N, L) / (L,))."""
+    parts = []
+    for i in range(0, len(x), BATCH):
+        xb = x[i : i + BATCH]
+        with using_bits(qnet, _bits_for(bits, xb, i)):
+            parts.append(correct(qnet(xb), y[i : i + BATCH]))
+    return torch.cat(parts)
+
+
+def _bits_for(bits: BitsFn | Tensor, xb: Tensor, start: int) -> Tensor:
+    """The bits of the batch `xb` that starts at row `start`."""
+    if callable(bits):
+        return bits(xb)
+    return bits[start : start + len(xb)] if bits.ndim == 2 else bits
+
+
+def batched_bits(fn: BitsFn, x: Tensor) -> Tensor:
+    """A bit-width policy applied batch by batch: (N, L)."""
+    return torch.cat([fn(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+
+
+def fixed_patterns(
+    decoder: BitsDecoder, limit: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, str]:
+    """Per-layer bit patterns (P, L) that spend the budget: all of them, or a random sample.
+
+    Returns:
+        (patterns, how): `how` says whether they are all patterns ("all N") or a sample.
+    """
+    levels = [int(b) for b in decoder.levels]
+    total = int(np.floor(decoder.budget * decoder.num_layers + 1e-9))
+    if len(levels) ** decoder.num_layers <= 50 * limit:
+        every = np.array(list(itertools.product(levels, repeat=decoder.num_layers)))
+        sums = every.sum(axis=1)
+        best_sum = sums[sums <= total].max()
+        patterns = every[sums == best_sum]
+        if len(patterns) <= limit:
+            return patterns, f"all {len(patterns)}"
+    rng = np.random.default_rng(seed)
+    decoded = decoder.decode(rng.uniform(-1, 1, size=(limit, decoder.num_layers)))
+    patterns = np.unique(decoded, axis=0)
+    return patterns, f"{len(patterns)} sampled"
+
+
+def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0) -> dict[str, Any]:
+    """The pair's own numbers: full precision, quantized under its policy, uniform and random
+    bits at the same budget, and ONNX Runtime's dynamic int8 kernels.
+
+    Returns:
+        Flat metrics (fractions): acc_teacher, acc_fp, acc_q, drop, gap_teacher, mean_bits,
+        acc_q_uniform / drop_uniform, acc_q_random / drop_random, acc_onnx_int8 / drop_onnx_int8.
+    """
+    x, y = split.x, split.y
+    acc_teacher = rate(correct(predict_logits(teacher, x), y))
+    fp_right = correct(predict_logits(pair.network, x), y)
+    acc_fp = rate(fp_right)
+    own = batched_bits(pair.bits, x)
+    metrics: dict[str, Any] = {
+        "acc_teacher": acc_teacher,
+        "acc_fp": acc_fp,
+        "acc_q": rate(quantized_right(pair.qnetwork, x, y, own)),
+        "mean_bits": float(own.float().mean()),
+        "bits_per_layer": own.float().mean(dim=0).tolist(),
+        "layer_names": pair.layer_names,
+    }
+    metrics["drop"] = acc_fp - metrics["acc_q"]
+    metrics["gap_teacher"] = acc_teacher - metrics["acc_q"]
+    uniform = torch.from_numpy(pair.decoder.uniform())
+    metrics["acc_q_uniform"] = rate(quantized_right(pair.qnetwork, x, y, uniform))
+    random_bits = RandomBits(pair.decoder, seed)
+    metrics["acc_q_random"] = rate(quantized_right(pair.qnetwork, x, y, random_bits))
+    ort = real_backend("onnxruntime", pair.network, x[:8])
+    metrics["acc_onnx_int8"] = rate(correct(predict_logits(ort, x), y))
+    for key in ("uniform", "random", "onnx_int8"):
+        acc = metrics[f"acc_q_{key}"] if key != "onnx_int8" else metrics["acc_onnx_int8"]
+        metrics[f"drop_{key}"] = acc_fp - acc
+    return metrics
+
+
+def cross_evaluation(
+    pairs: Mapping[str, Pair], split: Split, *, seed: int = 0, pattern_limit: int = 2000
+) -> list[dict[str, Any]]:
+    """Every network under its own policy, the other pairs' policies, uniform b bits for each b
+    in the set, random per-input bits, and the best and worst fixed per-layer pattern at the
+    budget. One row per (network, policy): acc_q, drop (= acc_fp - acc_q), mean bits.
+    """
+    x, y = split.x, split.y
+    rows: list[dict[str, Any]] = []
+    for name, pair in pairs.items():
+        acc_fp = rate(correct(predict_logits(pair.network, x), y))
+
+        def row(policy: str, bits: Tensor, name: str = name, acc_fp: float = acc_fp) -> None:
+            acc_q = rate(quantized_right(pairs[name].qnetwork, x, y, bits))
+            mean_bits = float(bits.float().mean())
+            rows.append(
+                {
+                    "network": name,
+                    "policy": policy,
+                    "acc_fp": acc_fp,
+                    "acc_q": acc_q,
+                    "drop": acc_fp - acc_q,
+                    "mean_bits": mean_bits,
+                }
+            )
+
+        row("own policy", batched_bits(pair.bits, x))
+        for other_name, other in pairs.items():
+            if other_name != name:
+                # The other pair's policy looks at its own network to choose bits.
+                row(f"{other_name} policy", batched_bits(other.bits, x))
+        for b in (int(v) for v in pair.decoder.levels):
+            row(f"uniform {b} bits", torch.full((len(pair.layer_names),), b))
+        row("random bits", batched_bits(RandomBits(pair.decoder, seed), x))
+        patterns, how = fixed_patterns(pair.decoder, pattern_limit, seed)
+        accs = [rate(quantized_right(pair.qnetwork, x, y, torch.from_numpy(p))) for p in patterns]
+        for label, i in (("best", int(np.argmax(accs))), ("worst", int(np.argmin(accs)))):
+            pattern = "/".join(str(int(b)) for b in patterns[i])
+            row(f"{label} fixed pattern ({pattern}; of {how})", torch.from_numpy(patterns[i]))
+    return rows
+
+
+@torch.no_grad()
+def vulnerability(pair: Pair, split: Split) -> dict[str, Any]:
+    """Where the pair's failure lives.
+
+    Returns:
+        `per_layer`: the drop when only layer l follows the policy (every other layer at 8 bits);
+        `per_class`: the drop on each true class under the policy;
+        `flipped`: (inputs, labels, quantized predictions) right in full precision and wrong
+        quantized under the policy.
+    """
+    x, y = split.x, split.y
+    fp_right = correct(predict_logits(pair.network, x), y)
+    own = batched_bits(pair.bits, x)
+    per_layer = []
+    for col in range(own.shape[1]):
+        bits = torch.full_like(own, 8)
+        bits[:, col] = own[:, col]
+        per_layer.append(rate(fp_right) - rate(quantized_right(pair.qnetwork, x, y, bits)))
+    q_logits = torch.cat([pair.logits(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
+    q_right = correct(q_logits, y)
+    classes = sorted(int(c) for c in y.unique())
+    per_class = [rate(fp_right[y == c]) - rate(q_right[y == c]) for c in classes]
+    flip = torch.nonzero(fp_right & ~q_right).flatten()
+    return {
+        "per_layer": per_layer,
+        "per_class": per_class,
+        "classes": classes,
+        "flipped": (x[flip], y[flip], q_logits.argmax(1)[flip]),
+    }
+
+
+# --- pictures -----------------------------------------------------------------------------------
+
+
+def plot_cross(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Drop (full precision - quantized, points) of each network under each policy."""
+    plt = _pyplot()
+    networks = list(dict.fromkeys(r["network"] for r in rows))
+    fig, axes = plt.subplots(1, len(networks), figsize=(5.5 * len(networks), 4), squeeze=False)
+    for ax, net in zip(axes[0], networks, strict=True):
+        mine = [r for r in rows if r["network"] == net]
+        labels = [r["policy"].split(" (")[0] for r in mine]
+        ax.barh(labels, [100 * r["drop"] for r in mine], color="tab:red", alpha=0.7)
+        ax.invert_yaxis()
+        ax.set(xlabel="drop: full precision - quantized (points)", title=f"{net} network")
+        ax.axvline(0, color="k", lw=0.5)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def plot_vulnerability(path: Path, name: str, pair: Pair, vuln: dict[str, Any]) -> Path:
+    """Per-layer and per-class drop of one pair under its own policy."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax1.bar(pair.layer_names, [100 * d for d in vuln["per_layer"]], color="tab:purple")
+    ax1.set(ylabel="drop (points)", title=f"{name}: only this layer follows the policy (rest 8)")
+    ax1.tick_params(axis="x", rotation=45, labelsize=7)
+    ax2.bar([str(c) for c in vuln["classes"]], [100 * d for d in vuln["per_class"]])
+    ax2.set(xlabel="true class", ylabel="drop (points)", title=f"{name}: drop per class")
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def flipped_grid(
+    path: Path, name: str, vuln: dict[str, Any], class_names: Sequence[str], max_images: int = 32
+) -> Path:
+    """Inputs right in full precision and wrong when quantized under the pair's policy."""
+    n = len(vuln["flipped"][0])
+    return failure_grid(
+        path,
+        vuln["flipped"],
+        class_names,
+        f"{name}: {n} test inputs right in full precision, wrong quantized under its policy "
+        "(T: label, Q: quantized prediction)",
+        max_images=max_images,
+    )
