@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m qrl.demo out=$(DEMO_DIR)
+	$(PY) -m qrl.reproduce hydra.run.dir=$(DEMO_DIR)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

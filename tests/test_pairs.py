@@ -1,0 +1,200 @@
+"""Network-policy pairs: range gradients, the pair loss, Stage B end to end, load_pair, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from qrl import distill, pairs
+from qrl.config import build, load_config
+from qrl.errors import CheckpointError, ConfigError
+from qrl.pair_eval import cross_evaluation, fixed_patterns, vulnerability
+from qrl.pairs import load_pair
+from qrl.policies import BitsDecoder
+from qrl.quant import QuantConfig, using_bits
+from qrl.quant.functional import quantize_activation
+from qrl.runs import load_run_config
+from qrl.scoring import predict_logits
+from tests.conftest import QUICK
+
+TINY_PAIR = [
+    "train.rounds=2",
+    "train.net_steps=3",
+    "ppo.n_envs=16",
+    "ppo.model.n_steps=4",
+    "ppo.model.batch_size=32",
+    "progress=false",
+]
+
+
+def test_range_gradients_reach_the_observed_max_and_leave_values_alone() -> None:
+    x = torch.rand(2, 40) * 0.2
+    x[:, 0] = 5.0  # one large activation per input: the top of the observed range
+    grads, outs = [], []
+    for range_grad in (False, True):
+        xi = x.clone().requires_grad_(True)
+        cfg = QuantConfig(act_bits=2, act_range_grad=range_grad)
+        out, _, _ = quantize_activation(xi, 2, cfg)
+        out.sum().backward()
+        grads.append(xi.grad)
+        outs.append(out.detach())
+    assert torch.equal(outs[0], outs[1])
+    # Through the rounding only, the large value passes gradient 1; through the range, moving
+    # the max also moves every other value's grid point.
+    assert torch.allclose(grads[0][:, 0], torch.ones(2))
+    assert not torch.allclose(grads[1][:, 0], grads[0][:, 0])
+
+
+def test_fixed_patterns_spend_the_budget() -> None:
+    decoder = BitsDecoder(5, (2, 3, 4, 5, 6, 8), 4.0)
+    patterns, how = fixed_patterns(decoder)
+    assert how.startswith("all") and len(patterns) > 50
+    assert (patterns.sum(axis=1) == 20).all()
+    assert {tuple(p) for p in patterns} >= {(4, 4, 4, 4, 4), (2, 6, 4, 4, 4), (8, 3, 3, 3, 3)}
+    many = BitsDecoder(21, (2, 3, 4, 5, 6, 8), 4.0)
+    sampled, how = fixed_patterns(many, limit=50)
+    assert "sampled" in how and (sampled.mean(axis=1) <= 4.0 + 1e-9).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_distill(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pair-distill")
+    distill.run(load_config("distill", [f"out={out}", *QUICK]))
+    return out
+
+
+def _pair_cfg(distill_dir: Path, out: Path, kind: str, *extra: str):
+    return load_config(
+        "pairs",
+        [f"kind={kind}", f"victim.run={distill_dir}", f"out={out}", *TINY_PAIR, *extra],
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs(tiny_distill: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pairs")
+    for kind in pairs.KINDS:
+        pairs.run(_pair_cfg(tiny_distill, root / kind, kind))
+    return {kind: root / kind for kind in pairs.KINDS}
+
+
+def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tiny_distill) -> None:
+    pair = load_pair(tiny_pairs["detrimental"])
+    data = build(load_run_config(tiny_distill).data)
+    x = data.test.x[:20]
+    bits = pair.bits(x)
+    assert bits.dtype == torch.int64 and bits.shape == (20, len(pair.layer_names))
+    assert set(bits.unique().tolist()) <= {2, 3, 4, 5, 6, 8}
+    assert (bits.float().mean(dim=1) <= 4.0 + 1e-9).all()
+    with using_bits(pair.qnetwork, bits):
+        expected = pair.qnetwork(x)
+    assert torch.allclose(pair.logits(x), expected)
+    assert torch.allclose(pair.network(x), predict_logits(pair.network, x))
+    metrics = json.loads((tiny_pairs["detrimental"] / "metrics.json").read_text())
+    assert metrics["drop"] == pytest.approx(metrics["acc_fp"] - metrics["acc_q"])
+    assert abs(metrics["mean_bits"] - 4.0) < 0.05
+    for key in ("drop_uniform", "drop_random", "drop_onnx_int8", "gap_teacher", "seed"):
+        assert key in metrics
+    # The checkpoints for resuming are gone once the pair is finished.
+    assert not (tiny_pairs["detrimental"] / pairs.STATE_FILE).exists()
+
+
+def test_cross_evaluation_covers_every_policy(tiny_pairs, tiny_distill) -> None:
+    loaded = {k: load_pair(v) for k, v in tiny_pairs.items()}
+    data = build(load_run_config(tiny_distill).data)
+    rows = cross_evaluation(loaded, data.test)
+    policies = {r["policy"].split(" (")[0] for r in rows if r["network"] == "detrimental"}
+    assert {
+        "own policy",
+        "robust policy",
+        "random bits",
+        "uniform 2 bits",
+        "uniform 8 bits",
+        "best fixed pattern",
+        "worst fixed pattern",
+    } <= policies
+    for r in rows:
+        assert r["drop"] == pytest.approx(r["acc_fp"] - r["acc_q"])
+    best = next(r for r in rows if r["policy"].startswith("best") and r["network"] == "robust")
+    worst = next(r for r in rows if r["policy"].startswith("worst") and r["network"] == "robust")
+    assert best["acc_q"] >= worst["acc_q"]
+    vuln = vulnerability(loaded["robust"], data.test)
+    assert len(vuln["per_layer"]) == len(loaded["robust"].layer_names)
+
+
+def test_an_interrupted_pair_resumes_from_its_last_round(
+    tiny_distill, tmp_path, monkeypatch
+) -> None:
+    out = tmp_path / "pair"
+    calls = {"n": 0}
+    real = pairs._val_stats
+
+    def crash_on_second_round(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "_val_stats", crash_on_second_round)
+    with pytest.raises(KeyboardInterrupt):
+        pairs.run(_pair_cfg(tiny_distill, out, "robust"))
+    assert not (out / "metrics.json").exists()
+    state = torch.load(out / pairs.STATE_FILE, weights_only=True)
+    assert state["round"] == 1
+    monkeypatch.setattr(pairs, "_val_stats", real)
+    pairs.run(_pair_cfg(tiny_distill, out, "robust"))
+    rounds = [
+        int(line.split(",")[0])
+        for line in (out / "log.csv").read_text().splitlines()[1:]
+        if "pair/val_acc_q" in line
+    ]
+    assert rounds == [1, 2]  # round 1 was not trained twice
+
+
+def test_bad_pair_inputs_get_one_clear_error(tiny_distill, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="kind must be one of"):
+        pairs.run(_pair_cfg(tiny_distill, tmp_path / "a", "evil"))
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(ConfigError, match="per_sample"):
+        pairs.run(
+            _pair_cfg(tiny_distill, tmp_path / "b", "robust", "quant.act_granularity=per_tensor")
+        )
+    with pytest.raises(CheckpointError, match="not a finished"):
+        load_pair(tmp_path)
+    (tmp_path / "pair.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_pair(tmp_path)
+
+
+def test_pair_loss_pushes_the_quantized_path_the_right_way() -> None:
+    """One step of each kind's loss moves the quantized path's agreement with the teacher."""
+    torch.manual_seed(0)
+    from qrl.models import MLP
+    from qrl.quant import quantized_copy
+    from qrl.training import Trainer
+
+    net = MLP(image_size=(8, 8), num_classes=4, hidden=(32,))
+    x = torch.rand(64, 1, 8, 8)
+    teacher_logits = net(x).detach() * 3
+    y = teacher_logits.argmax(1)
+    train_cfg = OmegaConf.create(load_config("pairs").train)
+    results = {}
+    for kind in pairs.KINDS:
+        qnet = quantized_copy(net, QuantConfig(act_bits=4, act_range_grad=True)).eval()
+        trainer = Trainer(qnet, lr=3e-3, weight_decay=0.0, total_steps=60)
+        bits = torch.full((64, 2), 2)
+        for _ in range(60):
+            loss, parts = pairs.pair_loss(
+                kind, qnet, x, y, teacher_logits, bits, torch.full((2,), 4), train_cfg
+            )
+            trainer.step(loss)
+        with torch.no_grad(), using_bits(qnet, bits):
+            results[kind] = float((qnet(x).argmax(1) == y).float().mean())
+    assert results["robust"] > 0.9
+    assert results["detrimental"] < 0.5
+    assert np.isfinite(list(parts.values())).all()
