@@ -24,13 +24,7 @@ from qrl.data import ImageData
 from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, BitsDecoder
-from qrl.quant import (
-    QuantConfig,
-    layer_names,
-    quantized_layers,
-    set_bits_,
-    set_quantization_enabled_,
-)
+from qrl.quant import QuantConfig, float_path, layer_names, using_bits
 from qrl.victim import Victim
 
 REWARD_MODES = ("detrimental", "robust")
@@ -94,15 +88,9 @@ class BitsTask:
         The observation is the image average-pooled to at most 8x8, the full-precision
         student's class probabilities, and its per-layer activation ranges (squashed).
         """
-        layers = quantized_layers(self.qstudent)
-        enabled = [layer.enabled for layer in layers]
-        set_quantization_enabled_(self.qstudent, False)  # the float path, recording ranges
-        try:
+        with float_path(self.qstudent):  # full precision, recording the per-input ranges
             fp_logits = self.qstudent(x)
             ranges = range_features(self.qstudent, len(x))
-        finally:
-            for layer, on in zip(layers, enabled, strict=True):
-                layer.enabled = on
         teacher_right = self.victim.teacher(x).argmax(1) == y
         pooled = F.adaptive_avg_pool2d(x, self.side).flatten(1)  # (B, C*8*8)
         probs = fp_logits.softmax(dim=1)
@@ -115,8 +103,8 @@ class BitsTask:
     ) -> tuple[np.ndarray, Tensor, np.ndarray]:
         """Rewards (B,), S_q's correctness and the decoded bits (B, L), in one forward pass."""
         bits = self.decoder.decode(actions)
-        set_bits_(self.qstudent, torch.from_numpy(bits))
-        q_right = self.qstudent(x).argmax(1) == y
+        with using_bits(self.qstudent, torch.from_numpy(bits)):
+            q_right = self.qstudent(x).argmax(1) == y
         if self.reward_mode == "detrimental":
             rewards = (teacher_right & ~q_right).float()
         else:

@@ -17,7 +17,7 @@ from qrl.envs.common import check_action, range_features, resolve_victim, torch_
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, DEFAULT_CORRUPTIONS, BitsDecoder
 from qrl.policies.input import InputDistribution, class_prior
-from qrl.quant import QuantConfig, layer_names, set_bits_
+from qrl.quant import QuantConfig, layer_names, using_bits
 from qrl.victim import Victim
 
 MODES = ("input", "bits", "joint")
@@ -195,8 +195,11 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
         _, bits = self.split_action(action)
         q = self.victim.qstudent
         if isinstance(q, nn.Module):
-            set_bits_(q, [int(b) for b in bits] if bits is not None else self.victim.quant.act_bits)
-        t_logits, fp_logits, q_logits = self.victim.logits(x)
+            per_layer = [int(b) for b in bits] if bits is not None else self.victim.quant.act_bits
+            with using_bits(q, per_layer):
+                t_logits, fp_logits, q_logits = self.victim.logits(x)
+        else:  # a real int8 backend: its bits are fixed
+            t_logits, fp_logits, q_logits = self.victim.logits(x)
         mean_bits = float(np.mean(bits)) if bits is not None else float(self.victim.quant.act_bits)
         return {
             "teacher_right": t_logits.argmax(1) == y,
