@@ -53,7 +53,7 @@ def agreement(logits_a: Tensor, logits_b: Tensor) -> float:
 def check_reference(reference: str) -> str:
     """`reference` itself, or a `ConfigError` unless it is `teacher` or `student`."""
     if reference not in REFERENCES:
-        raise ConfigError(f"reference must be one of {list(REFERENCES)}, got {reference!r}")
+        raise ConfigError(f"reference must be teacher or student, got {reference!r}")
     return reference
 
 

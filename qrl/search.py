@@ -26,7 +26,7 @@ from torch import nn
 from qrl.agents import Evaluation, ProgressBar, RecordingWrapper, SearchLog, run_agent
 from qrl.cli import hydra_task
 from qrl.envs import QUANT_FAILURE_ID
-from qrl.envs.quant_failure import QuantFailureEnv
+from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
 from qrl.evaluation import HeldOutResult, evaluate_policy
 from qrl.loggers import RunLogger
@@ -40,18 +40,25 @@ from qrl.victim import Victim, default_victim, load_victim
 HELD_OUT_SEED_OFFSET = 10_000  # held-out draws never share a seed with the search batches
 
 
-def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """QuantFailureEnv arguments from the `policy` and `env` config nodes."""
+def task_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """FailureTask arguments (but the split) from the `policy` and `env` config nodes."""
     return {
         "mode": str(cfg.policy.mode),
         "corruptions": list(cfg.policy.corruptions),
         "class_mix": bool(cfg.policy.class_mix),
         "bits_set": list(cfg.policy.bits_set),
         "bits_budget": float(cfg.policy.bits_budget),
+        "reference": str(cfg.env.get("reference", "teacher")),
+    }
+
+
+def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """QuantFailureEnv arguments (but the split) from the `policy` and `env` config nodes."""
+    return {
+        **task_kwargs(cfg),
         "batch_size": int(cfg.env.batch_size),
         "validity_floor": float(cfg.env.validity_floor),
         "penalty": float(cfg.env.penalty),
-        "reference": str(cfg.env.get("reference", "teacher")),
     }
 
 
@@ -108,26 +115,26 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
         assert best is not None
 
         # --- evaluate the best policy on held-out inputs -------------------------------------
-        heldout_env = QuantFailureEnv(victim, split=str(cfg.eval.split), **kwargs)
+        heldout = FailureTask(victim, split=str(cfg.eval.split), **task_kwargs(cfg))
         evaluate = dict(
             samples=int(cfg.eval.samples),
             seed=seed + HELD_OUT_SEED_OFFSET,
             level=float(cfg.eval.ci_level),
             resamples=int(cfg.eval.bootstrap),
         )
-        result = evaluate_policy(heldout_env, best.action, **evaluate)  # type: ignore[arg-type]
-        baseline = evaluate_policy(heldout_env, np.zeros_like(best.action), **evaluate)  # type: ignore[arg-type]
+        result = evaluate_policy(heldout, best.action, **evaluate)  # type: ignore[arg-type]
+        baseline = evaluate_policy(heldout, np.zeros_like(best.action), **evaluate)  # type: ignore[arg-type]
 
         # --- confirm on real int8 kernels (the input-distribution part of the policy) --------
-        confirm = confirm_on_kernels(victim, heldout_env, best.action, cfg, evaluate)
+        confirm = confirm_on_kernels(heldout, best.action, cfg, evaluate)
 
         # --- write results --------------------------------------------------------------------
-        description = heldout_env.describe(best.action)
+        description = heldout.describe(best.action)
         archive = write_archive(
             out / "archive.csv",
             out / "archive.json",
             search_log.top(int(cfg.archive.top_k)),
-            heldout_env.describe,
+            heldout.describe,
         )
         failure_grid(
             out / "failures.png",
@@ -162,14 +169,15 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
 
 
 def confirm_on_kernels(
-    victim: Victim, env: QuantFailureEnv, action: np.ndarray, cfg: DictConfig, evaluate: dict
+    task: FailureTask, action: np.ndarray, cfg: DictConfig, evaluate: dict
 ) -> dict[str, Any]:
     """Re-evaluate the policy's input distribution on real int8 backends; `confirm/*` metrics.
 
     Bit-width actions have no meaning on 8-bit kernels and are dropped; torch.ao runs only
     for students made of Linear layers (it leaves convolutions in float).
     """
-    input_part, _ = env.split_action(action)
+    victim = task.victim
+    input_part, _ = task.split_action(action)
     if input_part is None or not isinstance(victim.student, nn.Module):
         return {}
     modules = list(victim.student.modules())
@@ -186,16 +194,8 @@ def confirm_on_kernels(
             victim.data.test.x[:8],
             onnx_reduce_range=bool(cfg.confirm.get("onnx_reduce_range", False)),
         )
-        real = dataclasses.replace(victim, qstudent=backend)
-        real_env = QuantFailureEnv(
-            real,
-            mode="input",
-            corruptions=list(cfg.policy.corruptions),
-            class_mix=bool(cfg.policy.class_mix),
-            split=str(cfg.eval.split),
-            reference=str(cfg.env.get("reference", "teacher")),
-        )
-        res: HeldOutResult = evaluate_policy(real_env, input_part, **evaluate)
+        real = task.replace(victim=dataclasses.replace(victim, qstudent=backend), mode="input")
+        res: HeldOutResult = evaluate_policy(real, input_part, **evaluate)
         for key, value in res.metrics(f"confirm/{name}").items():
             metrics[key] = value
         if "confirm/gap" not in metrics:

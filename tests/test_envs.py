@@ -124,7 +124,7 @@ def test_bits_mode_decodes_actions_under_the_budget(victim: Victim) -> None:
     action = np.array([1, 1, -1, -1, 0.0])
     *_, info = env.step(action)
     assert info["mean_bits"] == 4.0
-    assert env.describe(action) == "bits 6/6/2/2/4"
+    assert env.task.describe(action) == "bits 6/6/2/2/4"
 
 
 def test_vectorized_scores_match_single_inputs(victim: Victim) -> None:

@@ -14,7 +14,7 @@ import pytest
 from qrl import report, search
 from qrl.agents import SearchLog
 from qrl.config import CONF_DIR, load_config
-from qrl.envs.quant_failure import QuantFailureEnv
+from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
 from qrl.evaluation import cluster_bootstrap_ci, evaluate_policy
 from qrl.quant import preset
@@ -77,13 +77,13 @@ def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path:
 
 def test_held_out_evaluation_uses_fresh_inputs_and_a_valid_interval(digits_run: Path) -> None:
     victim = load_victim(digits_run, preset("int4_dynamic"))
-    env = QuantFailureEnv(victim, split="test", mode="input")
-    assert env.pool is victim.data.test  # the search draws from train; held-out from test
-    action = np.zeros(env.action_space.shape)
+    task = FailureTask(victim, split="test", mode="input")
+    assert task.pool is victim.data.test  # the search draws from train; held-out from test
+    action = np.zeros(task.action_space.shape)
     action[0] = 0.6  # brighter images
-    small = evaluate_policy(env, action, samples=256, seed=1, resamples=500)
-    large = evaluate_policy(env, action, samples=4096, seed=1, resamples=500)
-    again = evaluate_policy(env, action, samples=4096, seed=1, resamples=500)
+    small = evaluate_policy(task, action, samples=256, seed=1, resamples=500)
+    large = evaluate_policy(task, action, samples=4096, seed=1, resamples=500)
+    again = evaluate_policy(task, action, samples=4096, seed=1, resamples=500)
     assert large.gap == again.gap and large.ci == again.ci
     assert small.ci[0] <= small.gap <= small.ci[1]
     assert large.ci[1] - large.ci[0] < small.ci[1] - small.ci[0]
