@@ -23,6 +23,7 @@ from torch import Tensor
 
 from qrl.agents import Evaluation
 from qrl.runs import CONFIG_FILE, METRICS_FILE, atomic_write
+from qrl.scoring import accuracy_drop
 from qrl.tables import format_table
 
 
@@ -125,7 +126,8 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
         if (run_dir / CONFIG_FILE).is_file():
             record["config"] = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
         if "eval/drop_fp" not in record and {"eval/acc_fp", "eval/acc_q"} <= set(record):
-            record["eval/drop_fp"] = record["eval/acc_fp"] - record["eval/acc_q"]
+            # Runs from before drop_fp was recorded: the same number from their accuracies.
+            record["eval/drop_fp"] = accuracy_drop(record["eval/acc_fp"], record["eval/acc_q"])
         runs.append(record)
     return runs
 

@@ -72,6 +72,11 @@ def rate(right: Tensor) -> float:
     return float(right.float().mean()) if right.numel() else 0.0
 
 
+def accuracy_drop(acc_fp: float, acc_q: float) -> float:
+    """The drop from two accuracies already measured: acc(full precision) - acc(quantized)."""
+    return acc_fp - acc_q
+
+
 @dataclass(frozen=True)
 class Outcome:
     """Per-input correctness of the teacher, the full-precision network and its quantized copy.
@@ -123,7 +128,7 @@ class Outcome:
     @property
     def drop(self) -> float:
         """acc(full precision) - acc(quantized): what quantization causes."""
-        return self.acc_fp - self.acc_q
+        return accuracy_drop(self.acc_fp, self.acc_q)
 
     def gap(self, reference: str = "teacher") -> float:
         """acc(reference) - acc(quantized)."""

@@ -83,10 +83,12 @@ def test_info_keys_are_the_same_at_reset_and_every_step(
     env = gym.make(env_id, victim=victim, **kwargs)
     _, info = env.reset(seed=0)
     keys = set(info)
-    assert {"acc_teacher", "acc_fp", "acc_q", "gap", "mean_bits"} <= keys
+    assert {"acc_teacher", "acc_fp", "acc_q", "gap", "drop", "mean_bits"} <= keys
+    assert info["drop"] == pytest.approx(info["acc_fp"] - info["acc_q"])
     for _ in range(5):
         *_, info = env.step(env.action_space.sample())
         assert set(info) == keys and all(isinstance(v, float) for v in info.values())
+        assert info["drop"] == pytest.approx(info["acc_fp"] - info["acc_q"])
 
 
 @pytest.mark.parametrize("env_id,kwargs", [ENV_CASES[2], ENV_CASES[3]])
