@@ -29,7 +29,7 @@ from qrl.cli import hydra_task
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
-from qrl.evaluation import HeldOutResult, evaluate_policy
+from qrl.heldout import HeldOutResult, score_held_out
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config
 from qrl.quant.backends import real_backend
@@ -204,8 +204,8 @@ def evaluate_best(
         (the policy's result, the baseline's: the all-zero action). `settings` are the
         keywords of `score_held_out`.
     """
-    result = evaluate_policy(task, action, **settings)
-    baseline = evaluate_policy(task, np.zeros_like(action), **settings)
+    result = score_held_out(task, action, **settings)
+    baseline = score_held_out(task, np.zeros_like(action), **settings)
     return result, baseline
 
 
@@ -247,7 +247,7 @@ def confirm_on_kernels(
             name, victim.student, victim.data.test.x[:8], onnx_reduce_range=onnx_reduce_range
         )
         real = task.replace(victim=dataclasses.replace(victim, qstudent=backend), mode="input")
-        res = evaluate_policy(real, input_part, **settings)
+        res = score_held_out(real, input_part, **settings)
         metrics.update(res.metrics(f"confirm/{name}"))
         if "confirm/gap" not in metrics:
             metrics["confirm/gap"] = res.gap

@@ -16,7 +16,7 @@ from qrl.agents import SearchLog
 from qrl.config import CONF_DIR, load_config
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
-from qrl.evaluation import cluster_bootstrap_ci, evaluate_policy
+from qrl.heldout import cluster_bootstrap_ci, score_held_out
 from qrl.quant import preset
 from qrl.victim import load_victim
 
@@ -81,9 +81,9 @@ def test_held_out_evaluation_uses_fresh_inputs_and_a_valid_interval(digits_run: 
     assert task.pool is victim.data.test  # the search draws from train; held-out from test
     action = np.zeros(task.action_space.shape)
     action[0] = 0.6  # brighter images
-    small = evaluate_policy(task, action, samples=256, seed=1, resamples=500)
-    large = evaluate_policy(task, action, samples=4096, seed=1, resamples=500)
-    again = evaluate_policy(task, action, samples=4096, seed=1, resamples=500)
+    small = score_held_out(task, action, samples=256, seed=1, resamples=500)
+    large = score_held_out(task, action, samples=4096, seed=1, resamples=500)
+    again = score_held_out(task, action, samples=4096, seed=1, resamples=500)
     assert large.gap == again.gap and large.ci == again.ci
     assert small.ci[0] <= small.gap <= small.ci[1]
     assert large.ci[1] - large.ci[0] < small.ci[1] - small.ci[0]
@@ -170,7 +170,7 @@ def test_a_crashing_job_finishes_its_wandb_run(
     def crash(*args, **kwargs):
         raise RuntimeError("evaluation crashed")
 
-    monkeypatch.setattr(search, "evaluate_policy", crash)
+    monkeypatch.setattr(search, "score_held_out", crash)
     with pytest.raises(RuntimeError, match="evaluation crashed"):
         _search(digits_run, tmp_path, "agent=random", "budget.evaluations=5", "logger=wandb")
     assert wandb.run is None

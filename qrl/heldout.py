@@ -1,4 +1,4 @@
-"""Batched predictions, accuracies and bootstrap confidence intervals."""
+"""A policy scored on held-out inputs, with a cluster-bootstrap confidence interval."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class HeldOutResult:
         }
 
 
-def evaluate_policy(
+def score_held_out(
     task: FailureTask,
     action: np.ndarray,
     *,
