@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from qrl.checkpoints import FORMAT, load_file, load_model
 from qrl.cli import hydra_task
-from qrl.config import build, load_config, to_dict
+from qrl.config import instantiate, load_config, to_dict
 from qrl.data import ImageData, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
@@ -180,7 +180,7 @@ def audit(
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
     start_run(cfg)  # cfg.out is run_dir: create it, drop a stale result, save config, seed
-    victim = Victim.build(
+    victim = Victim.from_models(
         teacher if teacher is not None else student,
         student,
         as_image_data(data, seed),
@@ -227,8 +227,7 @@ def load_any_model(path: str | Path, spec: Mapping[str, Any] | None, data: Image
             f"{path} is a plain state dict: say which model it belongs to with "
             "+model.spec._target_=<class> (and its options, e.g. +model.spec.width=16)"
         )
-    from qrl.checkpoints import InputSpec
-    from qrl.checkpoints import build as build_model
+    from qrl.checkpoints import InputSpec, build_model
 
     model = build_model(dict(spec), InputSpec.of(data))
     state = record.get("state_dict", record)
@@ -244,7 +243,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.model.path:
         raise ConfigError("set model.path=<checkpoint> (qrl, TorchScript or state dict)")
     out, started = start_run(cfg)
-    data: ImageData = build(cfg.data)
+    data: ImageData = instantiate(cfg.data)
     spec = to_dict(cfg.model.spec) if cfg.model.get("spec") else None
     student = load_any_model(cfg.model.path, spec, data)
     teacher = load_any_model(cfg.teacher.path, spec, data) if cfg.teacher.path else student
@@ -255,7 +254,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "int8 kernels (quant=int8_dynamic quant.backend=onnxruntime), or pass a state dict "
             "with +model.spec._target_=<class> to simulate other bit-widths"
         )
-    victim = Victim.build(teacher, student, data, quant)
+    victim = Victim.from_models(teacher, student, data, quant)
     search_victim(victim, cfg, out, started)
     result = _result(out)
     print(result)
