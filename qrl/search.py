@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
-from qrl.agents import Evaluation, ProgressBar, RecordingWrapper, SearchLog, run_agent
+from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
 from qrl.cli import hydra_task
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
@@ -155,25 +155,25 @@ def run_search(
 ) -> SearchLog:
     """Run one agent on `qrl/QuantFailure-v0` until it has spent `budget` evaluations.
 
-    Every evaluation of every agent goes through one `RecordingWrapper` into the returned log,
+    Every trial of every agent goes through one `RecordingWrapper` into the returned log,
     and each is logged as `search/*`, `victim/*` and `quant/*` metrics at its index.
     """
     search_log = SearchLog(budget)
     bar = ProgressBar(search_log, f"{agent_cfg.name} search", progress)
 
-    def on_record(ev: Evaluation, best: Evaluation) -> None:
-        bar(ev, best)
+    def on_record(trial: Trial, best: Trial) -> None:
+        bar(trial, best)
         log.log(
             {
-                "search/reward": ev.reward,
-                "search/gap": ev.info["gap"],
+                "search/reward": trial.reward,
+                "search/gap": trial.info["gap"],
                 "search/best_reward": best.reward,
                 "search/best_gap": best.info["gap"],
-                "victim/acc_teacher": ev.info["acc_teacher"],
-                "victim/acc_q": ev.info["acc_q"],
-                "quant/mean_bits": ev.info["mean_bits"],
+                "victim/acc_teacher": trial.info["acc_teacher"],
+                "victim/acc_q": trial.info["acc_q"],
+                "quant/mean_bits": trial.info["mean_bits"],
             },
-            step=ev.index,
+            step=trial.index,
         )
 
     search_log.on_record = on_record
@@ -288,7 +288,7 @@ def write_results(
         f"{agent}: {description}\nheld-out gap {100 * result.gap:.1f} points",
         max_images=grid,
     )
-    search_curve(out / "search_curve.png", search_log.evaluations, f"{agent} search")
+    search_curve(out / "search_curve.png", search_log.trials, f"{agent} search")
     metrics: dict[str, Any] = {
         "search/best_gap": best.info["gap"],
         "search/best_reward": best.reward,
