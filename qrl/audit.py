@@ -4,7 +4,7 @@ From Python:
 
     import qrl
 
-    result = qrl.audit(model, (x, y), quant="int4_dynamic", policy="input", agent="ppo")
+    result = qrl.audit(model, (x, y), quant="int4_dynamic", space="input", agent="ppo")
     print(result.gap, result.gap_ci, result.description)
 
 From the command line (a qrl checkpoint, a TorchScript file, or a state dict plus its spec):
@@ -126,7 +126,7 @@ def audit(
     teacher: nn.Module | None = None,
     *,
     quant: str | QuantConfig | Mapping[str, Any] = "int4_dynamic",
-    policy: str | Mapping[str, Any] = "input",
+    space: str | Mapping[str, Any] = "input",
     agent: str | Mapping[str, Any] = "ppo",
     evaluations: int = 1000,
     seed: int = 0,
@@ -141,8 +141,9 @@ def audit(
         data: `ImageData`, an (inputs, labels) pair, or a torch `Dataset`; its test split is
             held out for the final evaluation.
         teacher: the reference model; defaults to `student` in full precision.
-        quant, policy, agent: preset names as on the command line (`int4_dynamic`, `input`,
-            `ppo`) or config objects (`QuantConfig` / mappings of the same keys).
+        quant, space, agent: preset names as on the command line (`int4_dynamic`, `input`,
+            `ppo`) or config objects (`QuantConfig` / mappings of the same keys). `space` says
+            what the search controls: `input`, `bits` or `joint`.
         evaluations: the search budget (environment evaluations).
         seed: seeds the data split, the agent and the evaluation.
         out: the run dir (default `runs/audit/<timestamp>`).
@@ -154,7 +155,7 @@ def audit(
     started = time.perf_counter()
     names: list[str] = []
     quant_obj = _named_or_given("quant", quant, names)
-    policy_obj = _named_or_given("policy", policy, names)
+    space_obj = _named_or_given("space", space, names)
     agent_obj = _named_or_given("agent", agent, names)
     run_dir = (
         Path(out) if out else Path("runs/audit") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -175,8 +176,8 @@ def audit(
         cfg.quant = OmegaConf.create(
             quant_obj.to_dict() if isinstance(quant_obj, QuantConfig) else to_dict(quant_obj)
         )
-    if policy_obj is not None:
-        cfg.policy = OmegaConf.merge(cfg.policy, to_dict(policy_obj))
+    if space_obj is not None:
+        cfg.space = OmegaConf.merge(cfg.space, to_dict(space_obj))
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
     start_run(cfg)  # cfg.out is run_dir: create it, drop a stale result, save config, seed

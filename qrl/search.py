@@ -1,6 +1,6 @@
 """Search for the policies under which a dynamically quantized network fails.
 
-    python -m qrl.search agent=ppo policy=input quant=int4_dynamic budget.evaluations=1000
+    python -m qrl.search agent=ppo space=input quant=int4_dynamic budget.evaluations=1000
     python -m qrl.search -m agent=ppo,sac,es,random seed=0,1,2     # agents vs random, over seeds
 
 Reads top to bottom: build victim (`run`) -> build env and agent, learn (`run_search`) ->
@@ -42,19 +42,19 @@ HELD_OUT_SEED_OFFSET = 10_000  # held-out draws never share a seed with the sear
 
 
 def task_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """FailureTask arguments (but the split) from the `policy` and `env` config nodes."""
+    """FailureTask arguments (but the split) from the `space` and `env` config nodes."""
     return {
-        "mode": str(cfg.policy.mode),
-        "corruptions": list(cfg.policy.corruptions),
-        "class_mix": bool(cfg.policy.class_mix),
-        "bits_set": list(cfg.policy.bits_set),
-        "bits_budget": float(cfg.policy.bits_budget),
+        "mode": str(cfg.space.mode),
+        "corruptions": list(cfg.space.corruptions),
+        "class_mix": bool(cfg.space.class_mix),
+        "bits_set": list(cfg.space.bits_set),
+        "bits_budget": float(cfg.space.bits_budget),
         "reference": str(cfg.env.get("reference", "teacher")),
     }
 
 
 def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """QuantFailureEnv arguments (but the split) from the `policy` and `env` config nodes."""
+    """QuantFailureEnv arguments (but the split) from the `space` and `env` config nodes."""
     return {
         **task_kwargs(cfg),
         "batch_size": int(cfg.env.batch_size),
@@ -87,7 +87,7 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
     """Search, evaluate, confirm and write results for a ready victim (the CLI and `qrl.audit`)."""
     check_settings(cfg)
     seed = int(cfg.seed)
-    name = f"search-{cfg.agent.name}-{cfg.policy.mode}-s{seed}"
+    name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{seed}"
     options = env_kwargs(cfg)
     with RunLogger(out, cfg.logger, config=cfg, name=name) as log:
         # --- build env and agent, learn until the budget of evaluations is spent -------------
@@ -343,7 +343,7 @@ def _print_summary(
         rows.append(
             [f"confirmed gap on {metrics['confirm/backend']} int8", pct(metrics["confirm/gap"]), ""]
         )
-    print(format_table([f"{cfg.agent.name} / policy={cfg.policy.mode}", "points", ""], rows))
+    print(format_table([f"{cfg.agent.name} / space={cfg.space.mode}", "points", ""], rows))
     print(f"best policy: {metrics['policy/description']}")
     print(
         format_table(

@@ -59,7 +59,7 @@ def test_every_agent_option_composes_and_builds(name: str) -> None:
         assert callable(factory)
 
 
-@pytest.mark.parametrize("group", ["policy", "env", "quant"])
+@pytest.mark.parametrize("group", ["space", "env", "quant"])
 def test_every_search_group_option_composes(group: str) -> None:
     for name in options(group):
         cfg = load_config("search", [f"{group}={name}", "out=x"])

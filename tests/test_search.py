@@ -108,20 +108,20 @@ def test_onnxruntime_can_be_the_victim_itself(digits_run: Path, tmp_path: Path) 
             tmp_path / "bits",
             "quant=int8_dynamic",
             "quant.backend=onnxruntime",
-            "policy=bits",
+            "space=bits",
             "budget.evaluations=5",
         )
 
 
-@pytest.mark.parametrize("policy", ["bits", "joint"])
+@pytest.mark.parametrize("space", ["bits", "joint"])
 def test_bit_width_policies_are_searched_under_the_budget(
-    digits_run: Path, tmp_path: Path, policy: str
+    digits_run: Path, tmp_path: Path, space: str
 ) -> None:
-    metrics = _search(digits_run, tmp_path, f"policy={policy}", "agent=es", "budget.evaluations=20")
+    metrics = _search(digits_run, tmp_path, f"space={space}", "agent=es", "budget.evaluations=20")
     archive = json.loads((tmp_path / "archive.json").read_text())
     assert all(row["mean_bits"] <= 4.0 for row in archive)
     assert "bits " in metrics["policy/description"]
-    assert ("confirm/gap" in metrics) == (policy == "joint")  # int8 kernels take inputs, not bits
+    assert ("confirm/gap" in metrics) == (space == "joint")  # int8 kernels take inputs, not bits
 
 
 def test_search_log_keeps_only_the_budget() -> None:
