@@ -110,7 +110,7 @@ class FailureTask:
     ) -> FailureTask:
         """The same policy family on another victim (e.g. a real int8 backend), mode or split."""
         return FailureTask(
-            victim or self.victim,
+            victim if victim is not None else self.victim,
             mode or self.mode,
             self.corruptions,
             self.class_mix,
