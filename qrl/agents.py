@@ -4,9 +4,10 @@
 - `random`: uniform random policies, the baseline every agent must beat.
 - `cma`: CMA-ES (the `cma` package), an evolution strategy over the action vector.
 
-An evaluation is one environment step: one proposed policy scored on one batch. Every agent
-steps the same `RecordingWrapper`d environment, so every evaluation of every agent is counted
-and archived the same way; resets (which score the data's own distribution) are not counted.
+A trial is one environment step: one proposed action scored on one batch; the budget counts
+trials, in "evaluations". Every agent steps the same `RecordingWrapper`d environment, so every
+trial of every agent is counted and archived the same way; resets (which score the data's own
+distribution) are not counted.
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm.auto import tqdm
 
-from qrl.config import build, to_dict
+from qrl.config import instantiate, to_dict
 from qrl.errors import ConfigError
 
 AGENT_KINDS = ("sb3", "random", "cma")
 
 
 @dataclass
-class Evaluation:
-    """One scored policy proposal."""
+class Trial:
+    """One proposed action scored on one batch: the unit the budget counts as an evaluation."""
 
     index: int  # 1-based position in the search
     action: np.ndarray
@@ -39,16 +40,16 @@ class Evaluation:
 
 @dataclass
 class SearchLog:
-    """Every evaluation of a search, the best so far, and the budget that ends it."""
+    """Every trial of a search, the best so far, and the budget (in evaluations) that ends it."""
 
     budget: int
-    evaluations: list[Evaluation] = field(default_factory=list)
-    best: Evaluation | None = None
-    on_record: Callable[[Evaluation, Evaluation], None] | None = None
+    trials: list[Trial] = field(default_factory=list)
+    best: Trial | None = None
+    on_record: Callable[[Trial, Trial], None] | None = None
 
     @property
     def count(self) -> int:
-        return len(self.evaluations)
+        return len(self.trials)
 
     @property
     def exhausted(self) -> bool:
@@ -57,21 +58,21 @@ class SearchLog:
     def record(self, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
         if self.exhausted:
             return  # an agent's extra steps past the budget are not part of the result
-        ev = Evaluation(
+        trial = Trial(
             self.count + 1,
             np.asarray(action, dtype=np.float64).copy(),
             float(reward),
             {k: float(v) for k, v in info.items() if isinstance(v, int | float)},
         )
-        self.evaluations.append(ev)
-        if self.best is None or ev.reward > self.best.reward:
-            self.best = ev
+        self.trials.append(trial)
+        if self.best is None or trial.reward > self.best.reward:
+            self.best = trial
         if self.on_record is not None:
-            self.on_record(ev, self.best)
+            self.on_record(trial, self.best)
 
-    def top(self, k: int) -> list[Evaluation]:
-        """The k best evaluations by reward (ties: the earlier first)."""
-        return sorted(self.evaluations, key=lambda e: (-e.reward, e.index))[:k]
+    def top(self, k: int) -> list[Trial]:
+        """The k best trials by reward (ties: the earlier first)."""
+        return sorted(self.trials, key=lambda t: (-t.reward, t.index))[:k]
 
 
 class RecordingWrapper(gym.Wrapper):
@@ -152,7 +153,7 @@ def _run_sb3(
     if sigma:  # off-policy deterministic agents (TD3) explore with Gaussian action noise
         dim = int(np.prod(venv.action_space.shape or (1,)))
         extra["action_noise"] = NormalActionNoise(np.zeros(dim), float(sigma) * np.ones(dim))
-    model = build(agent_cfg.model)(env=venv, seed=seed, **extra)  # a partial: env comes last
+    model = instantiate(agent_cfg.model)(env=venv, seed=seed, **extra)  # a partial: env comes last
     if sb3_log_dir is not None:
         model.set_logger(configure(sb3_log_dir, ["csv", "tensorboard"]))
     # total_timesteps is only an upper bound: the budget callback ends training exactly.
@@ -203,7 +204,7 @@ class ProgressBar:
     def __init__(self, log: SearchLog, desc: str, enabled: bool = True) -> None:
         self.bar = tqdm(total=log.budget, desc=desc, disable=None if enabled else True, leave=False)
 
-    def __call__(self, ev: Evaluation, best: Evaluation) -> None:
+    def __call__(self, trial: Trial, best: Trial) -> None:
         self.bar.update(1)
         self.bar.set_postfix(
             best_reward=f"{best.reward:.3f}", best_gap=f"{best.info.get('gap', 0):.3f}"

@@ -4,7 +4,7 @@ From Python:
 
     import qrl
 
-    result = qrl.audit(model, (x, y), quant="int4_dynamic", policy="input", agent="ppo")
+    result = qrl.audit(model, (x, y), quant="int4_dynamic", space="input", agent="ppo")
     print(result.gap, result.gap_ci, result.description)
 
 From the command line (a qrl checkpoint, a TorchScript file, or a state dict plus its spec):
@@ -37,7 +37,7 @@ from torch.utils.data import Dataset
 
 from qrl.checkpoints import FORMAT, load_file, load_model
 from qrl.cli import hydra_task
-from qrl.config import build, load_config, to_dict
+from qrl.config import instantiate, load_config, to_dict
 from qrl.data import ImageData, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
@@ -126,7 +126,7 @@ def audit(
     teacher: nn.Module | None = None,
     *,
     quant: str | QuantConfig | Mapping[str, Any] = "int4_dynamic",
-    policy: str | Mapping[str, Any] = "input",
+    space: str | Mapping[str, Any] = "input",
     agent: str | Mapping[str, Any] = "ppo",
     evaluations: int = 1000,
     seed: int = 0,
@@ -141,8 +141,9 @@ def audit(
         data: `ImageData`, an (inputs, labels) pair, or a torch `Dataset`; its test split is
             held out for the final evaluation.
         teacher: the reference model; defaults to `student` in full precision.
-        quant, policy, agent: preset names as on the command line (`int4_dynamic`, `input`,
-            `ppo`) or config objects (`QuantConfig` / mappings of the same keys).
+        quant, space, agent: preset names as on the command line (`int4_dynamic`, `input`,
+            `ppo`) or config objects (`QuantConfig` / mappings of the same keys). `space` says
+            what the search controls: `input`, `bits` or `joint`.
         evaluations: the search budget (environment evaluations).
         seed: seeds the data split, the agent and the evaluation.
         out: the run dir (default `runs/audit/<timestamp>`).
@@ -154,7 +155,7 @@ def audit(
     started = time.perf_counter()
     names: list[str] = []
     quant_obj = _named_or_given("quant", quant, names)
-    policy_obj = _named_or_given("policy", policy, names)
+    space_obj = _named_or_given("space", space, names)
     agent_obj = _named_or_given("agent", agent, names)
     run_dir = (
         Path(out) if out else Path("runs/audit") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -175,12 +176,12 @@ def audit(
         cfg.quant = OmegaConf.create(
             quant_obj.to_dict() if isinstance(quant_obj, QuantConfig) else to_dict(quant_obj)
         )
-    if policy_obj is not None:
-        cfg.policy = OmegaConf.merge(cfg.policy, to_dict(policy_obj))
+    if space_obj is not None:
+        cfg.space = OmegaConf.merge(cfg.space, to_dict(space_obj))
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
     start_run(cfg)  # cfg.out is run_dir: create it, drop a stale result, save config, seed
-    victim = Victim.build(
+    victim = Victim.from_models(
         teacher if teacher is not None else student,
         student,
         as_image_data(data, seed),
@@ -227,8 +228,7 @@ def load_any_model(path: str | Path, spec: Mapping[str, Any] | None, data: Image
             f"{path} is a plain state dict: say which model it belongs to with "
             "+model.spec._target_=<class> (and its options, e.g. +model.spec.width=16)"
         )
-    from qrl.checkpoints import InputSpec
-    from qrl.checkpoints import build as build_model
+    from qrl.checkpoints import InputSpec, build_model
 
     model = build_model(dict(spec), InputSpec.of(data))
     state = record.get("state_dict", record)
@@ -244,7 +244,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not cfg.model.path:
         raise ConfigError("set model.path=<checkpoint> (qrl, TorchScript or state dict)")
     out, started = start_run(cfg)
-    data: ImageData = build(cfg.data)
+    data: ImageData = instantiate(cfg.data)
     spec = to_dict(cfg.model.spec) if cfg.model.get("spec") else None
     student = load_any_model(cfg.model.path, spec, data)
     teacher = load_any_model(cfg.teacher.path, spec, data) if cfg.teacher.path else student
@@ -255,7 +255,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "int8 kernels (quant=int8_dynamic quant.backend=onnxruntime), or pass a state dict "
             "with +model.spec._target_=<class> to simulate other bit-widths"
         )
-    victim = Victim.build(teacher, student, data, quant)
+    victim = Victim.from_models(teacher, student, data, quant)
     search_victim(victim, cfg, out, started)
     result = _result(out)
     print(result)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import qrl
+from qrl import models
 from qrl.errors import CheckpointError
-from qrl.models import build_model
 from qrl.runs import atomic_torch_save
 
 FORMAT = "qrl-model-v1"
@@ -37,9 +37,9 @@ class InputSpec:
         return cls(data.channels, data.num_classes, data.image_size, data.mean, data.std)
 
 
-def build(spec: Mapping[str, Any], inputs: InputSpec) -> nn.Module:
+def build_model(spec: Mapping[str, Any], inputs: InputSpec) -> nn.Module:
     """Build a fresh model from its spec for the given inputs."""
-    return build_model(dict(spec), **asdict(inputs))
+    return models.build_model(dict(spec), **asdict(inputs))
 
 
 def save_model(
@@ -97,7 +97,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
         tuple(raw["mean"]),
         tuple(raw["std"]),
     )
-    model = build(record["spec"], inputs)
+    model = build_model(record["spec"], inputs)
     try:
         model.load_state_dict(record["state_dict"])
     except RuntimeError as exc:

@@ -33,17 +33,17 @@ def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
             GlobalHydra.instance().initialize(running)
 
 
-def build(cfg: DictConfig, **kwargs: Any) -> Any:
+def instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
     """`hydra.utils.instantiate` that lets qrl's own errors through unwrapped.
 
     Hydra wraps every exception of a `_target_` in `InstantiationException`; a `QrlError`
     already says what to fix, so the user sees it alone.
     """
     from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
+    from hydra.utils import instantiate as hydra_instantiate
 
     try:
-        return instantiate(cfg, **kwargs)
+        return hydra_instantiate(cfg, **kwargs)
     except InstantiationException as exc:
         cause = exc.__cause__
         if isinstance(cause, QrlError):

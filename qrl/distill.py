@@ -18,10 +18,9 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from qrl.checkpoints import InputSpec, build, load_model, save_model
+from qrl.checkpoints import InputSpec, build_model, load_model, save_model
 from qrl.cli import hydra_task
-from qrl.config import build as build_from_config
-from qrl.config import to_dict
+from qrl.config import instantiate, to_dict
 from qrl.data import ImageData
 from qrl.errors import CheckpointError
 from qrl.loggers import RunLogger
@@ -69,7 +68,7 @@ def train_teacher(
 ) -> nn.Module:
     """Train a teacher on the labels."""
     torch.manual_seed(seed)
-    model = build(spec, InputSpec.of(data))
+    model = build_model(spec, InputSpec.of(data))
     return fit(
         model,
         data.train,
@@ -99,7 +98,7 @@ def distil_student(
 ) -> nn.Module:
     """Distil a student from a black-box teacher: only `teacher(x) -> logits` is called."""
     torch.manual_seed(seed + 1)
-    model = build(spec, InputSpec.of(data))
+    model = build_model(spec, InputSpec.of(data))
 
     def loss(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():
@@ -146,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train or load the teacher, distil the student, evaluate both; returns the metrics."""
     out, started = start_run(cfg)
     seed = int(cfg.seed)
-    data: ImageData = build_from_config(cfg.data)
+    data: ImageData = instantiate(cfg.data)
     inputs = InputSpec.of(data)
     teacher_spec, student_spec = to_dict(cfg.model.teacher), to_dict(cfg.model.student)
     print(data.describe())

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from qrl.checkpoints import InputSpec, load_model, save_model
 from qrl.cli import hydra_task
-from qrl.config import build
+from qrl.config import instantiate
 from qrl.distill import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation, observation_side
 from qrl.errors import CheckpointError, ConfigError
@@ -256,7 +256,7 @@ def train_pair(
                 f"{ppo_path} to train the pair again, or set resume=false"
             ) from exc
     else:
-        ppo = build(cfg.ppo.model)(env=venv, seed=seed)
+        ppo = instantiate(cfg.ppo.model)(env=venv, seed=seed)
     ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     uniform = torch.from_numpy(task.decoder.uniform())

@@ -25,7 +25,7 @@ from qrl.quant import as_quant_config, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, real_backend
 from qrl.quant.config import check_bits
 from qrl.runs import atomic_write, start_run, write_metrics
-from qrl.scoring import accuracy, agreement, predict_logits
+from qrl.scoring import Outcome, accuracy, agreement, predict_logits
 from qrl.tables import format_table
 from qrl.victim import load_victim
 
@@ -64,18 +64,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
 
     def record(label: str, logits: torch.Tensor, key: str) -> None:
-        acc = accuracy(logits, y)
+        outcome = Outcome.of(teacher_logits, fp_logits, logits, y)
         rows.append(
             {
                 "quantizer": label,
-                "acc": acc,
-                "drop_points": 100 * (acc_fp - acc),
+                "acc": outcome.acc_q,
+                "drop_points": 100 * outcome.drop,
                 "agreement_teacher": agreement(logits, teacher_logits),
                 "agreement_fp": agreement(logits, fp_logits),
             }
         )
-        metrics[f"{key}/acc"] = acc
-        metrics[f"{key}/drop"] = acc_fp - acc
+        metrics[f"{key}/acc"] = outcome.acc_q
+        metrics[f"{key}/drop"] = outcome.drop
 
     for bits in bits_list:
         qmodel = quantized_copy(victim.student, quant.with_bits(bits)).eval()

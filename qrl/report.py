@@ -21,8 +21,9 @@ import numpy as np
 from omegaconf import OmegaConf
 from torch import Tensor
 
-from qrl.agents import Evaluation
+from qrl.agents import Trial
 from qrl.runs import CONFIG_FILE, METRICS_FILE, atomic_write
+from qrl.scoring import accuracy_drop
 from qrl.tables import format_table
 
 
@@ -36,19 +37,22 @@ def _pyplot() -> Any:
 
 
 def write_archive(
-    path_csv: Path, path_json: Path, top: Sequence[Evaluation], describe: Any
+    path_csv: Path, path_json: Path, top: Sequence[Trial], describe: Any
 ) -> list[dict[str, Any]]:
-    """Write the top policies of a search (CSV and JSON); returns the rows."""
+    """Write the top policies of a search (CSV and JSON); returns the rows.
+
+    The `evaluation` column is the trial's index: how much of the budget had been spent.
+    """
     rows = [
         {
             "rank": rank,
-            "evaluation": ev.index,
-            "reward": round(ev.reward, 6),
-            **{k: round(v, 6) for k, v in ev.info.items()},
-            "policy": describe(ev.action),
-            "action": [round(float(a), 6) for a in ev.action],
+            "evaluation": trial.index,
+            "reward": round(trial.reward, 6),
+            **{k: round(v, 6) for k, v in trial.info.items()},
+            "policy": describe(trial.action),
+            "action": [round(float(a), 6) for a in trial.action],
         }
-        for rank, ev in enumerate(top, start=1)
+        for rank, trial in enumerate(top, start=1)
     ]
     text = json.dumps(rows, indent=2) + "\n"
     atomic_write(path_json, lambda tmp: tmp.write_text(text))
@@ -95,11 +99,11 @@ def failure_grid(
     return path
 
 
-def search_curve(path: Path, evaluations: Sequence[Evaluation], title: str) -> Path:
-    """Reward of every evaluation and the best so far, against evaluations spent."""
+def search_curve(path: Path, trials: Sequence[Trial], title: str) -> Path:
+    """Reward of every trial and the best so far, against evaluations spent."""
     plt = _pyplot()
-    rewards = np.array([e.reward for e in evaluations])
-    gaps = np.array([e.info.get("gap", np.nan) for e in evaluations])
+    rewards = np.array([t.reward for t in trials])
+    gaps = np.array([t.info.get("gap", np.nan) for t in trials])
     steps = np.arange(1, len(rewards) + 1)
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, rewards, ".", ms=2, alpha=0.4, label="reward of each evaluation")
@@ -125,7 +129,8 @@ def collect_runs(root: str | Path) -> list[dict[str, Any]]:
         if (run_dir / CONFIG_FILE).is_file():
             record["config"] = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
         if "eval/drop_fp" not in record and {"eval/acc_fp", "eval/acc_q"} <= set(record):
-            record["eval/drop_fp"] = record["eval/acc_fp"] - record["eval/acc_q"]
+            # Runs from before drop_fp was recorded: the same number from their accuracies.
+            record["eval/drop_fp"] = accuracy_drop(record["eval/acc_fp"], record["eval/acc_q"])
         runs.append(record)
     return runs
 

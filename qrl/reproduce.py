@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qrl import distill, pairs, search
 from qrl.cli import hydra_task
-from qrl.config import build, load_config
+from qrl.config import instantiate, load_config
 from qrl.errors import ConfigError
 from qrl.pair_eval import (
     cross_evaluation,
@@ -81,7 +81,7 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     # --- C: cross-evaluation, vulnerability ------------------------------------------------
     print(f"\n== seed {seed}: C. cross-evaluation on the test split")
     loaded = {kind: load_pair(root / kind) for kind in KINDS}
-    data = build(load_run_config(distill_dir).data)  # the split the pairs were trained on
+    data = instantiate(load_run_config(distill_dir).data)  # the split the pairs were trained on
     test = data.test
     rows = cross_evaluation(loaded, test, seed=seed, pattern_limit=int(cfg.cross.pattern_limit))
     plot_cross(root / "cross_evaluation.png", rows)

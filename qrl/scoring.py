@@ -53,7 +53,7 @@ def agreement(logits_a: Tensor, logits_b: Tensor) -> float:
 def check_reference(reference: str) -> str:
     """`reference` itself, or a `ConfigError` unless it is `teacher` or `student`."""
     if reference not in REFERENCES:
-        raise ConfigError(f"reference must be one of {list(REFERENCES)}, got {reference!r}")
+        raise ConfigError(f"reference must be teacher or student, got {reference!r}")
     return reference
 
 
@@ -70,6 +70,11 @@ def failed(reference_right: Tensor, q_right: Tensor) -> Tensor:
 def rate(right: Tensor) -> float:
     """The fraction of True entries (0.0 for an empty tensor)."""
     return float(right.float().mean()) if right.numel() else 0.0
+
+
+def accuracy_drop(acc_fp: float, acc_q: float) -> float:
+    """The drop from two accuracies already measured: acc(full precision) - acc(quantized)."""
+    return acc_fp - acc_q
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,7 @@ class Outcome:
     @property
     def drop(self) -> float:
         """acc(full precision) - acc(quantized): what quantization causes."""
-        return self.acc_fp - self.acc_q
+        return accuracy_drop(self.acc_fp, self.acc_q)
 
     def gap(self, reference: str = "teacher") -> float:
         """acc(reference) - acc(quantized)."""

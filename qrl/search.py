@@ -1,10 +1,11 @@
 """Search for the policies under which a dynamically quantized network fails.
 
-    python -m qrl.search agent=ppo policy=input quant=int4_dynamic budget.evaluations=1000
+    python -m qrl.search agent=ppo space=input quant=int4_dynamic budget.evaluations=1000
     python -m qrl.search -m agent=ppo,sac,es,random seed=0,1,2     # agents vs random, over seeds
 
-Reads top to bottom: build victim -> build env -> build agent -> learn -> evaluate the best
-policy on held-out inputs -> confirm it on real int8 kernels -> write results. The run dir gets
+Reads top to bottom: build victim (`run`) -> build env and agent, learn (`run_search`) ->
+evaluate the best policy on held-out inputs (`evaluate_best`) -> confirm it on real int8
+kernels (`confirm_on_kernels`) -> write results (`write_results`). The run dir gets
 `archive.csv`/`archive.json` (top-k policies), `failures.png` (inputs the quantized student gets
 wrong and the teacher right), `search_curve.png`, `log.csv`, `tb/`, `sb3/` and, last,
 `metrics.json`.
@@ -23,12 +24,12 @@ from omegaconf import DictConfig
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
-from qrl.agents import Evaluation, ProgressBar, RecordingWrapper, SearchLog, run_agent
+from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
 from qrl.cli import hydra_task
 from qrl.envs import QUANT_FAILURE_ID
-from qrl.envs.quant_failure import QuantFailureEnv
+from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
-from qrl.evaluation import HeldOutResult, evaluate_policy
+from qrl.heldout import HeldOutResult, score_held_out
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config
 from qrl.quant.backends import real_backend
@@ -40,136 +41,198 @@ from qrl.victim import Victim, default_victim, load_victim
 HELD_OUT_SEED_OFFSET = 10_000  # held-out draws never share a seed with the search batches
 
 
-def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """QuantFailureEnv arguments from the `policy` and `env` config nodes."""
+def task_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """FailureTask arguments (but the split) from the `space` and `env` config nodes."""
     return {
-        "mode": str(cfg.policy.mode),
-        "corruptions": list(cfg.policy.corruptions),
-        "class_mix": bool(cfg.policy.class_mix),
-        "bits_set": list(cfg.policy.bits_set),
-        "bits_budget": float(cfg.policy.bits_budget),
+        "mode": str(cfg.space.mode),
+        "corruptions": list(cfg.space.corruptions),
+        "class_mix": bool(cfg.space.class_mix),
+        "bits_set": list(cfg.space.bits_set),
+        "bits_budget": float(cfg.space.bits_budget),
+        "reference": str(cfg.env.get("reference", "teacher")),
+    }
+
+
+def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """QuantFailureEnv arguments (but the split) from the `space` and `env` config nodes."""
+    return {
+        **task_kwargs(cfg),
         "batch_size": int(cfg.env.batch_size),
         "validity_floor": float(cfg.env.validity_floor),
         "penalty": float(cfg.env.penalty),
-        "reference": str(cfg.env.get("reference", "teacher")),
+    }
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """A `ConfigError` for a budget or held-out settings that cannot run."""
+    if int(cfg.budget.evaluations) < 1:
+        raise ConfigError(f"budget.evaluations must be >= 1, got {cfg.budget.evaluations}")
+    if int(cfg.eval.samples) < 1 or int(cfg.eval.bootstrap) < 1 or not 0 < cfg.eval.ci_level < 1:
+        raise ConfigError(
+            "eval.samples and eval.bootstrap must be >= 1 and eval.ci_level in (0, 1)"
+        )
+
+
+def held_out_settings(cfg: DictConfig) -> dict[str, Any]:
+    """`score_held_out` keywords from the `eval` node; the draws' seed is the run's, offset."""
+    return {
+        "samples": int(cfg.eval.samples),
+        "seed": int(cfg.seed) + HELD_OUT_SEED_OFFSET,
+        "level": float(cfg.eval.ci_level),
+        "resamples": int(cfg.eval.bootstrap),
     }
 
 
 def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) -> dict[str, Any]:
     """Search, evaluate, confirm and write results for a ready victim (the CLI and `qrl.audit`)."""
+    check_settings(cfg)
     seed = int(cfg.seed)
-    budget = int(cfg.budget.evaluations)
-    if budget < 1:
-        raise ConfigError(f"budget.evaluations must be >= 1, got {budget}")
-    if int(cfg.eval.samples) < 1 or int(cfg.eval.bootstrap) < 1 or not 0 < cfg.eval.ci_level < 1:
-        raise ConfigError(
-            "eval.samples and eval.bootstrap must be >= 1 and eval.ci_level in (0, 1)"
-        )
-    kwargs = env_kwargs(cfg)
-    name = f"search-{cfg.agent.name}-{cfg.policy.mode}-s{seed}"
+    name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{seed}"
+    options = env_kwargs(cfg)
     with RunLogger(out, cfg.logger, config=cfg, name=name) as log:
-        # --- build env: every evaluation of every agent goes through one recorder ------------
-        search_log = SearchLog(budget)
-        bar = ProgressBar(search_log, f"{cfg.agent.name} search", bool(cfg.progress))
-
-        def on_record(ev: Evaluation, best: Evaluation) -> None:
-            bar(ev, best)
-            log.log(
-                {
-                    "search/reward": ev.reward,
-                    "search/gap": ev.info["gap"],
-                    "search/best_reward": best.reward,
-                    "search/best_gap": best.info["gap"],
-                    "victim/acc_teacher": ev.info["acc_teacher"],
-                    "victim/acc_q": ev.info["acc_q"],
-                    "quant/mean_bits": ev.info["mean_bits"],
-                },
-                step=ev.index,
-            )
-
-        search_log.on_record = on_record
-
-        def make_env() -> gym.Env:
-            env = gym.make(QUANT_FAILURE_ID, victim=victim, split=str(cfg.env.split), **kwargs)
-            return Monitor(RecordingWrapper(env, search_log))
-
-        # --- build agent and learn, until the budget of evaluations is spent ----------------
-        run_agent(
+        # --- build env and agent, learn until the budget of evaluations is spent -------------
+        search_log = run_search(
+            victim,
             cfg.agent,
-            make_env,
-            search_log,
+            options,
+            budget=int(cfg.budget.evaluations),
             seed=seed,
+            split=str(cfg.env.split),
             n_envs=int(cfg.env.n_envs),
-            sb3_log_dir=str(out / "sb3"),
-            callbacks=log.sb3_callbacks(),
+            log=log,
+            sb3_log_dir=out / "sb3",
+            progress=bool(cfg.progress),
         )
-        bar.close()
         best = search_log.best
-        assert best is not None
+        assert best is not None  # the budget is at least one evaluation
 
-        # --- evaluate the best policy on held-out inputs -------------------------------------
-        heldout_env = QuantFailureEnv(victim, split=str(cfg.eval.split), **kwargs)
-        evaluate = dict(
-            samples=int(cfg.eval.samples),
-            seed=seed + HELD_OUT_SEED_OFFSET,
-            level=float(cfg.eval.ci_level),
-            resamples=int(cfg.eval.bootstrap),
-        )
-        result = evaluate_policy(heldout_env, best.action, **evaluate)  # type: ignore[arg-type]
-        baseline = evaluate_policy(heldout_env, np.zeros_like(best.action), **evaluate)  # type: ignore[arg-type]
+        # --- evaluate the best policy on held-out inputs --------------------------------------
+        held_out = FailureTask(victim, split=str(cfg.eval.split), **task_kwargs(cfg))
+        settings = held_out_settings(cfg)
+        result, baseline = evaluate_best(held_out, best.action, **settings)
 
-        # --- confirm on real int8 kernels (the input-distribution part of the policy) --------
-        confirm = confirm_on_kernels(victim, heldout_env, best.action, cfg, evaluate)
+        # --- confirm on real int8 kernels (the input-distribution part of the policy) ---------
+        confirm = confirm_on_kernels(
+            held_out,
+            best.action,
+            backends=[str(b) for b in cfg.confirm.backends],
+            onnx_reduce_range=bool(cfg.confirm.get("onnx_reduce_range", False)),
+            **settings,
+        )
 
-        # --- write results --------------------------------------------------------------------
-        description = heldout_env.describe(best.action)
-        archive = write_archive(
-            out / "archive.csv",
-            out / "archive.json",
-            search_log.top(int(cfg.archive.top_k)),
-            heldout_env.describe,
+        # --- write results ---------------------------------------------------------------------
+        metrics, archive = write_results(
+            out,
+            log,
+            search_log,
+            held_out,
+            result,
+            baseline,
+            confirm,
+            agent=str(cfg.agent.name),
+            run_name=name,
+            ci_level=float(cfg.eval.ci_level),
+            top_k=int(cfg.archive.top_k),
+            grid=int(cfg.archive.grid),
         )
-        failure_grid(
-            out / "failures.png",
-            result.failures,
-            victim.data.class_names,
-            f"{cfg.agent.name}: {description}\nheld-out gap {100 * result.gap:.1f} points",
-            max_images=int(cfg.archive.grid),
-        )
-        search_curve(out / "search_curve.png", search_log.evaluations, f"{cfg.agent.name} search")
-        metrics: dict[str, Any] = {
-            "search/best_gap": best.info["gap"],
-            "search/best_reward": best.reward,
-            "search/evaluations": search_log.count,
-            "search/evaluations_to_best": best.index,
-            **result.metrics("eval"),
-            "eval/ci_level": float(cfg.eval.ci_level),
-            **{k.replace("eval/", "baseline/"): v for k, v in baseline.metrics("eval").items()},
-            **confirm,
-            "policy/description": description,
-            "policy/action": [float(a) for a in best.action],
-        }
-        log.summary(metrics)
-        log.log_image("failures", out / "failures.png")
-        log.log_artifact(
-            f"archive-{name}",
-            "failure-archive",
-            [out / "archive.csv", out / "archive.json", out / "failures.png"],
-        )
-    record = write_metrics(out, metrics, seed=seed, started=started)
+    record = write_metrics(out, metrics, seed=seed, started=started)  # last: the run is done
     _print_summary(cfg, metrics, archive, result, out)
     return record
 
 
+def run_search(
+    victim: Victim,
+    agent_cfg: DictConfig,
+    env_options: dict[str, Any],
+    *,
+    budget: int,
+    seed: int,
+    split: str,
+    n_envs: int,
+    log: RunLogger,
+    sb3_log_dir: Path,
+    progress: bool,
+) -> SearchLog:
+    """Run one agent on `qrl/QuantFailure-v0` until it has spent `budget` evaluations.
+
+    Every trial of every agent goes through one `RecordingWrapper` into the returned log,
+    and each is logged as `search/*`, `victim/*` and `quant/*` metrics at its index.
+    """
+    search_log = SearchLog(budget)
+    bar = ProgressBar(search_log, f"{agent_cfg.name} search", progress)
+
+    def on_record(trial: Trial, best: Trial) -> None:
+        bar(trial, best)
+        log.log(
+            {
+                "search/reward": trial.reward,
+                "search/gap": trial.info["gap"],
+                "search/best_reward": best.reward,
+                "search/best_gap": best.info["gap"],
+                "victim/acc_teacher": trial.info["acc_teacher"],
+                "victim/acc_q": trial.info["acc_q"],
+                "quant/mean_bits": trial.info["mean_bits"],
+            },
+            step=trial.index,
+        )
+
+    search_log.on_record = on_record
+
+    def make_env() -> gym.Env:
+        env = gym.make(QUANT_FAILURE_ID, victim=victim, split=split, **env_options)
+        return Monitor(RecordingWrapper(env, search_log))
+
+    run_agent(
+        agent_cfg,
+        make_env,
+        search_log,
+        seed=seed,
+        n_envs=n_envs,
+        sb3_log_dir=str(sb3_log_dir),
+        callbacks=log.sb3_callbacks(),
+    )
+    bar.close()
+    return search_log
+
+
+def evaluate_best(
+    task: FailureTask, action: np.ndarray, **settings: Any
+) -> tuple[HeldOutResult, HeldOutResult]:
+    """Score the best policy and the data's own distribution on the same held-out draws.
+
+    Returns:
+        (the policy's result, the baseline's: the all-zero action). `settings` are the
+        keywords of `score_held_out`.
+    """
+    result = score_held_out(task, action, **settings)
+    baseline = score_held_out(task, np.zeros_like(action), **settings)
+    return result, baseline
+
+
 def confirm_on_kernels(
-    victim: Victim, env: QuantFailureEnv, action: np.ndarray, cfg: DictConfig, evaluate: dict
+    task: FailureTask,
+    action: np.ndarray,
+    *,
+    backends: list[str],
+    onnx_reduce_range: bool = False,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Re-evaluate the policy's input distribution on real int8 backends; `confirm/*` metrics.
 
     Bit-width actions have no meaning on 8-bit kernels and are dropped; torch.ao runs only
-    for students made of Linear layers (it leaves convolutions in float).
+    for students made of Linear layers (it leaves convolutions in float). `confirm/gap` is the
+    first backend's gap.
+
+    Args:
+        task: the held-out task of the simulated victim; each backend gets a copy in mode
+            `input` on the same split, with the same reference.
+        action: the policy's action in the task's space.
+        backends: names of real backends (`onnxruntime`, `torch_ao`).
+        onnx_reduce_range: 7-bit ONNX Runtime weights.
+        **settings: the keywords of `score_held_out` (the same draws as the simulator's).
     """
-    input_part, _ = env.split_action(action)
+    victim = task.victim
+    input_part, _ = task.split_action(action)
     if input_part is None or not isinstance(victim.student, nn.Module):
         return {}
     modules = list(victim.student.modules())
@@ -177,31 +240,75 @@ def confirm_on_kernels(
         isinstance(m, nn.Conv2d) for m in modules
     )
     metrics: dict[str, Any] = {}
-    for name in cfg.confirm.backends:
+    for name in backends:
         if name == victim.quant.backend or (name == "torch_ao" and not linear_only):
             continue
         backend = real_backend(
-            str(name),
-            victim.student,
-            victim.data.test.x[:8],
-            onnx_reduce_range=bool(cfg.confirm.get("onnx_reduce_range", False)),
+            name, victim.student, victim.data.test.x[:8], onnx_reduce_range=onnx_reduce_range
         )
-        real = dataclasses.replace(victim, qstudent=backend)
-        real_env = QuantFailureEnv(
-            real,
-            mode="input",
-            corruptions=list(cfg.policy.corruptions),
-            class_mix=bool(cfg.policy.class_mix),
-            split=str(cfg.eval.split),
-            reference=str(cfg.env.get("reference", "teacher")),
-        )
-        res: HeldOutResult = evaluate_policy(real_env, input_part, **evaluate)
-        for key, value in res.metrics(f"confirm/{name}").items():
-            metrics[key] = value
+        real = task.replace(victim=dataclasses.replace(victim, qstudent=backend), mode="input")
+        res = score_held_out(real, input_part, **settings)
+        metrics.update(res.metrics(f"confirm/{name}"))
         if "confirm/gap" not in metrics:
             metrics["confirm/gap"] = res.gap
             metrics["confirm/backend"] = name
     return metrics
+
+
+def write_results(
+    out: Path,
+    log: RunLogger,
+    search_log: SearchLog,
+    task: FailureTask,
+    result: HeldOutResult,
+    baseline: HeldOutResult,
+    confirm: dict[str, Any],
+    *,
+    agent: str,
+    run_name: str,
+    ci_level: float,
+    top_k: int,
+    grid: int,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Write the archive, failure grid and search curve, and log them with the metrics.
+
+    Returns:
+        (the run's metrics, for the `metrics.json` the caller writes last; the archive's rows).
+    """
+    best = search_log.best
+    assert best is not None
+    description = task.describe(best.action)
+    archive = write_archive(
+        out / "archive.csv", out / "archive.json", search_log.top(top_k), task.describe
+    )
+    failure_grid(
+        out / "failures.png",
+        result.failures,
+        task.victim.data.class_names,
+        f"{agent}: {description}\nheld-out gap {100 * result.gap:.1f} points",
+        max_images=grid,
+    )
+    search_curve(out / "search_curve.png", search_log.trials, f"{agent} search")
+    metrics: dict[str, Any] = {
+        "search/best_gap": best.info["gap"],
+        "search/best_reward": best.reward,
+        "search/evaluations": search_log.count,
+        "search/evaluations_to_best": best.index,
+        **result.metrics("eval"),
+        "eval/ci_level": ci_level,
+        **{k.replace("eval/", "baseline/"): v for k, v in baseline.metrics("eval").items()},
+        **confirm,
+        "policy/description": description,
+        "policy/action": [float(a) for a in best.action],
+    }
+    log.summary(metrics)
+    log.log_image("failures", out / "failures.png")
+    log.log_artifact(
+        f"archive-{run_name}",
+        "failure-archive",
+        [out / "archive.csv", out / "archive.json", out / "failures.png"],
+    )
+    return metrics, archive
 
 
 def _print_summary(
@@ -236,7 +343,7 @@ def _print_summary(
         rows.append(
             [f"confirmed gap on {metrics['confirm/backend']} int8", pct(metrics["confirm/gap"]), ""]
         )
-    print(format_table([f"{cfg.agent.name} / policy={cfg.policy.mode}", "points", ""], rows))
+    print(format_table([f"{cfg.agent.name} / space={cfg.space.mode}", "points", ""], rows))
     print(f"best policy: {metrics['policy/description']}")
     print(
         format_table(

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from qrl.checkpoints import load_model
-from qrl.config import build
+from qrl.config import instantiate
 from qrl.data import ImageData
 from qrl.errors import CheckpointError
 from qrl.quant import QuantConfig, quantized_copy
@@ -42,7 +42,7 @@ class Victim:
         return self.teacher(x), self.student(x), self.qstudent(x)
 
     @classmethod
-    def build(
+    def from_models(
         cls, teacher: nn.Module, student: nn.Module, data: ImageData, quant: QuantConfig
     ) -> Victim:
         """Wrap models and data; the quantized copy (or real backend) is made here."""
@@ -84,10 +84,10 @@ def load_victim(run_dir: str | os.PathLike[str], quant: QuantConfig) -> Victim:
                 f"{run_dir / name} does not exist: point to a finished `python -m qrl.distill` "
                 "run dir"
             )
-    data = build(load_run_config(run_dir).data)
+    data = instantiate(load_run_config(run_dir).data)
     teacher, _ = load_model(run_dir / "teacher.pt")
     student, _ = load_model(run_dir / "student.pt")
-    return Victim.build(teacher, student, data, quant)
+    return Victim.from_models(teacher, student, data, quant)
 
 
 def cache_dir() -> Path:

@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qrl.checkpoints import InputSpec, build
-from qrl.config import CONF_DIR, load_config
-from qrl.config import build as instantiate
+from qrl.checkpoints import InputSpec, build_model
+from qrl.config import CONF_DIR, instantiate, load_config
 from qrl.errors import DataError
 
 
@@ -33,7 +32,7 @@ def test_every_data_option_composes_and_instantiates(name: str, tmp_path: Path) 
 def test_every_model_option_builds(name: str, role: str) -> None:
     cfg = load_config("distill", [f"model={name}", "out=x"])
     spec = {k: v for k, v in cfg.model[role].items()}
-    model = build(spec, InputSpec(3, 10, (16, 16), (0.5,) * 3, (0.25,) * 3))
+    model = build_model(spec, InputSpec(3, 10, (16, 16), (0.5,) * 3, (0.25,) * 3))
     assert model(torch.rand(2, 3, 16, 16)).shape == (2, 10)
 
 
@@ -60,7 +59,7 @@ def test_every_agent_option_composes_and_builds(name: str) -> None:
         assert callable(factory)
 
 
-@pytest.mark.parametrize("group", ["policy", "env", "quant"])
+@pytest.mark.parametrize("group", ["space", "env", "quant"])
 def test_every_search_group_option_composes(group: str) -> None:
     for name in options(group):
         cfg = load_config("search", [f"{group}={name}", "out=x"])

@@ -83,10 +83,12 @@ def test_info_keys_are_the_same_at_reset_and_every_step(
     env = gym.make(env_id, victim=victim, **kwargs)
     _, info = env.reset(seed=0)
     keys = set(info)
-    assert {"acc_teacher", "acc_fp", "acc_q", "gap", "mean_bits"} <= keys
+    assert {"acc_teacher", "acc_fp", "acc_q", "gap", "drop", "mean_bits"} <= keys
+    assert info["drop"] == pytest.approx(info["acc_fp"] - info["acc_q"])
     for _ in range(5):
         *_, info = env.step(env.action_space.sample())
         assert set(info) == keys and all(isinstance(v, float) for v in info.values())
+        assert info["drop"] == pytest.approx(info["acc_fp"] - info["acc_q"])
 
 
 @pytest.mark.parametrize("env_id,kwargs", [ENV_CASES[2], ENV_CASES[3]])
@@ -124,7 +126,7 @@ def test_bits_mode_decodes_actions_under_the_budget(victim: Victim) -> None:
     action = np.array([1, 1, -1, -1, 0.0])
     *_, info = env.step(action)
     assert info["mean_bits"] == 4.0
-    assert env.describe(action) == "bits 6/6/2/2/4"
+    assert env.task.describe(action) == "bits 6/6/2/2/4"
 
 
 def test_vectorized_scores_match_single_inputs(victim: Victim) -> None:

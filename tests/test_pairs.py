@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from qrl import distill, pairs
-from qrl.config import build, load_config
+from qrl.config import instantiate, load_config
 from qrl.errors import CheckpointError, ConfigError
 from qrl.pair_eval import cross_evaluation, fixed_patterns, vulnerability
 from qrl.pairs import load_pair
@@ -85,7 +85,7 @@ def tiny_pairs(tiny_distill: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tiny_distill) -> None:
     pair = load_pair(tiny_pairs["detrimental"])
-    data = build(load_run_config(tiny_distill).data)
+    data = instantiate(load_run_config(tiny_distill).data)
     x = data.test.x[:20]
     bits = pair.bits(x)
     assert bits.dtype == torch.int64 and bits.shape == (20, len(pair.layer_names))
@@ -106,7 +106,7 @@ def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tin
 
 def test_cross_evaluation_covers_every_policy(tiny_pairs, tiny_distill) -> None:
     loaded = {k: load_pair(v) for k, v in tiny_pairs.items()}
-    data = build(load_run_config(tiny_distill).data)
+    data = instantiate(load_run_config(tiny_distill).data)
     rows = cross_evaluation(loaded, data.test)
     policies = {r["policy"].split(" (")[0] for r in rows if r["network"] == "detrimental"}
     assert {

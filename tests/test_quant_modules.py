@@ -1,4 +1,4 @@
-"""quantized_copy, set_bits_ and per-input bit-widths on every architecture."""
+"""quantized_copy, set_bits_ and its scopes, and per-input bit-widths on every architecture."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from qrl.quant import (
     QuantConfig,
     QuantizedLayer,
     float_model,
+    float_path,
     layer_names,
     quantized_copy,
     quantized_layers,
     set_bits_,
     set_quantization_enabled_,
+    using_bits,
 )
 
 ARCHS = {
@@ -160,6 +162,48 @@ def test_quantization_can_be_switched_off() -> None:
     with torch.no_grad():
         assert not torch.allclose(qmodel(x), model(x))
         assert torch.allclose(set_quantization_enabled_(qmodel, False)(x), model(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("before", ["int", "per_input"])
+def test_using_bits_restores_the_previous_bits_also_when_the_block_raises(before: str) -> None:
+    torch.manual_seed(0)
+    model = ARCHS["cnn"]().eval()
+    qmodel = quantized_copy(model).eval()
+    n = len(layer_names(qmodel))
+    x = _inputs(model, 3)
+    previous = 5 if before == "int" else torch.tensor([[3] * n, [6] * n, [8] * n])
+    set_bits_(qmodel, previous)
+    saved = [layer.bits for layer in quantized_layers(qmodel)]
+    with torch.no_grad():
+        expected = qmodel(x)
+        with using_bits(qmodel, 2):
+            assert all(layer.bits == 2 for layer in quantized_layers(qmodel))
+            assert not torch.allclose(qmodel(x), expected)
+        with pytest.raises(RuntimeError, match="inside the scope"), using_bits(qmodel, [8] * n):
+            raise RuntimeError("inside the scope")
+        with pytest.raises(ConfigError), using_bits(qmodel, 9):  # refused before any change
+            pass
+        assert torch.equal(qmodel(x), expected)
+    for layer, bits in zip(quantized_layers(qmodel), saved, strict=True):
+        assert layer.bits is bits  # the very objects: an int, or the per-input (batch,) tensor
+
+
+def test_float_path_restores_enabled_also_when_the_block_raises() -> None:
+    torch.manual_seed(0)
+    model = ARCHS["cnn"]().eval()
+    qmodel = set_bits_(quantized_copy(model), 2).eval()
+    layers = quantized_layers(qmodel)
+    layers[0].enabled = False  # a mixed state comes back exactly as it was
+    x = _inputs(model, 4)
+    with torch.no_grad():
+        with float_path(qmodel):
+            assert not any(layer.enabled for layer in layers)
+            assert torch.allclose(qmodel(x), model(x), atol=1e-6)
+        assert [layer.enabled for layer in layers] == [False] + [True] * (len(layers) - 1)
+        with pytest.raises(RuntimeError, match="inside"), float_path(qmodel):
+            raise RuntimeError("inside")
+        assert [layer.enabled for layer in layers] == [False] + [True] * (len(layers) - 1)
+        assert not torch.allclose(qmodel(x), model(x))
 
 
 def test_quantized_copy_refuses_models_without_layers_and_real_backends() -> None:

@@ -14,9 +14,9 @@ import pytest
 from qrl import report, search
 from qrl.agents import SearchLog
 from qrl.config import CONF_DIR, load_config
-from qrl.envs.quant_failure import QuantFailureEnv
+from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
-from qrl.evaluation import cluster_bootstrap_ci, evaluate_policy
+from qrl.heldout import cluster_bootstrap_ci, score_held_out
 from qrl.quant import preset
 from qrl.victim import load_victim
 
@@ -77,13 +77,13 @@ def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path:
 
 def test_held_out_evaluation_uses_fresh_inputs_and_a_valid_interval(digits_run: Path) -> None:
     victim = load_victim(digits_run, preset("int4_dynamic"))
-    env = QuantFailureEnv(victim, split="test", mode="input")
-    assert env.pool is victim.data.test  # the search draws from train; held-out from test
-    action = np.zeros(env.action_space.shape)
+    task = FailureTask(victim, split="test", mode="input")
+    assert task.pool is victim.data.test  # the search draws from train; held-out from test
+    action = np.zeros(task.action_space.shape)
     action[0] = 0.6  # brighter images
-    small = evaluate_policy(env, action, samples=256, seed=1, resamples=500)
-    large = evaluate_policy(env, action, samples=4096, seed=1, resamples=500)
-    again = evaluate_policy(env, action, samples=4096, seed=1, resamples=500)
+    small = score_held_out(task, action, samples=256, seed=1, resamples=500)
+    large = score_held_out(task, action, samples=4096, seed=1, resamples=500)
+    again = score_held_out(task, action, samples=4096, seed=1, resamples=500)
     assert large.gap == again.gap and large.ci == again.ci
     assert small.ci[0] <= small.gap <= small.ci[1]
     assert large.ci[1] - large.ci[0] < small.ci[1] - small.ci[0]
@@ -108,20 +108,20 @@ def test_onnxruntime_can_be_the_victim_itself(digits_run: Path, tmp_path: Path) 
             tmp_path / "bits",
             "quant=int8_dynamic",
             "quant.backend=onnxruntime",
-            "policy=bits",
+            "space=bits",
             "budget.evaluations=5",
         )
 
 
-@pytest.mark.parametrize("policy", ["bits", "joint"])
+@pytest.mark.parametrize("space", ["bits", "joint"])
 def test_bit_width_policies_are_searched_under_the_budget(
-    digits_run: Path, tmp_path: Path, policy: str
+    digits_run: Path, tmp_path: Path, space: str
 ) -> None:
-    metrics = _search(digits_run, tmp_path, f"policy={policy}", "agent=es", "budget.evaluations=20")
+    metrics = _search(digits_run, tmp_path, f"space={space}", "agent=es", "budget.evaluations=20")
     archive = json.loads((tmp_path / "archive.json").read_text())
     assert all(row["mean_bits"] <= 4.0 for row in archive)
     assert "bits " in metrics["policy/description"]
-    assert ("confirm/gap" in metrics) == (policy == "joint")  # int8 kernels take inputs, not bits
+    assert ("confirm/gap" in metrics) == (space == "joint")  # int8 kernels take inputs, not bits
 
 
 def test_search_log_keeps_only_the_budget() -> None:
@@ -170,7 +170,7 @@ def test_a_crashing_job_finishes_its_wandb_run(
     def crash(*args, **kwargs):
         raise RuntimeError("evaluation crashed")
 
-    monkeypatch.setattr(search, "evaluate_policy", crash)
+    monkeypatch.setattr(search, "score_held_out", crash)
     with pytest.raises(RuntimeError, match="evaluation crashed"):
         _search(digits_run, tmp_path, "agent=random", "budget.evaluations=5", "logger=wandb")
     assert wandb.run is None

@@ -42,7 +42,7 @@ def resolve_victim(
         raise ConfigError("a custom victim needs at least student=... and data=...")
     if isinstance(data, tuple):
         data = from_tensors(*data)
-    return Victim.build(teacher if teacher is not None else student, student, data, quant_cfg)
+    return Victim.from_models(teacher if teacher is not None else student, student, data, quant_cfg)
 
 
 def check_action(action: Any, space: spaces.Space) -> np.ndarray:

@@ -24,11 +24,12 @@ from qrl.data import ImageData
 from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, BitsDecoder
-from qrl.quant import QuantConfig, float_path, layer_names, set_bits_
+from qrl.quant import QuantConfig, float_path, layer_names, using_bits
+from qrl.scoring import Outcome, correct, failed
 from qrl.victim import Victim
 
 REWARD_MODES = ("detrimental", "robust")
-INFO_KEYS = ("acc_teacher", "acc_fp", "acc_q", "gap", "mean_bits")
+INFO_KEYS = ("acc_teacher", "acc_fp", "acc_q", "gap", "drop", "mean_bits")
 OBS_SIDE = 8  # images are average-pooled to at most 8x8 for the observation
 
 
@@ -57,6 +58,9 @@ def bits_observation(
 
 class BitsTask:
     """The engine both forms share: draw inputs, describe them, score their bit-widths.
+
+    The reference is always the teacher: a failure is T right and S_q wrong, and the `gap`
+    the envs report is the teacher gap (`qrl.scoring.Outcome.gap("teacher")`).
 
     Args:
         victim: teacher, student and quantized student (the fake quantizer: bits vary per input).
@@ -101,6 +105,7 @@ class BitsTask:
         self.action_space = spaces.Box(-1.0, 1.0, (self.num_layers,), np.float32)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """`n` inputs and labels drawn uniformly from the split."""
         idx = torch.randint(0, len(self.pool), (n,), generator=generator)
         return self.pool.x[idx], self.pool.y[idx]
 
@@ -112,32 +117,48 @@ class BitsTask:
         student's class probabilities, and its per-layer activation ranges (squashed).
         """
         obs, fp_logits = bits_observation(self.qstudent, x, self.side)
-        teacher_right = self.victim.teacher(x).argmax(1) == y
-        return obs, teacher_right, fp_logits.argmax(1) == y
+        return obs, correct(self.victim.teacher(x), y), correct(fp_logits, y)
 
     @torch.no_grad()
     def score(
         self, x: Tensor, y: Tensor, actions: np.ndarray, teacher_right: Tensor
     ) -> tuple[np.ndarray, Tensor, np.ndarray]:
         """Rewards (B,), S_q's correctness and the decoded bits (B, L), in one forward pass."""
-        bits = self.decoder.decode(actions)
-        set_bits_(self.qstudent, torch.from_numpy(bits))
-        q_right = self.qstudent(x).argmax(1) == y
-        if self.reward_mode == "detrimental":
-            rewards = (teacher_right & ~q_right).float()
-        else:
-            rewards = q_right.float()
-        return rewards.numpy().astype(np.float32), q_right, bits
+        q_logits, bits = self._quantized_logits(x, actions)
+        q_right = correct(q_logits, y)
+        return self._rewards(teacher_right, q_right), q_right, bits
+
+    @torch.no_grad()
+    def outcome(
+        self, x: Tensor, y: Tensor, actions: np.ndarray, teacher_right: Tensor, fp_right: Tensor
+    ) -> tuple[np.ndarray, Outcome, np.ndarray]:
+        """`score`, with the whole `Outcome` (T, S and S_q per input) in place of S_q's column."""
+        q_logits, bits = self._quantized_logits(x, actions)
+        outcome = Outcome(teacher_right, fp_right, correct(q_logits, y), q_logits.argmax(1))
+        return self._rewards(teacher_right, outcome.q_right), outcome, bits
+
+    def _quantized_logits(self, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray]:
+        bits = self.decoder.decode(actions)  # (B, L): every input at its own bit-widths
+        with using_bits(self.qstudent, torch.from_numpy(bits)):
+            return self.qstudent(x), bits
+
+    def _rewards(self, teacher_right: Tensor, q_right: Tensor) -> np.ndarray:
+        pays = failed(teacher_right, q_right) if self.reward_mode == "detrimental" else q_right
+        return pays.float().numpy().astype(np.float32)
 
 
-def _info(teacher_right: bool, fp_right: bool, q_right: bool, bits: np.ndarray) -> dict[str, float]:
-    return {
-        "acc_teacher": float(teacher_right),
-        "acc_fp": float(fp_right),
-        "acc_q": float(q_right),
-        "gap": float(teacher_right) - float(q_right),
-        "mean_bits": float(np.mean(bits)),
+def _infos(outcome: Outcome, bits: np.ndarray) -> list[dict[str, float]]:
+    """One info per input: its accuracies (0.0 or 1.0), teacher gap, drop and mean bits."""
+    columns = {
+        "acc_teacher": outcome.teacher_right.float(),
+        "acc_fp": outcome.fp_right.float(),
+        "acc_q": outcome.q_right.float(),
+        "gap": outcome.gap_per_input("teacher"),
+        "drop": outcome.gap_per_input("student"),  # the gap to S itself is the drop
+        "mean_bits": torch.from_numpy(bits.mean(axis=1)),
     }
+    rows = zip(*(column.tolist() for column in columns.values()), strict=True)
+    return [dict(zip(columns, map(float, row), strict=True)) for row in rows]
 
 
 def _victim_from(kwargs: dict[str, Any]) -> Victim:
@@ -173,6 +194,12 @@ class QuantBitsEnv(gym.Env[np.ndarray, np.ndarray]):
     `detrimental`: 1 when the quantized student is wrong where the teacher is right, else 0.
     `robust`: 1 when the quantized student is right, else 0.
 
+    ## Info
+    At reset and every step, floats for the input just scored (`INFO_KEYS`): `acc_teacher`,
+    `acc_fp`, `acc_q` (each 0.0 or 1.0); `gap`, the teacher gap acc_teacher - acc_q (this
+    task's reference is always the teacher); `drop` = acc_fp - acc_q, what quantization alone
+    causes; `mean_bits`, the input's average bit-width.
+
     ## Starting State
     A first input drawn from the data split; its `info` reports S_q at the budget-uniform
     bit-widths of the all-zero action.
@@ -186,7 +213,7 @@ class QuantBitsEnv(gym.Env[np.ndarray, np.ndarray]):
     `bits_set` ({2,3,4,5,6,8}), `bits_budget` (4.0), `split` (`train`).
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version (`drop` joined the info later; observations and rewards unchanged).
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 (Gymnasium declares it per instance)
@@ -218,16 +245,16 @@ class QuantBitsEnv(gym.Env[np.ndarray, np.ndarray]):
         assert self._current is not None
         x, y, _, teacher_right, fp_right = self._current
         zero = np.zeros((1, self.task.num_layers))
-        _, q_right, bits = self.task.score(x, y, zero, teacher_right)
-        return obs, _info(bool(teacher_right[0]), bool(fp_right[0]), bool(q_right[0]), bits[0])
+        _, outcome, bits = self.task.outcome(x, y, zero, teacher_right, fp_right)
+        return obs, _infos(outcome, bits)[0]
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, float]]:
         if self._current is None:
             raise RuntimeError("call reset() before step()")
         a = check_action(action, self.action_space)
         x, y, _, teacher_right, fp_right = self._current
-        rewards, q_right, bits = self.task.score(x, y, a[None], teacher_right)
-        info = _info(bool(teacher_right[0]), bool(fp_right[0]), bool(q_right[0]), bits[0])
+        rewards, outcome, bits = self.task.outcome(x, y, a[None], teacher_right, fp_right)
+        info = _infos(outcome, bits)[0]
         return self._next_input(), float(rewards[0]), False, False, info
 
     def _next_input(self) -> np.ndarray:
@@ -240,9 +267,10 @@ class QuantBitsEnv(gym.Env[np.ndarray, np.ndarray]):
 class QuantBitsVecEnv(VecEnv):
     """`QuantBits` as an SB3 `VecEnv`: N inputs per step, scored in one batched forward pass.
 
-    Each slot behaves like a `QuantBitsEnv` truncated after `max_episode_steps`; a truncated
-    slot reports `terminal_observation` and `TimeLimit.truncated` in its info and continues
-    with a fresh input. All randomness comes from one generator, seeded by `seed`.
+    Each slot behaves like a `QuantBitsEnv` truncated after `max_episode_steps` (the same
+    `INFO_KEYS` in every info); a truncated slot reports `terminal_observation` and
+    `TimeLimit.truncated` in its info and continues with a fresh input. All randomness comes
+    from one generator, seeded by `seed`.
 
     Args:
         num_envs: inputs per step.
@@ -284,11 +312,10 @@ class QuantBitsVecEnv(VecEnv):
         if self._actions is None or len(self._x) == 0:
             raise RuntimeError("call reset() and step_async() before step_wait()")
         actions = np.stack([check_action(a, self.action_space) for a in self._actions])
-        rewards, q_right, bits = self.task.score(self._x, self._y, actions, self._teacher_right)
-        infos: list[dict[str, Any]] = [
-            _info(bool(t), bool(f), bool(q), b)
-            for t, f, q, b in zip(self._teacher_right, self._fp_right, q_right, bits, strict=True)
-        ]
+        rewards, outcome, bits = self.task.outcome(
+            self._x, self._y, actions, self._teacher_right, self._fp_right
+        )
+        infos: list[dict[str, Any]] = list(_infos(outcome, bits))
         self._steps += 1
         obs = self._draw()
         dones = self._steps >= self.max_episode_steps

@@ -8,20 +8,22 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium import spaces
 from torch import Tensor, nn
 
 from qrl.data import ImageData
 from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
+from qrl.envs.failure_task import MODES, FailureTask, check_choices
 from qrl.errors import ConfigError
-from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, DEFAULT_CORRUPTIONS, BitsDecoder
-from qrl.policies.input import InputDistribution, class_prior
-from qrl.quant import QuantConfig, layer_names, set_bits_
+from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, DEFAULT_CORRUPTIONS
+from qrl.quant import QuantConfig
 from qrl.victim import Victim
 
-MODES = ("input", "bits", "joint")
-INFO_KEYS = ("acc_teacher", "acc_fp", "acc_q", "gap", "mean_bits", "valid")
+__all__ = ["INFO_KEYS", "MODES", "OBS_STATS", "QuantFailureEnv"]
+
+INFO_KEYS = ("acc_teacher", "acc_fp", "acc_q", "gap", "drop", "mean_bits", "valid")
+# The statistics at the head of the observation (`drop` is in the info, not in the observation).
+OBS_STATS = ("gap", "acc_teacher", "acc_fp", "acc_q", "mean_bits", "valid")
 
 
 class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
@@ -33,6 +35,7 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
     draws a batch from the policy's input distribution, evaluates T, S and S_q on it in one
     batched pass, and pays the accuracy gap acc(T) - acc(S_q) (or acc(S) - acc(S_q) with
     `reference="student"`, which leaves out what the student already gets wrong in float).
+    Drawing and scoring are a `FailureTask` (`env.task`), which held-out evaluation reuses.
 
     ## Action Space
     `Box(-1, 1, (k,), float32)`, by `mode`:
@@ -52,9 +55,13 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
     ## Rewards
     gap - penalty * max(0, validity_floor - acc_teacher), where gap = acc(reference) - acc(S_q)
     and the reference is the teacher (default) or the full-precision student: the gap pays, but
-    a distribution on
-    which the teacher itself falls below the validity floor (destroyed images) costs more than
-    it can earn.
+    a distribution on which the teacher itself falls below the validity floor (destroyed
+    images) costs more than it can earn.
+
+    ## Info
+    At reset and every step, floats on the last batch (`INFO_KEYS`): `acc_teacher`, `acc_fp`,
+    `acc_q`; `gap` (to the reference, as rewarded); `drop` = acc_fp - acc_q, what quantization
+    alone causes; `mean_bits`; `valid` (1.0 when acc_teacher >= validity_floor).
 
     ## Starting State
     The statistics of a batch drawn under the all-zero action (the data's own distribution,
@@ -71,7 +78,7 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
     `reference` (`teacher` or `student`: whose accuracy the gap is measured from).
 
     ## Version History
-    - v0: initial version.
+    - v0: initial version (`drop` joined the info later; observations and rewards unchanged).
     """
 
     metadata = {"render_modes": []}  # noqa: RUF012 (Gymnasium declares it per instance)
@@ -95,42 +102,24 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
         split: str = "train",
         reference: str = "teacher",
     ) -> None:
-        if mode not in MODES:
-            raise ConfigError(f"mode must be one of {list(MODES)}, got {mode!r}")
         if batch_size < 1 or not 0.0 <= validity_floor <= 1.0 or penalty < 0:
             raise ConfigError(
                 "batch_size >= 1, validity_floor in [0, 1] and penalty >= 0 are required"
             )
-        if split not in ("train", "val", "test"):
-            raise ConfigError(f"split must be train, val or test, got {split!r}")
-        if reference not in ("teacher", "student"):
-            raise ConfigError(f"reference must be teacher or student, got {reference!r}")
-        self.reference = reference
+        check_choices(mode, split, reference)  # before a default victim is trained
         self.victim = resolve_victim(victim, teacher, student, data, quant)
-        self.mode, self.batch_size = mode, batch_size
+        self.task = FailureTask(
+            self.victim, mode, corruptions, class_mix, bits_set, bits_budget, split, reference
+        )
+        self.batch_size = batch_size
         self.validity_floor, self.penalty = validity_floor, penalty
-        self.pool = getattr(self.victim.data, split)
-        data_ = self.victim.data
-        self.inputs = (
-            InputDistribution(data_.num_classes, data_.channels, corruptions, class_mix)
-            if mode in ("input", "joint")
-            else None
-        )
-        self.num_layers = self._num_layers()
-        self.decoder = (
-            BitsDecoder(self.num_layers, bits_set, bits_budget)
-            if mode in ("bits", "joint")
-            else None
-        )
-        k_in = self.inputs.dim if self.inputs else 0
-        k_bits = self.num_layers if self.decoder else 0
-        self._action_dim = k_in + k_bits
-        self.action_space = spaces.Box(-1.0, 1.0, (self._action_dim,), np.float32)
-        obs_dim = len(INFO_KEYS) + self._action_dim + self.num_layers
+        self.action_space = self.task.action_space
+        self._action_dim = self.task.action_space.shape[0]
+        obs_dim = len(OBS_STATS) + self._action_dim + self.task.num_layers
         self.observation_space = spaces.Box(-1.0, 1.0, (obs_dim,), np.float32)
         self._last_action = np.zeros(self._action_dim, dtype=np.float64)
         self._last_info: dict[str, float] = dict.fromkeys(INFO_KEYS, 0.0)
-        self._last_ranges = np.zeros(self.num_layers, dtype=np.float32)
+        self._last_ranges = np.zeros(self.task.num_layers, dtype=np.float32)
 
     # --- Gymnasium API ------------------------------------------------------------------------
 
@@ -151,99 +140,26 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
         reward = info["gap"] - self.penalty * shortfall
         return self._get_obs(), float(reward), False, False, info
 
-    # --- policy decoding and evaluation ---------------------------------------------------------
-
-    def split_action(self, action: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(input-distribution part, per-layer bits) of an action; None where unused."""
-        a = np.asarray(action, dtype=np.float64)
-        k_in = self.inputs.dim if self.inputs else 0
-        input_part = a[:k_in] if self.inputs else None
-        bits = self.decoder.decode(a[k_in:]) if self.decoder else None
-        return input_part, bits
-
-    def describe(self, action: np.ndarray) -> str:
-        """The policy an action stands for, in words."""
-        input_part, bits = self.split_action(action)
-        parts = []
-        if input_part is not None and self.inputs is not None:
-            prior = class_prior(self.pool, self.victim.data.num_classes)
-            parts.append(self.inputs.describe(input_part, prior=prior))
-        if bits is not None:
-            parts.append("bits " + "/".join(str(int(b)) for b in bits))
-        return "; ".join(parts)
-
-    def draw(self, action: np.ndarray, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """A batch of `n` inputs and labels from the action's input distribution."""
-        x, y, _ = self.draw_indexed(action, n, generator)
-        return x, y
-
-    def draw_indexed(
-        self, action: np.ndarray, n: int, generator: torch.Generator
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """`draw`, plus the index in the pool of the image behind each input."""
-        input_part, _ = self.split_action(action)
-        if input_part is None or self.inputs is None:
-            idx = torch.randint(0, len(self.pool), (n,), generator=generator)
-            return self.pool.x[idx], self.pool.y[idx], idx
-        idx = self.inputs.choose(self.pool, n, input_part, generator)
-        x = self.inputs.transform(self.pool.x[idx], input_part, generator)
-        return x, self.pool.y[idx], idx
-
-    @torch.no_grad()
-    def measure(self, action: np.ndarray, x: Tensor, y: Tensor) -> dict[str, Any]:
-        """Per-input correctness of T, S and S_q on (x, y) under the action's bit-widths."""
-        _, bits = self.split_action(action)
-        q = self.victim.qstudent
-        if isinstance(q, nn.Module):
-            set_bits_(q, [int(b) for b in bits] if bits is not None else self.victim.quant.act_bits)
-        t_logits, fp_logits, q_logits = self.victim.logits(x)
-        mean_bits = float(np.mean(bits)) if bits is not None else float(self.victim.quant.act_bits)
-        return {
-            "teacher_right": t_logits.argmax(1) == y,
-            "fp_right": fp_logits.argmax(1) == y,
-            "q_right": q_logits.argmax(1) == y,
-            "q_pred": q_logits.argmax(1),
-            "mean_bits": mean_bits,
-        }
+    # --- helpers: drawing and scoring are the task's ------------------------------------------
 
     def _evaluate(self, action: np.ndarray) -> None:
-        gen = torch_generator(self.np_random)
-        x, y = self.draw(action, self.batch_size, gen)
-        m = self.measure(action, x, y)
-        acc_t = float(m["teacher_right"].float().mean())
-        acc_fp = float(m["fp_right"].float().mean())
-        acc_q = float(m["q_right"].float().mean())
+        x, y = self.task.draw(action, self.batch_size, torch_generator(self.np_random))
+        m = self.task.measure(action, x, y)
+        outcome = m.outcome
         self._last_info = {
-            "acc_teacher": acc_t,
-            "acc_fp": acc_fp,
-            "acc_q": acc_q,
-            "gap": (acc_t if self.reference == "teacher" else acc_fp) - acc_q,
-            "mean_bits": m["mean_bits"],
-            "valid": float(acc_t >= self.validity_floor),
+            "acc_teacher": outcome.acc_teacher,
+            "acc_fp": outcome.acc_fp,
+            "acc_q": outcome.acc_q,
+            "gap": outcome.gap(self.task.reference),
+            "drop": outcome.drop,
+            "mean_bits": m.mean_bits,
+            "valid": float(outcome.acc_teacher >= self.validity_floor),
         }
         self._last_ranges = range_features(self.victim.qstudent, len(x)).mean(axis=0)
 
-    def _num_layers(self) -> int:
-        q = self.victim.qstudent
-        if isinstance(q, nn.Module):
-            return len(layer_names(q))
-        if self.mode != "input":
-            raise ConfigError(
-                f"mode={self.mode} sets bit-widths, which needs the simulated quantizer "
-                f"(quant backend fake), not the real {self.victim.quant.backend} kernels"
-            )
-        return 0
-
     def _get_obs(self) -> np.ndarray:
         info = self._last_info
-        stats = [
-            info["gap"],
-            info["acc_teacher"],
-            info["acc_fp"],
-            info["acc_q"],
-            (info["mean_bits"] - 2.0) / 6.0,
-            info["valid"],
-        ]
+        stats = [(info[k] - 2.0) / 6.0 if k == "mean_bits" else info[k] for k in OBS_STATS]
         obs = np.concatenate([stats, self._last_action, self._last_ranges]).astype(np.float32)
         return np.clip(obs, -1.0, 1.0)
 

@@ -1,13 +1,15 @@
-"""Batched predictions, accuracies and bootstrap confidence intervals."""
+"""A policy scored on held-out inputs, with a cluster-bootstrap confidence interval."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from qrl.envs.failure_task import FailureTask
+from qrl.scoring import Outcome
 
 
 def cluster_bootstrap_ci(
@@ -51,7 +53,7 @@ class HeldOutResult:
 
     Attributes:
         gap: acc(reference) - acc(quantized student), a fraction; the reference is the
-            teacher unless the env says otherwise.
+            teacher unless the task says otherwise.
         drop_fp: acc(full-precision student) - acc(quantized student): the part of the gap
             that quantization alone causes.
         ci: (low, high) bootstrap interval of the gap at `level`, resampling source images.
@@ -83,8 +85,8 @@ class HeldOutResult:
         }
 
 
-def evaluate_policy(
-    env: Any,
+def score_held_out(
+    task: FailureTask,
     action: np.ndarray,
     *,
     samples: int,
@@ -94,31 +96,31 @@ def evaluate_policy(
     resamples: int = 2000,
     keep_failures: int = 64,
 ) -> HeldOutResult:
-    """Score a policy on `samples` fresh draws from the env's split (in batches).
+    """Score a policy on `samples` fresh draws from the task's split (in batches).
 
-    `env` is a `QuantFailureEnv` (its `draw_indexed` and `measure`); the same `seed` gives the
-    same draws, so two victims (e.g. simulator and int8 kernel) can be compared input by input.
+    The gap is measured from the task's reference; the same `seed` gives the same draws, so two
+    victims (e.g. simulator and int8 kernel) can be compared input by input.
     """
     if samples < 1:
         raise ValueError(f"held-out evaluation needs samples >= 1, got {samples}")
     gen = torch.Generator().manual_seed(seed)
-    t_right, fp_right, q_right, sources, fails = [], [], [], [], []
+    parts: list[Outcome] = []
+    sources: list[Tensor] = []
+    fails: list[tuple[Tensor, Tensor, Tensor]] = []
     kept = 0
     for start in range(0, samples, batch_size):
-        x, y, idx = env.draw_indexed(action, min(batch_size, samples - start), gen)
-        m = env.measure(action, x, y)
+        x, y, idx = task.draw_indexed(action, min(batch_size, samples - start), gen)
+        outcome = task.measure(action, x, y).outcome
+        parts.append(outcome)
         sources.append(idx)
-        t_right.append(m["teacher_right"])
-        fp_right.append(m["fp_right"])
-        q_right.append(m["q_right"])
-        fail = m["teacher_right"] & ~m["q_right"]
+        # The grid shows teacher-labelled failures (T right, Q wrong) whatever the reference.
+        fail = outcome.failures("teacher")
         if kept < keep_failures and bool(fail.any()):
             idx = torch.nonzero(fail).flatten()[: keep_failures - kept]
-            fails.append((x[idx], y[idx], m["q_pred"][idx]))
+            fails.append((x[idx], y[idx], outcome.q_pred[idx]))
             kept += len(idx)
-    t, f, q = torch.cat(t_right).float(), torch.cat(fp_right).float(), torch.cat(q_right).float()
-    reference = f if getattr(env, "reference", "teacher") == "student" else t
-    diff = (reference - q).numpy()
+    outcome = Outcome.cat(parts)
+    diff = outcome.gap_per_input(task.reference).numpy()
     source = torch.cat(sources).numpy()
     if fails:
         failures = tuple(torch.cat([part[i] for part in fails]) for i in range(3))
@@ -129,12 +131,13 @@ def evaluate_policy(
             torch.empty(0, dtype=torch.long),
         )
     return HeldOutResult(
+        # The mean of the very terms the interval resamples, so the interval brackets it.
         gap=float(diff.mean()),
         ci=cluster_bootstrap_ci(diff, source, level=level, resamples=resamples, seed=seed),
-        drop_fp=float((f - q).mean()),
-        acc_teacher=float(t.mean()),
-        acc_fp=float(f.mean()),
-        acc_q=float(q.mean()),
+        drop_fp=outcome.drop,
+        acc_teacher=outcome.acc_teacher,
+        acc_fp=outcome.acc_fp,
+        acc_q=outcome.acc_q,
         samples=len(diff),
         images=len(np.unique(source)),
         failures=failures,  # type: ignore[arg-type]
