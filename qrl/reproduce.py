@@ -328,9 +328,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     pairs.check_config(stage_config("pairs", cfg, cfg.pairs))
-    cfg_seed = OmegaConf.merge(cfg, {"seed": seeds[0]})
-    assert isinstance(cfg_seed, DictConfig)
-    out, started = start_run(cfg_seed)
+    out, started = start_run(cfg)
     per_seed = [run_seed(cfg, seed, out / f"seed{seed}") for seed in seeds]
     searches = (
         run_search(cfg, out / f"seed{seeds[0]}" / "distill", out / "search")

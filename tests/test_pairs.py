@@ -164,7 +164,7 @@ def test_bad_pair_inputs_get_one_clear_error(tiny_distill, tmp_path) -> None:
         pairs.run(
             _pair_cfg(tiny_distill, tmp_path / "b", "robust", "quant.act_granularity=per_tensor")
         )
-    with pytest.raises(CheckpointError, match="not a finished"):
+    with pytest.raises(CheckpointError, match="point to a finished"):
         load_pair(tmp_path)
     (tmp_path / "pair.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="corrupt"):
