@@ -116,20 +116,24 @@ def cross_evaluation(
 ) -> list[dict[str, Any]]:
     """Every network under its own policy, the other pairs' policies, uniform b bits for each b
     in the set, random per-input bits, and the best and worst fixed per-layer pattern at the
-    budget. One row per (network, policy): acc_q, drop (= acc_fp - acc_q), mean bits.
+    budget. One row per (network, policy): acc_q, drop (= acc_fp - acc_q), mean bits, and a
+    note (the pattern, for fixed patterns).
     """
     x, y = split.x, split.y
     rows: list[dict[str, Any]] = []
     for name, pair in pairs.items():
         acc_fp = rate(correct(predict_logits(pair.network, x), y))
 
-        def row(policy: str, bits: Tensor, name: str = name, acc_fp: float = acc_fp) -> None:
+        def row(
+            policy: str, bits: Tensor, note: str = "", name: str = name, acc_fp: float = acc_fp
+        ) -> None:
             acc_q = rate(quantized_right(pairs[name].qnetwork, x, y, bits))
             mean_bits = float(bits.float().mean())
             rows.append(
                 {
                     "network": name,
                     "policy": policy,
+                    "note": note,
                     "acc_fp": acc_fp,
                     "acc_q": acc_q,
                     "drop": acc_fp - acc_q,
@@ -149,7 +153,7 @@ def cross_evaluation(
         accs = [rate(quantized_right(pair.qnetwork, x, y, torch.from_numpy(p))) for p in patterns]
         for label, i in (("best", int(np.argmax(accs))), ("worst", int(np.argmin(accs)))):
             pattern = "/".join(str(int(b)) for b in patterns[i])
-            row(f"{label} fixed pattern ({pattern}; of {how})", torch.from_numpy(patterns[i]))
+            row(f"{label} fixed pattern", torch.from_numpy(patterns[i]), f"{pattern} (of {how})")
     return rows
 
 
@@ -194,7 +198,7 @@ def plot_cross(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     fig, axes = plt.subplots(1, len(networks), figsize=(5.5 * len(networks), 4), squeeze=False)
     for ax, net in zip(axes[0], networks, strict=True):
         mine = [r for r in rows if r["network"] == net]
-        labels = [r["policy"].split(" (")[0] for r in mine]
+        labels = [r["policy"] for r in mine]
         ax.barh(labels, [100 * r["drop"] for r in mine], color="tab:red", alpha=0.7)
         ax.invert_yaxis()
         ax.set(xlabel="drop: full precision - quantized (points)", title=f"{net} network")

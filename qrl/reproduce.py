@@ -206,7 +206,7 @@ def report(
             f"{100 * s['pairs'][kind]['acc_q']:.2f}",
             f"{100 * s['pairs'][kind]['drop']:.2f}",
             f"{s['pairs'][kind]['mean_bits']:.2f}",
-            s["pairs"][kind]["run_dir"],
+            _rel(Path(s["pairs"][kind]["run_dir"]), out),
         ]
         for s in per_seed
         for kind in KINDS
@@ -223,10 +223,10 @@ def report(
     ]
     grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for row in results["cross_evaluation"]:
-        grouped[(row["network"], row["policy"].split(" (")[0])].append(row)
+        grouped[(row["network"], row["policy"])].append(row)
     lines.append(
         format_table(
-            ["network", "policy", "DPTQ acc", "drop (FP − DPTQ)", "mean bits"],
+            ["network", "policy", "DPTQ acc", "drop (FP − DPTQ)", "mean bits", "per seed"],
             [
                 [
                     net,
@@ -234,17 +234,13 @@ def report(
                     _pm([r["acc_q"] for r in rs]),
                     _pm([r["drop"] for r in rs]),
                     _pm([r["mean_bits"] for r in rs], scale=1.0),
+                    "; ".join(f"s{r['seed']}: {r['note']}" for r in rs if r["note"]),
                 ]
                 for (net, pol), rs in grouped.items()
             ],
             markdown=True,
         )
     )
-    patterns = sorted(
-        {r["policy"] for r in results["cross_evaluation"] if "pattern (" in r["policy"]}
-    )
-    if patterns:
-        lines += ["", "Fixed patterns (per seed, in row order): " + "; ".join(patterns)]
     lines += [
         "",
         "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy)",
@@ -301,7 +297,7 @@ def _search_table(runs: list[dict[str, Any]]) -> str:
                 f"{100 * r['eval/drop_fp']:.2f}",
                 f"{100 * r['baseline/gap']:.2f}",
                 r["search/evaluations"],
-                r.get("policy/description", "")[:60],
+                r.get("policy/description", ""),
             ]
         )
     header = [
