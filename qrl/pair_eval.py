@@ -195,7 +195,9 @@ def plot_cross(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Drop (full precision - quantized, points) of each network under each policy."""
     plt = _pyplot()
     networks = list(dict.fromkeys(r["network"] for r in rows))
-    fig, axes = plt.subplots(1, len(networks), figsize=(5.5 * len(networks), 4), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(networks), figsize=(5.5 * len(networks), 4), squeeze=False, sharex=True
+    )
     for ax, net in zip(axes[0], networks, strict=True):
         mine = [r for r in rows if r["network"] == net]
         labels = [r["policy"] for r in mine]

@@ -261,10 +261,11 @@ def train_pair(
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     uniform = torch.from_numpy(task.decoder.uniform())
     train_split, val = victim.data.train, victim.data.val
+    callbacks = log.sb3_callbacks()  # W&B's, when it is on: one set for every round
     bar = tqdm(range(start, rounds), desc=f"{kind} pair", disable=None if cfg.progress else True)
     for r in bar:
         # --- (i) the policy: one rollout on the current network, one PPO update -------------
-        ppo.learn(total_timesteps=rollout, reset_num_timesteps=False, callback=log.sb3_callbacks())
+        ppo.learn(total_timesteps=rollout, reset_num_timesteps=False, callback=callbacks)
         # --- (ii) the network: KD + QAT under the policy's (sampled) bits -------------------
         gen = torch.Generator().manual_seed(seed * 100_003 + r)
         parts: dict[str, float] = {}

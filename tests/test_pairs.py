@@ -198,3 +198,14 @@ def test_pair_loss_pushes_the_quantized_path_the_right_way() -> None:
     assert results["robust"] > 0.9
     assert results["detrimental"] < 0.5
     assert np.isfinite(list(parts.values())).all()
+
+
+def test_a_pair_logs_both_loops_to_wandb_offline(tiny_distill, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "pair"
+    pairs.run(_pair_cfg(tiny_distill, out, "robust", "logger=wandb"))
+    offline_dirs = list((out / "wandb").glob("offline-run-*"))
+    assert len(offline_dirs) == 1 and any(offline_dirs[0].glob("*.wandb"))
+    logged = (out / "log.csv").read_text()
+    assert "pair/val_acc_q" in logged and "loss/kd_q" in logged  # the network's loop
+    assert (out / "sb3" / "progress.csv").read_text().count("\n") >= 2  # PPO's loop
