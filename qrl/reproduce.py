@@ -264,9 +264,14 @@ def report(
     ]
     first = Path(per_seed[0]["root"])
     for kind in KINDS:
+        pair = per_seed[0]["pairs"][kind]
+        per_layer = zip(
+            pair["layer_names"], pair["per_layer_drop"], pair["bits_per_layer"], strict=True
+        )
         lines.append(
-            f"- {kind}: drop when only one layer follows the policy (others at 8 bits): "
-            + ", ".join(f"{100 * d:.1f}" for d in per_seed[0]["pairs"][kind]["per_layer_drop"])
+            f"- {kind}: drop (points) when only one layer follows the policy, the others at 8 "
+            "bits [that layer's mean bits under the policy]: "
+            + ", ".join(f"{name} {100 * d:.1f} [{b:.2f}]" for name, d, b in per_layer)
         )
         lines.append(
             f"  ![{kind} vulnerability]({_rel(first / f'{kind}_vulnerability.png', out)}) "
