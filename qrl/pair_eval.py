@@ -54,9 +54,14 @@ def batched_bits(fn: BitsFn, x: Tensor) -> Tensor:
 
 
 def fixed_patterns(
-    decoder: BitsDecoder, limit: int = 2000, seed: int = 0
+    decoder: BitsDecoder, limit: int = 2000, samples: int = 200, seed: int = 0
 ) -> tuple[np.ndarray, str]:
     """Per-layer bit patterns (P, L) that spend the budget: all of them, or a random sample.
+
+    Args:
+        decoder: the allowed set and budget.
+        limit: enumerate every pattern when there are at most this many.
+        samples: otherwise, decode this many random actions (duplicates dropped).
 
     Returns:
         (patterns, how): `how` says whether they are all patterns ("all N") or a sample.
@@ -71,7 +76,7 @@ def fixed_patterns(
         if len(patterns) <= limit:
             return patterns, f"all {len(patterns)}"
     rng = np.random.default_rng(seed)
-    decoded = decoder.decode(rng.uniform(-1, 1, size=(limit, decoder.num_layers)))
+    decoded = decoder.decode(rng.uniform(-1, 1, size=(samples, decoder.num_layers)))
     patterns = np.unique(decoded, axis=0)
     return patterns, f"{len(patterns)} sampled"
 
@@ -112,7 +117,12 @@ def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0
 
 
 def cross_evaluation(
-    pairs: Mapping[str, Pair], split: Split, *, seed: int = 0, pattern_limit: int = 2000
+    pairs: Mapping[str, Pair],
+    split: Split,
+    *,
+    seed: int = 0,
+    pattern_limit: int = 2000,
+    pattern_samples: int = 200,
 ) -> list[dict[str, Any]]:
     """Every network under its own policy, the other pairs' policies, uniform b bits for each b
     in the set, random per-input bits, and the best and worst fixed per-layer pattern at the
@@ -149,7 +159,7 @@ def cross_evaluation(
         for b in (int(v) for v in pair.decoder.levels):
             row(f"uniform {b} bits", torch.full((len(pair.layer_names),), b))
         row("random bits", batched_bits(RandomBits(pair.decoder, seed), x))
-        patterns, how = fixed_patterns(pair.decoder, pattern_limit, seed)
+        patterns, how = fixed_patterns(pair.decoder, pattern_limit, pattern_samples, seed)
         accs = [rate(quantized_right(pair.qnetwork, x, y, torch.from_numpy(p))) for p in patterns]
         for label, i in (("best", int(np.argmax(accs))), ("worst", int(np.argmin(accs)))):
             pattern = "/".join(str(int(b)) for b in patterns[i])

@@ -83,7 +83,13 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     loaded = {kind: load_pair(root / kind) for kind in KINDS}
     data = instantiate(load_run_config(distill_dir).data)  # the split the pairs were trained on
     test = data.test
-    rows = cross_evaluation(loaded, test, seed=seed, pattern_limit=int(cfg.cross.pattern_limit))
+    rows = cross_evaluation(
+        loaded,
+        test,
+        seed=seed,
+        pattern_limit=int(cfg.cross.pattern_limit),
+        pattern_samples=int(cfg.cross.pattern_samples),
+    )
     plot_cross(root / "cross_evaluation.png", rows)
     for kind, pair in loaded.items():
         vuln = vulnerability(pair, test)
