@@ -257,6 +257,7 @@ def train_pair(
             ) from exc
     else:
         ppo = instantiate(cfg.ppo.model)(env=venv, seed=seed)
+    log.rewind(start + 1)  # rows of a round that was interrupted before its state was saved
     ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     uniform = torch.from_numpy(task.decoder.uniform())

@@ -57,7 +57,7 @@ def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values:
 
 def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     """Stages A, B and C for one seed; returns this seed's numbers and the cross-evaluation."""
-    common = {"seed": seed, "progress": bool(cfg.progress)}
+    common = {"seed": seed, "progress": bool(cfg.progress), "overwrite": bool(cfg.overwrite)}
     # --- A: teacher and distilled student -------------------------------------------------
     print(f"\n== seed {seed}: A. teacher and distilled student (python -m qrl.distill)")
     distill_dir = root / "distill"
@@ -116,6 +116,7 @@ def run_search(cfg: DictConfig, victim_run: Path, root: Path) -> list[dict[str, 
                 "out": str(root / str(agent)),
                 "seed": int(cfg.seeds[0]),
                 "progress": bool(cfg.progress),
+                "overwrite": bool(cfg.overwrite),
             },
         )
         assert isinstance(merged, DictConfig)

@@ -14,6 +14,7 @@ wrong and the teacher right), `search_curve.png`, `log.csv`, `tb/`, `sb3/` and, 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
     seed = int(cfg.seed)
     name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{seed}"
     options = env_kwargs(cfg)
-    with RunLogger(out, cfg.logger, config=cfg, name=name) as log:
+    # A search does not resume mid-way, so a rerun's logs restart rather than append.
+    shutil.rmtree(out / "sb3", ignore_errors=True)
+    with RunLogger(out, cfg.logger, config=cfg, name=name, fresh=True) as log:
         # --- build env and agent, learn until the budget of evaluations is spent -------------
         search_log = run_search(
             victim,
