@@ -42,7 +42,7 @@ from qrl.data import ImageData, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
 from qrl.runs import read_metrics, start_run
-from qrl.search import search_victim
+from qrl.search import check_settings, search_victim
 from qrl.victim import Victim
 
 
@@ -180,13 +180,14 @@ def audit(
         cfg.space = OmegaConf.merge(cfg.space, to_dict(space_obj))
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
-    start_run(cfg)  # cfg.out is run_dir: create it, drop a stale result, save config, seed
+    check_settings(cfg)  # values and inputs checked before the run dir is touched
     victim = Victim.from_models(
         teacher if teacher is not None else student,
         student,
         as_image_data(data, seed),
         as_quant_config(cfg.quant),
     )
+    start_run(cfg)  # cfg.out is run_dir: claim it for this config, drop a stale result, seed
     search_victim(victim, cfg, run_dir, started)
     return _result(run_dir)
 
@@ -243,7 +244,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """The CLI: load the model (and teacher), then search it on the configured data."""
     if not cfg.model.path:
         raise ConfigError("set model.path=<checkpoint> (qrl, TorchScript or state dict)")
-    out, started = start_run(cfg)
+    check_settings(cfg)
     data: ImageData = instantiate(cfg.data)
     spec = to_dict(cfg.model.spec) if cfg.model.get("spec") else None
     student = load_any_model(cfg.model.path, spec, data)
@@ -256,6 +257,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "with +model.spec._target_=<class> to simulate other bit-widths"
         )
     victim = Victim.from_models(teacher, student, data, quant)
+    out, started = start_run(cfg)
     search_victim(victim, cfg, out, started)
     result = _result(out)
     print(result)

@@ -170,6 +170,8 @@ def load_data(
             f"data.val_fraction must be in [0, 1) and data.test_fraction in (0, 1), "
             f"got {val_fraction} and {test_fraction}"
         )
+    if train_limit is not None and int(train_limit) < 1:
+        raise ConfigError(f"data.train_limit must be >= 1 (or null for all), got {train_limit}")
     if options and name != "synthetic":
         raise ConfigError(f"options {sorted(options)} only apply to data=synthetic")
     needs_root = name not in ("digits", "synthetic")

@@ -22,7 +22,7 @@ from qrl.checkpoints import InputSpec, build_model, load_model, save_model
 from qrl.cli import hydra_task
 from qrl.config import instantiate, to_dict
 from qrl.data import ImageData
-from qrl.errors import CheckpointError
+from qrl.errors import CheckpointError, ConfigError
 from qrl.loggers import RunLogger
 from qrl.runs import start_run, write_metrics
 from qrl.scoring import LogitsFn, accuracy, agreement, predict_logits
@@ -119,6 +119,27 @@ def distil_student(
     )
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Refuse values that cannot train, before the run dir is touched (one line each)."""
+    for phase in ("teacher", "student"):
+        c = cfg[phase]
+        for key, ok, need in (
+            ("epochs", int(c.epochs) >= 1, ">= 1"),
+            ("batch_size", int(c.batch_size) >= 1, ">= 1"),
+            ("lr", float(c.lr) > 0, "> 0"),
+            ("weight_decay", float(c.weight_decay) >= 0, ">= 0"),
+            ("shift", int(c.shift) >= 0, ">= 0"),
+        ):
+            if not ok:
+                raise ConfigError(f"{phase}.{key} must be {need}, got {c[key]}")
+    if float(cfg.student.tau) <= 0:
+        raise ConfigError(
+            f"student.tau (distillation temperature) must be > 0, got {cfg.student.tau}"
+        )
+    if not 0 <= float(cfg.student.alpha) <= 1:
+        raise ConfigError(f"student.alpha must be in [0, 1], got {cfg.student.alpha}")
+
+
 def _settings(cfg: DictConfig) -> TrainSettings:
     return TrainSettings(
         epochs=int(cfg.epochs),
@@ -143,24 +164,28 @@ def _load_or_train(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train or load the teacher, distil the student, evaluate both; returns the metrics."""
-    out, started = start_run(cfg)
+    # --- every value and input checked before the run dir is touched ---------------------------
+    check_config(cfg)
     seed = int(cfg.seed)
     data: ImageData = instantiate(cfg.data)
     inputs = InputSpec.of(data)
     teacher_spec, student_spec = to_dict(cfg.model.teacher), to_dict(cfg.model.student)
+    if cfg.teacher.path:
+        given, record = load_model(cfg.teacher.path)
+        if record["input_spec"].image_size != inputs.image_size or (
+            record["input_spec"].in_channels != inputs.in_channels
+        ):
+            raise CheckpointError(
+                f"teacher {cfg.teacher.path} was built for {record['input_spec']}, "
+                f"but data={data.name} gives {inputs}"
+            )
+    out, started = start_run(cfg)
     print(data.describe())
 
     with RunLogger(out, cfg.logger, config=cfg, name=f"distill-{data.name}-s{seed}") as log:
         # --- teacher: given checkpoint, finished phase in this run dir, or train -------------
         if cfg.teacher.path:
-            teacher, record = load_model(cfg.teacher.path)
-            if record["input_spec"].image_size != inputs.image_size or (
-                record["input_spec"].in_channels != inputs.in_channels
-            ):
-                raise CheckpointError(
-                    f"teacher {cfg.teacher.path} was built for {record['input_spec']}, "
-                    f"but data={data.name} gives {inputs}"
-                )
+            teacher = given
             teacher_spec, teacher_source = record["spec"], f"loaded from {cfg.teacher.path}"
         else:
             teacher, teacher_source = _load_or_train(

@@ -351,8 +351,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "a pair needs per-input bit-widths: quant.backend=fake and "
             f"quant.act_granularity=per_sample (got {quant.backend}, {quant.act_granularity})"
         )
-    out, started = start_run(cfg)
     victim, spec = _victim(cfg, quant)
+    out, started = start_run(cfg)
     kind, seed = str(cfg.kind), int(cfg.seed)
     with RunLogger(out, cfg.logger, config=cfg, name=f"pairs-{kind}-s{seed}") as log:
         qnet, ppo, decoder = train_pair(victim, cfg, out, log)

@@ -16,7 +16,7 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qrl.cli import hydra_task
 from qrl.errors import ConfigError
@@ -36,7 +36,11 @@ def quant_name(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run's student at every bit-width and backend; returns the metrics."""
-    out, started = start_run(cfg)
+    # --- every value and input checked before the run dir is touched ---------------------------
+    if OmegaConf.is_missing(cfg, "run") or not cfg.run:
+        raise ConfigError("set run=<a finished `python -m qrl.distill` run dir> to evaluate")
+    if int(cfg.batch_size) < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     quant = as_quant_config(cfg.quant)
     bits_list = [check_bits(int(b), "bits entries") for b in cfg.bits]
     if quant.act_reduce_range:  # one bit fewer: 2-bit would be a 1-bit grid
@@ -50,6 +54,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown backends {unknown}; choose from {list(BACKEND_NAMES)}")
     victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant)
+    out, started = start_run(cfg)
     x, y = victim.data.test.x, victim.data.test.y
     bs = int(cfg.batch_size)
 

@@ -329,7 +329,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seeds = [int(s) for s in cfg.seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    # every stage's values checked before any dir is touched
+    distill.check_config(stage_config("distill", cfg, cfg.distill))
     pairs.check_config(stage_config("pairs", cfg, cfg.pairs))
+    if int(cfg.search.evaluations) < 1 and cfg.search.agents:
+        raise ConfigError(f"search.evaluations must be >= 1, got {cfg.search.evaluations}")
     out, started = start_run(cfg)
     per_seed = [run_seed(cfg, seed, out / f"seed{seed}") for seed in seeds]
     searches = (

@@ -68,6 +68,11 @@ def check_settings(cfg: DictConfig) -> None:
     """A `ConfigError` for a budget or held-out settings that cannot run."""
     if int(cfg.budget.evaluations) < 1:
         raise ConfigError(f"budget.evaluations must be >= 1, got {cfg.budget.evaluations}")
+    if int(cfg.env.batch_size) < 1 or int(cfg.env.n_envs) < 1:
+        raise ConfigError(
+            f"env.batch_size and env.n_envs must be >= 1, got {cfg.env.batch_size} and "
+            f"{cfg.env.n_envs}"
+        )
     if int(cfg.eval.samples) < 1 or int(cfg.eval.bootstrap) < 1 or not 0 < cfg.eval.ci_level < 1:
         raise ConfigError(
             "eval.samples and eval.bootstrap must be >= 1 and eval.ci_level in (0, 1)"
@@ -369,10 +374,11 @@ def _print_summary(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Build the victim named by the config and search it; returns the metrics."""
-    out, started = start_run(cfg)
+    check_settings(cfg)  # before the run dir is touched, as is the victim
     # --- build victim -------------------------------------------------------------------------
     quant = as_quant_config(cfg.quant)
     victim = load_victim(cfg.victim.run, quant) if cfg.victim.run else default_victim(quant)
+    out, started = start_run(cfg)
     return search_victim(victim, cfg, out, started)
 
 

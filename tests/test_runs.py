@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from qrl import distill, search
+from qrl import distill, quant_eval, search
 from qrl.config import load_config
 from qrl.errors import ConfigError
 from qrl.runs import CONFIG_FILE, METRICS_FILE, start_run, write_metrics
@@ -81,6 +81,30 @@ def test_distill_into_a_finished_dir_of_another_model_is_refused(
         quick = [o for o in QUICK if not o.startswith("model.")]
         distill.run(load_config("distill", [*quick, "model=mlp", f"out={tiny_run}"]))
     assert _snapshot(tiny_run) == before
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("teacher.epochs=-1", "teacher.epochs must be >= 1"),
+        ("student.batch_size=0", "student.batch_size must be >= 1"),
+        ("student.tau=0", "student.tau"),
+        ("data.train_limit=0", "data.train_limit must be >= 1"),
+    ],
+)
+def test_bad_distill_values_fail_before_the_finished_run_is_touched(
+    tiny_run: Path, override: str, match: str
+) -> None:
+    before = _snapshot(tiny_run)
+    with pytest.raises(ConfigError, match=match):
+        distill.run(load_config("distill", [*QUICK, override, f"out={tiny_run}"]))
+    assert _snapshot(tiny_run) == before  # metrics.json survives a failed rerun
+
+
+def test_quant_eval_without_a_run_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="set run="):
+        quant_eval.run(load_config("quant_eval", [f"out={tmp_path / 'q'}"]))
+    assert not (tmp_path / "q").exists()
 
 
 def test_a_killed_search_reruns_with_exactly_the_budget_of_rows(
