@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from qrl.checkpoints import FORMAT, load_file, load_model
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate, load_config, to_dict
 from qrl.data import ImageData, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
@@ -264,6 +264,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result.metrics
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

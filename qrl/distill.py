@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qrl.checkpoints import InputSpec, build_model, load_model, save_model
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate, to_dict
 from qrl.data import ImageData
 from qrl.errors import CheckpointError, ConfigError
@@ -264,6 +264,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="distill")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from qrl.checkpoints import InputSpec, load_model, save_model
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate
 from qrl.distill import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation, observation_side
@@ -373,6 +373,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pairs")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

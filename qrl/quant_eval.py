@@ -18,7 +18,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.errors import ConfigError
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, quantized_copy
@@ -151,6 +151,7 @@ def _plot(
     plt.close(fig)
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="quant_eval")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

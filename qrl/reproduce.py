@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from qrl import distill, pairs, search
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate, load_config
 from qrl.errors import ConfigError
 from qrl.pair_eval import (
@@ -361,6 +361,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

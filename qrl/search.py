@@ -26,7 +26,7 @@ from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
 from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
@@ -382,6 +382,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return search_victim(victim, cfg, out, started)
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

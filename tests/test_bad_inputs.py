@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +48,25 @@ def test_a_corrupt_checkpoint_names_the_file_and_gives_no_unsafe_advice(tmp_path
     message = str(info.value)
     assert str(bad) in message and "weights_only" not in message
     assert "delete" not in message.lower()
+
+
+def _cli(task: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", f"qrl.{task}", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "option", "choices"),
+    [("distill", "data=imagenet", "digits"), ("search", "agent=dqn", "ppo")],
+)
+def test_an_unknown_group_option_is_one_line_listing_the_choices(
+    tmp_path: Path, task: str, option: str, choices: str
+) -> None:
+    result = _cli(task, option, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    group, value = option.split("=")
+    assert lines[0].startswith(f"error: unknown {group} option {value!r}")
+    assert choices in lines[0]
