@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from qrl.checkpoints import FORMAT, load_file, load_model
 from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate, load_config, to_dict
-from qrl.data import ImageData, from_tensors
+from qrl.data import ImageData, check_image_data, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
 from qrl.runs import read_metrics, start_run
@@ -90,13 +90,19 @@ class AuditResult:
 def as_image_data(data: ImageData | tuple[Tensor, Tensor] | Dataset, seed: int = 0) -> ImageData:
     """Accept `ImageData`, an (inputs, labels) pair, or a torch `Dataset` of (image, label)."""
     if isinstance(data, ImageData):
-        return data
+        return check_image_data(data)
     if (
         isinstance(data, tuple | list)
         and len(data) == 2
         and all(isinstance(t, Tensor) for t in data)
     ):
         return from_tensors(data[0], data[1], seed=seed)
+    if (
+        isinstance(data, tuple | list)
+        and len(data) == 2
+        and all(isinstance(t, Tensor | np.ndarray) for t in data)
+    ):
+        return from_tensors(torch.as_tensor(data[0]), torch.as_tensor(data[1]), seed=seed)
     if isinstance(data, Dataset):
         try:
             pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
