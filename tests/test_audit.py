@@ -54,7 +54,9 @@ def test_audit_api_returns_a_result_with_the_gap_in_words(small_model, tmp_path:
         progress=False,
     )
     assert isinstance(result, AuditResult)
-    assert -1.0 <= result.gap <= 1.0 and result.gap_ci[0] <= result.gap <= result.gap_ci[1]
+    # the gap is the teacher's (here the model's own) accuracy minus the quantized one's
+    assert result.gap == pytest.approx(result.acc_teacher - result.acc_q)
+    assert result.gap_ci[0] <= result.gap <= result.gap_ci[1]
     assert result.description and len(result.archive) == 10
     assert result.policy.shape == (
         10 + 4,
@@ -91,6 +93,23 @@ def test_model_that_cannot_take_the_data_is_a_clear_error(tmp_path: Path) -> Non
         CheckpointError, match=r"MLP cannot take tensors images shaped \(1, 12, 12\)"
     ):
         audit(model, (x, y), evaluations=2, out=tmp_path, progress=False)
+
+
+def test_the_qrl_audit_module_is_the_audit_function(small_model, tmp_path: Path) -> None:
+    import qrl
+
+    model, data = small_model
+    result = qrl.audit(
+        model,
+        data,
+        agent="random",
+        evaluations=4,
+        out=tmp_path / "m",
+        overrides=FAST,
+        progress=False,
+    )
+    assert isinstance(result, AuditResult) and result.metrics["search/evaluations"] == 4
+    assert result.run_dir == tmp_path / "m" and (result.run_dir / "metrics.json").is_file()
 
 
 @pytest.mark.parametrize(
