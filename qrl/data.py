@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from qrl.config import checked_number
 from qrl.errors import ConfigError, DataError
 
 IDX_FILES = {
@@ -173,8 +174,8 @@ def load_data(
             f"data.val_fraction must be in [0, 1) and data.test_fraction in (0, 1), "
             f"got {val_fraction} and {test_fraction}"
         )
-    if train_limit is not None and int(train_limit) < 1:
-        raise ConfigError(f"data.train_limit must be >= 1 (or null for all), got {train_limit}")
+    if train_limit is not None:
+        train_limit = checked_number(train_limit, "data.train_limit (or null: all)", int, low=1)
     if options and name != "synthetic":
         raise ConfigError(f"options {sorted(options)} only apply to data=synthetic")
     needs_root = name not in ("digits", "synthetic")

@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from qrl.checkpoints import InputSpec, build_model, load_model, save_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import instantiate, to_dict
+from qrl.config import checked_number, instantiate, to_dict
 from qrl.data import ImageData
-from qrl.errors import CheckpointError, ConfigError
+from qrl.errors import CheckpointError
 from qrl.loggers import RunLogger
 from qrl.runs import start_run, write_metrics
 from qrl.scoring import LogitsFn, accuracy, agreement, predict_logits
@@ -123,21 +123,14 @@ def check_config(cfg: DictConfig) -> None:
     """Refuse values that cannot train, before the run dir is touched (one line each)."""
     for phase in ("teacher", "student"):
         c = cfg[phase]
-        for key, ok, need in (
-            ("epochs", int(c.epochs) >= 1, ">= 1"),
-            ("batch_size", int(c.batch_size) >= 1, ">= 1"),
-            ("lr", float(c.lr) > 0, "> 0"),
-            ("weight_decay", float(c.weight_decay) >= 0, ">= 0"),
-            ("shift", int(c.shift) >= 0, ">= 0"),
-        ):
-            if not ok:
-                raise ConfigError(f"{phase}.{key} must be {need}, got {c[key]}")
-    if float(cfg.student.tau) <= 0:
-        raise ConfigError(
-            f"student.tau (distillation temperature) must be > 0, got {cfg.student.tau}"
-        )
-    if not 0 <= float(cfg.student.alpha) <= 1:
-        raise ConfigError(f"student.alpha must be in [0, 1], got {cfg.student.alpha}")
+        checked_number(c.epochs, f"{phase}.epochs", int, low=1)
+        checked_number(c.batch_size, f"{phase}.batch_size", int, low=1)
+        checked_number(c.lr, f"{phase}.lr", low=0, strict=True)
+        checked_number(c.weight_decay, f"{phase}.weight_decay", low=0)
+        checked_number(c.shift, f"{phase}.shift", int, low=0)
+    checked_number(cfg.student.tau, "student.tau", low=0, strict=True)
+    checked_number(cfg.student.alpha, "student.alpha", low=0, high=1)
+    checked_number(cfg.seed, "seed", int, low=0)
 
 
 def _settings(cfg: DictConfig) -> TrainSettings:

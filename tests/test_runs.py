@@ -89,7 +89,7 @@ def test_distill_into_a_finished_dir_of_another_model_is_refused(
         ("teacher.epochs=-1", "teacher.epochs must be >= 1"),
         ("student.batch_size=0", "student.batch_size must be >= 1"),
         ("student.tau=0", "student.tau"),
-        ("data.train_limit=0", "data.train_limit must be >= 1"),
+        ("data.train_limit=0", r"data.train_limit \(or null: all\) must be >= 1"),
     ],
 )
 def test_bad_distill_values_fail_before_the_finished_run_is_touched(
