@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from qrl.checkpoints import InputSpec, load_model, save_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import instantiate
+from qrl.config import checked_number, instantiate
 from qrl.distill import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation, observation_side
 from qrl.errors import CheckpointError, ConfigError
@@ -188,12 +188,14 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.kind not in KINDS:
         raise ConfigError(f"kind must be one of {list(KINDS)}, got {cfg.kind!r}")
     t = cfg.train
-    if int(t.rounds) < 1 or int(t.net_steps) < 0 or int(t.batch_size) < 1:
-        raise ConfigError("train.rounds >= 1, train.net_steps >= 0 and train.batch_size >= 1")
-    if float(t.tau) <= 0 or not 0 <= float(t.alpha) <= 1 or float(t.lr) <= 0:
-        raise ConfigError("train.tau > 0, train.alpha in [0, 1] and train.lr > 0 are required")
-    if int(cfg.ppo.n_envs) < 1:
-        raise ConfigError(f"ppo.n_envs must be >= 1, got {cfg.ppo.n_envs}")
+    checked_number(t.rounds, "train.rounds", int, low=1)
+    checked_number(t.net_steps, "train.net_steps", int, low=0)
+    checked_number(t.batch_size, "train.batch_size", int, low=1)
+    checked_number(t.tau, "train.tau", low=0, strict=True)
+    checked_number(t.alpha, "train.alpha", low=0, high=1)
+    checked_number(t.lr, "train.lr", low=0, strict=True)
+    checked_number(cfg.ppo.n_envs, "ppo.n_envs", int, low=1)
+    checked_number(cfg.seed, "seed", int, low=0)
 
 
 def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]]:

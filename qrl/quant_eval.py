@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qrl.cli import checked_options, hydra_task
+from qrl.config import checked_number
 from qrl.errors import ConfigError
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, quantized_copy
@@ -39,8 +40,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # --- every value and input checked before the run dir is touched ---------------------------
     if OmegaConf.is_missing(cfg, "run") or not cfg.run:
         raise ConfigError("set run=<a finished `python -m qrl.distill` run dir> to evaluate")
-    if int(cfg.batch_size) < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
+    checked_number(cfg.batch_size, "batch_size", int, low=1)
     quant = as_quant_config(cfg.quant)
     bits_list = [check_bits(int(b), "bits entries") for b in cfg.bits]
     if quant.act_reduce_range:  # one bit fewer: 2-bit would be a 1-bit grid

@@ -21,12 +21,13 @@ from typing import Any
 import gymnasium as gym
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
 from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
 from qrl.cli import checked_options, hydra_task
+from qrl.config import checked_number
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
@@ -65,18 +66,20 @@ def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """A `ConfigError` for a budget or held-out settings that cannot run."""
-    if int(cfg.budget.evaluations) < 1:
-        raise ConfigError(f"budget.evaluations must be >= 1, got {cfg.budget.evaluations}")
-    if int(cfg.env.batch_size) < 1 or int(cfg.env.n_envs) < 1:
-        raise ConfigError(
-            f"env.batch_size and env.n_envs must be >= 1, got {cfg.env.batch_size} and "
-            f"{cfg.env.n_envs}"
-        )
-    if int(cfg.eval.samples) < 1 or int(cfg.eval.bootstrap) < 1 or not 0 < cfg.eval.ci_level < 1:
-        raise ConfigError(
-            "eval.samples and eval.bootstrap must be >= 1 and eval.ci_level in (0, 1)"
-        )
+    """A `ConfigError` for a budget or held-out settings that cannot run (before any work)."""
+    for key in (
+        "budget.evaluations",
+        "env.batch_size",
+        "env.n_envs",
+        "eval.samples",
+        "eval.bootstrap",
+        "archive.top_k",
+    ):
+        checked_number(OmegaConf.select(cfg, key), key, int, low=1)
+    checked_number(cfg.archive.grid, "archive.grid", int, low=0)
+    checked_number(cfg.seed, "seed", int, low=0)
+    if not 0 < checked_number(cfg.eval.ci_level, "eval.ci_level", low=0, strict=True) < 1:
+        raise ConfigError(f"eval.ci_level must be in (0, 1), got {cfg.eval.ci_level}")
 
 
 def held_out_settings(cfg: DictConfig) -> dict[str, Any]:

@@ -101,6 +101,25 @@ def test_bad_distill_values_fail_before_the_finished_run_is_touched(
     assert _snapshot(tiny_run) == before  # metrics.json survives a failed rerun
 
 
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("budget.evaluations=abc", "budget.evaluations must be int >= 1, got 'abc'"),
+        ("env.batch_size=0", "env.batch_size must be >= 1, got 0"),
+        ("eval.ci_level=1.5", r"eval.ci_level must be in \(0, 1\), got 1.5"),
+        ("eval.samples=2.5", "eval.samples must be int >= 1, got 2.5"),
+    ],
+)
+def test_bad_search_values_fail_before_the_dir_is_touched(
+    tiny_run: Path, tmp_path: Path, override: str, match: str
+) -> None:
+    out = tmp_path / "search"
+    cfg = [f"victim.run={tiny_run}", f"out={out}", *FAST_SEARCH, override]
+    with pytest.raises(ConfigError, match=match):
+        search.run(load_config("search", cfg))
+    assert not out.exists()
+
+
 def test_quant_eval_without_a_run_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="set run="):
         quant_eval.run(load_config("quant_eval", [f"out={tmp_path / 'q'}"]))
