@@ -57,6 +57,29 @@ def test_a_different_config_names_the_keys_and_changes_nothing(tmp_path: Path) -
     assert _snapshot(run_dir) == before  # neither metrics.json nor config.yaml touched
 
 
+def test_a_refused_cli_rerun_leaves_every_file_of_the_finished_run_alone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "qrl.distill", *args, f"hydra.run.dir={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert cli(*QUICK).returncode == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    refused = cli(*QUICK, "seed=1")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {tmp_path} holds a run of another config (data.seed: 0 -> 1; seed: 0 -> 1): "
+        "rerun with the same config to resume it, choose another out dir, or pass overwrite=true"
+    ]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 def test_keys_that_cannot_change_results_still_resume(tmp_path: Path) -> None:
     run_dir, cfg = _finished(tmp_path)
     again = OmegaConf.merge(cfg, {"progress": False, "logger": {"wandb": True}, "resume": True})
