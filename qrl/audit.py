@@ -36,13 +36,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from qrl.checkpoints import FORMAT, load_file, load_model
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate, load_config, to_dict
-from qrl.data import ImageData, from_tensors
+from qrl.data import ImageData, check_image_data, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
 from qrl.runs import read_metrics, start_run
-from qrl.search import search_victim
+from qrl.search import check_settings, search_victim
 from qrl.victim import Victim
 
 
@@ -90,13 +90,19 @@ class AuditResult:
 def as_image_data(data: ImageData | tuple[Tensor, Tensor] | Dataset, seed: int = 0) -> ImageData:
     """Accept `ImageData`, an (inputs, labels) pair, or a torch `Dataset` of (image, label)."""
     if isinstance(data, ImageData):
-        return data
+        return check_image_data(data)
     if (
         isinstance(data, tuple | list)
         and len(data) == 2
         and all(isinstance(t, Tensor) for t in data)
     ):
         return from_tensors(data[0], data[1], seed=seed)
+    if (
+        isinstance(data, tuple | list)
+        and len(data) == 2
+        and all(isinstance(t, Tensor | np.ndarray) for t in data)
+    ):
+        return from_tensors(torch.as_tensor(data[0]), torch.as_tensor(data[1]), seed=seed)
     if isinstance(data, Dataset):
         try:
             pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
@@ -180,13 +186,14 @@ def audit(
         cfg.space = OmegaConf.merge(cfg.space, to_dict(space_obj))
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
-    start_run(cfg)  # cfg.out is run_dir: create it, drop a stale result, save config, seed
+    check_settings(cfg)  # values and inputs checked before the run dir is touched
     victim = Victim.from_models(
         teacher if teacher is not None else student,
         student,
         as_image_data(data, seed),
         as_quant_config(cfg.quant),
     )
+    start_run(cfg)  # cfg.out is run_dir: claim it for this config, drop a stale result, seed
     search_victim(victim, cfg, run_dir, started)
     return _result(run_dir)
 
@@ -243,7 +250,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """The CLI: load the model (and teacher), then search it on the configured data."""
     if not cfg.model.path:
         raise ConfigError("set model.path=<checkpoint> (qrl, TorchScript or state dict)")
-    out, started = start_run(cfg)
+    check_settings(cfg)
     data: ImageData = instantiate(cfg.data)
     spec = to_dict(cfg.model.spec) if cfg.model.get("spec") else None
     student = load_any_model(cfg.model.path, spec, data)
@@ -256,12 +263,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "with +model.spec._target_=<class> to simulate other bit-widths"
         )
     victim = Victim.from_models(teacher, student, data, quant)
+    out, started = start_run(cfg)
     search_victim(victim, cfg, out, started)
     result = _result(out)
     print(result)
     return result.metrics
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -62,16 +60,21 @@ def save_model(
 
 
 def load_file(path: str | os.PathLike[str]) -> Any:
-    """`torch.load` (weights only) that turns every way a file can be broken into one error."""
+    """`torch.load` (weights only) that turns every way a file can be broken into one error.
+
+    The message names the file and never repeats torch's advice to load with
+    `weights_only=False` (that runs arbitrary code from the file).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as exc:
+    except Exception as exc:  # truncated zips raise OSError, broken pickles many kinds
         raise CheckpointError(
-            f"checkpoint {path} is corrupt or not a torch file ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); delete it and re-run"
+            f"checkpoint {path} is corrupt or not a torch file (truncated, or not saved by "
+            f"torch.save: {type(exc).__name__}); point to an intact copy, or rerun the task "
+            "that wrote it"
         ) from exc
     return record
 
@@ -89,15 +92,20 @@ def load_model(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]
     record = load_record(path)
     if record.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a qrl model checkpoint ({FORMAT})")
-    raw = record["inputs"]
-    inputs = InputSpec(
-        int(raw["in_channels"]),
-        int(raw["num_classes"]),
-        (int(raw["image_size"][0]), int(raw["image_size"][1])),
-        tuple(raw["mean"]),
-        tuple(raw["std"]),
-    )
-    model = build_model(record["spec"], inputs)
+    try:
+        raw = record["inputs"]
+        inputs = InputSpec(
+            int(raw["in_channels"]),
+            int(raw["num_classes"]),
+            (int(raw["image_size"][0]), int(raw["image_size"][1])),
+            tuple(raw["mean"]),
+            tuple(raw["std"]),
+        )
+        model = build_model(record["spec"], inputs)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} has a damaged header ({type(exc).__name__}: {exc})"
+        ) from exc
     try:
         model.load_state_dict(record["state_dict"])
     except RuntimeError as exc:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from omegaconf import DictConfig
 
-from qrl.errors import QrlError
+from qrl.errors import ConfigError, QrlError
 
 EXIT_USAGE = 2
 
@@ -18,5 +19,49 @@ def hydra_task(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return run(cfg)
     except QrlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USAGE)
+        _fail(exc)
+
+
+def check_group_options(argv: Sequence[str]) -> None:
+    """A `ConfigError` for a command-line group option with no `conf/<group>/<option>.yaml`.
+
+    Hydra would stop on it too, but before `run`, with a multi-line message and exit code 1;
+    this says it in qrl's words. Sweeps (`agent=ppo,sac`) check every option; Hydra's sweep
+    functions (`glob(...)`) and keys that are not groups are left to Hydra.
+    """
+    from qrl.config import CONF_DIR
+
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+")
+        if not sep or arg.startswith(("-", "~")) or "/" in key or "." in key or "(" in value:
+            continue
+        folder = CONF_DIR / key
+        if not key or not folder.is_dir():
+            continue
+        choices = sorted(p.stem for p in folder.glob("*.yaml"))
+        for option in value.split(","):
+            if option not in choices and option != "null":
+                raise ConfigError(
+                    f"unknown {key} option {option!r}; choose one of {', '.join(choices)} "
+                    f"(files in {folder})"
+                )
+
+
+def checked_options(main: Callable[[], None]) -> Callable[[], None]:
+    """Wrap a `@hydra.main` function: unknown group options on the command line fail first."""
+
+    @functools.wraps(main)
+    def wrapper() -> None:
+        try:
+            check_group_options(sys.argv[1:])
+        except QrlError as exc:
+            _fail(exc)
+        main()
+
+    return wrapper
+
+
+def _fail(exc: QrlError) -> NoReturn:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(EXIT_USAGE)

@@ -60,3 +60,36 @@ def to_dict(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
         assert isinstance(plain, dict)
         return {str(k): v for k, v in plain.items()}
     return dict(cfg)
+
+
+def checked_number(
+    value: Any,
+    name: str,
+    kind: type[int] | type[float] = float,
+    *,
+    low: float,
+    strict: bool = False,
+    high: float | None = None,
+) -> Any:
+    """`value` as `kind` within its range, or a `ConfigError` naming `name` and the range.
+
+    NaN, strings and (for `int`) fractions are refused too, so a bad value never reaches the
+    code that would use it.
+
+    Args:
+        low: the smallest value allowed (excluded with `strict`).
+        high: the largest value allowed, if any.
+    """
+    need = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"{name} must be {kind.__name__} {need}, got {value!r}") from None
+    inside = number > low if strict else number >= low
+    if not inside or (high is not None and not number <= high):  # NaN fails both
+        raise ConfigError(f"{name} must be {need}, got {value}")
+    return number

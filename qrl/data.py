@@ -15,6 +15,7 @@ Every loader reads local files only (nothing is downloaded):
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import os
 import pickle
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from qrl.config import checked_number
 from qrl.errors import ConfigError, DataError
 
 IDX_FILES = {
@@ -34,6 +36,8 @@ IDX_FILES = {
     "test_x": "t10k-images-idx3-ubyte",
     "test_y": "t10k-labels-idx1-ubyte",
 }
+CHANNELS = (1, 3)  # grey or RGB images
+MIN_SIZE = 8  # smallest height and width the models take (scikit-learn's digits)
 DIGIT_NAMES = tuple(str(i) for i in range(10))
 FASHION_NAMES = (
     "t-shirt",
@@ -170,6 +174,8 @@ def load_data(
             f"data.val_fraction must be in [0, 1) and data.test_fraction in (0, 1), "
             f"got {val_fraction} and {test_fraction}"
         )
+    if train_limit is not None:
+        train_limit = checked_number(train_limit, "data.train_limit (or null: all)", int, low=1)
     if options and name != "synthetic":
         raise ConfigError(f"options {sorted(options)} only apply to data=synthetic")
     needs_root = name not in ("digits", "synthetic")
@@ -250,26 +256,114 @@ def from_tensors(
     """Wrap a user's own (inputs, labels) pair as `ImageData` with seeded splits.
 
     Args:
-        x: images in [0, 1], shaped (N, C, H, W).
-        y: integer labels, shaped (N,).
+        x: images in [0, 1] (uint8 images are scaled by 1/255), shaped (N, C, H, W) or
+            (N, H, W, C) with C in {1, 3} and H, W >= 8.
+        y: integer labels 0..K-1, shaped (N,).
+        num_classes: K; default: the number of distinct labels.
+
+    Raises:
+        DataError: any of the above does not hold (the shape or values are named).
     """
-    if x.ndim != 4:
-        raise DataError(f"inputs must be shaped (N, C, H, W), got {tuple(x.shape)}")
-    if y.ndim != 1 or y.shape[0] != x.shape[0]:
-        raise DataError(f"labels must be shaped ({x.shape[0]},), got {tuple(y.shape)}")
-    if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-        raise DataError("inputs must be finite and in [0, 1] pixel space")
-    k = int(num_classes if num_classes is not None else int(y.max()) + 1)
-    raw = _Raw(
-        name,
-        x.detach().cpu().float().numpy(),
-        y.detach().cpu().long().numpy(),
-        None,
-        None,
-        k,
-        tuple(str(i) for i in range(k)),
-    )
+    x_np = check_images(x.detach().cpu().numpy(), name)
+    y_np = check_labels(y.detach().cpu().numpy(), len(x_np), name)
+    k = class_count(y_np, name, num_classes)
+    raw = _Raw(name, x_np, y_np, None, None, k, tuple(str(i) for i in range(k)))
     return _split(raw, seed, val_fraction, test_fraction, None)
+
+
+def check_images(x: np.ndarray, what: str) -> np.ndarray:
+    """Images as float32 (N, C, H, W) in [0, 1], from (N, C, H, W) or channels-last (N, H, W, C).
+
+    C must be 1 or 3 and H, W at least `MIN_SIZE`; uint8 images are scaled by 1/255.
+
+    Raises:
+        DataError: naming `what` and the shape or the values that do not fit.
+    """
+    shape = tuple(x.shape)
+    if x.ndim == 4 and x.shape[1] not in CHANNELS and x.shape[-1] in CHANNELS:
+        x = x.transpose(0, 3, 1, 2)  # channels-last -> (N, C, H, W)
+    if x.ndim != 4 or x.shape[1] not in CHANNELS or min(x.shape[2:]) < MIN_SIZE or not len(x):
+        raise DataError(
+            f"{what}: images must be shaped (N, C, H, W) or (N, H, W, C) with N >= 1, C in "
+            f"{{1, 3}} and H, W >= {MIN_SIZE}, got {shape}"
+        )
+    if x.dtype == np.uint8:
+        return np.ascontiguousarray(x, dtype=np.float32) / 255.0
+    if not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{what}: images must be floats in [0, 1] or uint8, got dtype {x.dtype}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+        raise DataError(
+            f"{what}: pixel values must be finite and in [0, 1] (uint8 images are scaled by "
+            f"1/255), got the range [{np.nanmin(x):.4g}, {np.nanmax(x):.4g}]"
+        )
+    return x
+
+
+def check_labels(y: np.ndarray, n: int, what: str) -> np.ndarray:
+    """Labels as int64 (N,): integers >= 0, one per image.
+
+    Raises:
+        DataError: naming `what` and the shape or the values that do not fit.
+    """
+    if y.ndim != 1 or len(y) != n:
+        raise DataError(f"{what}: labels must be shaped ({n},), one per image, got {y.shape}")
+    if y.dtype == np.bool_ or not (
+        np.issubdtype(y.dtype, np.integer)
+        or (np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == y.round()).all())
+    ):
+        raise DataError(f"{what}: labels must be integers 0..K-1, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise DataError(f"{what}: labels must be integers 0..K-1, got {int(y.min())}")
+    return y
+
+
+def class_count(y_train: np.ndarray, what: str, num_classes: int | None = None) -> int:
+    """K, the number of distinct training labels (or `num_classes`); labels must be 0..K-1.
+
+    Raises:
+        DataError: a label outside 0..K-1 (e.g. 255 among ten classes), named with K.
+    """
+    k = int(num_classes) if num_classes is not None else len(np.unique(y_train))
+    if k < 2:
+        raise DataError(f"{what}: needs at least 2 classes, got {k}")
+    check_in_classes(y_train, k, what)
+    return k
+
+
+def check_in_classes(y: np.ndarray, k: int, what: str) -> None:
+    """`DataError` unless every label lies in 0..k-1."""
+    if len(y) and int(y.max()) >= k:
+        raise DataError(
+            f"{what}: labels must be 0..{k - 1} for {k} classes (the distinct training labels), "
+            f"got {int(y.max())}"
+        )
+
+
+def check_image_data(data: ImageData) -> ImageData:
+    """The checks of `from_tensors` on a ready `ImageData`; channels-last splits are converted.
+
+    Raises:
+        DataError: naming the split and the shape or values that do not fit.
+    """
+    if data.num_classes < 2:
+        raise DataError(f"{data.name}: needs at least 2 classes, got {data.num_classes}")
+    splits: dict[str, Split] = {}
+    for name in ("train", "val", "test"):
+        part: Split = getattr(data, name)
+        what = f"{data.name} {name} split"
+        if name == "val" and len(part.x) == 0 and len(part.y) == 0:
+            splits[name] = part  # no validation split is allowed
+            continue
+        x = check_images(part.x.detach().cpu().numpy(), what)
+        y = check_labels(part.y.detach().cpu().numpy(), len(x), what)
+        check_in_classes(y, data.num_classes, what)
+        splits[name] = _to_split(x, y)
+    shapes = {tuple(s.x.shape[1:]) for s in splits.values() if len(s.x)}
+    if len(shapes) > 1:
+        raise DataError(f"{data.name}: the splits' images differ in shape: {sorted(shapes)}")
+    return dataclasses.replace(data, train=splits["train"], val=splits["val"], test=splits["test"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,33 +544,20 @@ def _load_npz(root: Path | None, seed: int, options: dict) -> _Raw:
     except (OSError, ValueError, EOFError) as exc:
         raise DataError(f"npz: {root} cannot be read ({exc})") from exc
 
-    def images(x: np.ndarray) -> np.ndarray:
-        if x.ndim == 3:
-            x = x[:, None]
-        if x.ndim != 4:
-            raise DataError(
-                f"npz: images must be (N, H, W), (N, C, H, W) or (N, H, W, C), got {x.shape}"
-            )
-        if x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-            x = x.transpose(0, 3, 1, 2)
-        x = x.astype(np.float32) / (255.0 if x.dtype == np.uint8 else 1.0)
-        if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
-            raise DataError(
-                "npz: float images must lie in [0, 1]; uint8 images are scaled by 1/255"
-            )
-        return x
+    def images(key: str) -> np.ndarray:
+        x = parts[key]
+        return check_images(x[:, None] if x.ndim == 3 else x, f"npz {root}: {key}")
 
-    y_train, y_test = parts["y_train"].astype(np.int64), parts["y_test"].astype(np.int64)
-    k = int(max(y_train.max(), y_test.max())) + 1
-    return _Raw(
-        root.stem,
-        images(parts["x_train"]),
-        y_train,
-        images(parts["x_test"]),
-        y_test,
-        k,
-        tuple(map(str, range(k))),
-    )
+    x_train, x_test = images("x_train"), images("x_test")
+    y_train = check_labels(parts["y_train"], len(x_train), f"npz {root}: y_train")
+    y_test = check_labels(parts["y_test"], len(x_test), f"npz {root}: y_test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DataError(
+            f"npz {root}: x_train images are {x_train.shape[1:]}, x_test's {x_test.shape[1:]}"
+        )
+    k = class_count(y_train, f"npz {root}: y_train")
+    check_in_classes(y_test, k, f"npz {root}: y_test")
+    return _Raw(root.stem, x_train, y_train, x_test, y_test, k, tuple(map(str, range(k))))
 
 
 def _expected_files(name: str) -> str:

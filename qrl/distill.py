@@ -19,8 +19,8 @@ from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qrl.checkpoints import InputSpec, build_model, load_model, save_model
-from qrl.cli import hydra_task
-from qrl.config import instantiate, to_dict
+from qrl.cli import checked_options, hydra_task
+from qrl.config import checked_number, instantiate, to_dict
 from qrl.data import ImageData
 from qrl.errors import CheckpointError
 from qrl.loggers import RunLogger
@@ -119,6 +119,20 @@ def distil_student(
     )
 
 
+def check_config(cfg: DictConfig) -> None:
+    """Refuse values that cannot train, before the run dir is touched (one line each)."""
+    for phase in ("teacher", "student"):
+        c = cfg[phase]
+        checked_number(c.epochs, f"{phase}.epochs", int, low=1)
+        checked_number(c.batch_size, f"{phase}.batch_size", int, low=1)
+        checked_number(c.lr, f"{phase}.lr", low=0, strict=True)
+        checked_number(c.weight_decay, f"{phase}.weight_decay", low=0)
+        checked_number(c.shift, f"{phase}.shift", int, low=0)
+    checked_number(cfg.student.tau, "student.tau", low=0, strict=True)
+    checked_number(cfg.student.alpha, "student.alpha", low=0, high=1)
+    checked_number(cfg.seed, "seed", int, low=0)
+
+
 def _settings(cfg: DictConfig) -> TrainSettings:
     return TrainSettings(
         epochs=int(cfg.epochs),
@@ -143,24 +157,28 @@ def _load_or_train(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train or load the teacher, distil the student, evaluate both; returns the metrics."""
-    out, started = start_run(cfg)
+    # --- every value and input checked before the run dir is touched ---------------------------
+    check_config(cfg)
     seed = int(cfg.seed)
     data: ImageData = instantiate(cfg.data)
     inputs = InputSpec.of(data)
     teacher_spec, student_spec = to_dict(cfg.model.teacher), to_dict(cfg.model.student)
+    if cfg.teacher.path:
+        given, record = load_model(cfg.teacher.path)
+        if record["input_spec"].image_size != inputs.image_size or (
+            record["input_spec"].in_channels != inputs.in_channels
+        ):
+            raise CheckpointError(
+                f"teacher {cfg.teacher.path} was built for {record['input_spec']}, "
+                f"but data={data.name} gives {inputs}"
+            )
+    out, started = start_run(cfg)
     print(data.describe())
 
     with RunLogger(out, cfg.logger, config=cfg, name=f"distill-{data.name}-s{seed}") as log:
         # --- teacher: given checkpoint, finished phase in this run dir, or train -------------
         if cfg.teacher.path:
-            teacher, record = load_model(cfg.teacher.path)
-            if record["input_spec"].image_size != inputs.image_size or (
-                record["input_spec"].in_channels != inputs.in_channels
-            ):
-                raise CheckpointError(
-                    f"teacher {cfg.teacher.path} was built for {record['input_spec']}, "
-                    f"but data={data.name} gives {inputs}"
-                )
+            teacher = given
             teacher_spec, teacher_source = record["spec"], f"loaded from {cfg.teacher.path}"
         else:
             teacher, teacher_source = _load_or_train(
@@ -239,6 +257,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="distill")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

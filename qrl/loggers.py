@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -26,6 +27,8 @@ class RunLogger:
         cfg: the `logger` config group (`wandb`, `project`, `entity`, `tags`, `group`).
         config: the full run config, recorded by W&B.
         name: a run name for W&B.
+        fresh: start `log.csv` and `tb/` afresh instead of continuing them (a task that does
+            not resume mid-way, like the search, reruns from its first step).
     """
 
     def __init__(
@@ -34,11 +37,16 @@ class RunLogger:
         cfg: DictConfig | Mapping[str, Any] | None = None,
         config: DictConfig | Mapping[str, Any] | None = None,
         name: str | None = None,
+        *,
+        fresh: bool = False,
     ) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            (self.run_dir / "log.csv").unlink(missing_ok=True)
+            shutil.rmtree(self.run_dir / "tb", ignore_errors=True)
         opts: Mapping[str, Any] = cfg if cfg is not None else {}
         self.wandb_run: Any = None
         if opts.get("wandb", False):
@@ -50,6 +58,26 @@ class RunLogger:
         if self._csv_file.tell() == 0:
             self._csv.writerow(["step", "key", "value"])
         self.tb = SummaryWriter(str(self.run_dir / "tb"))
+
+    def rewind(self, step: int) -> None:
+        """Forget what an earlier, interrupted attempt logged at `step` or later.
+
+        A run that resumes at `step` calls this, so that `log.csv` holds each step once and
+        TensorBoard drops the stale events (`purge_step`).
+        """
+        from torch.utils.tensorboard import SummaryWriter
+
+        path = self.run_dir / "log.csv"
+        self._csv_file.close()
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        kept = [r for r in rows[1:] if r and int(float(r[0])) < step]
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows([["step", "key", "value"], *kept])
+        self._csv_file = open(path, "a", newline="")  # noqa: SIM115
+        self._csv = csv.writer(self._csv_file)
+        self.tb.close()
+        self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=step)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
         """Record scalar metrics at `step` (keys are namespaced, e.g. `teacher/loss`).

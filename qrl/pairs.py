@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from qrl.checkpoints import InputSpec, load_model, save_model
-from qrl.cli import hydra_task
-from qrl.config import instantiate
+from qrl.cli import checked_options, hydra_task
+from qrl.config import checked_number, instantiate
 from qrl.distill import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation, observation_side
 from qrl.errors import CheckpointError, ConfigError
@@ -188,12 +188,14 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.kind not in KINDS:
         raise ConfigError(f"kind must be one of {list(KINDS)}, got {cfg.kind!r}")
     t = cfg.train
-    if int(t.rounds) < 1 or int(t.net_steps) < 0 or int(t.batch_size) < 1:
-        raise ConfigError("train.rounds >= 1, train.net_steps >= 0 and train.batch_size >= 1")
-    if float(t.tau) <= 0 or not 0 <= float(t.alpha) <= 1 or float(t.lr) <= 0:
-        raise ConfigError("train.tau > 0, train.alpha in [0, 1] and train.lr > 0 are required")
-    if int(cfg.ppo.n_envs) < 1:
-        raise ConfigError(f"ppo.n_envs must be >= 1, got {cfg.ppo.n_envs}")
+    checked_number(t.rounds, "train.rounds", int, low=1)
+    checked_number(t.net_steps, "train.net_steps", int, low=0)
+    checked_number(t.batch_size, "train.batch_size", int, low=1)
+    checked_number(t.tau, "train.tau", low=0, strict=True)
+    checked_number(t.alpha, "train.alpha", low=0, high=1)
+    checked_number(t.lr, "train.lr", low=0, strict=True)
+    checked_number(cfg.ppo.n_envs, "ppo.n_envs", int, low=1)
+    checked_number(cfg.seed, "seed", int, low=0)
 
 
 def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]]:
@@ -257,6 +259,7 @@ def train_pair(
             ) from exc
     else:
         ppo = instantiate(cfg.ppo.model)(env=venv, seed=seed)
+    log.rewind(start + 1)  # rows of a round that was interrupted before its state was saved
     ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     uniform = torch.from_numpy(task.decoder.uniform())
@@ -350,8 +353,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "a pair needs per-input bit-widths: quant.backend=fake and "
             f"quant.act_granularity=per_sample (got {quant.backend}, {quant.act_granularity})"
         )
-    out, started = start_run(cfg)
     victim, spec = _victim(cfg, quant)
+    out, started = start_run(cfg)
     kind, seed = str(cfg.kind), int(cfg.seed)
     with RunLogger(out, cfg.logger, config=cfg, name=f"pairs-{kind}-s{seed}") as log:
         qnet, ppo, decoder = train_pair(victim, cfg, out, log)
@@ -372,6 +375,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="pairs")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

@@ -16,9 +16,10 @@ from typing import Any
 
 import hydra
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
+from qrl.config import checked_number
 from qrl.errors import ConfigError
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, quantized_copy
@@ -36,7 +37,10 @@ def quant_name(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run's student at every bit-width and backend; returns the metrics."""
-    out, started = start_run(cfg)
+    # --- every value and input checked before the run dir is touched ---------------------------
+    if OmegaConf.is_missing(cfg, "run") or not cfg.run:
+        raise ConfigError("set run=<a finished `python -m qrl.distill` run dir> to evaluate")
+    checked_number(cfg.batch_size, "batch_size", int, low=1)
     quant = as_quant_config(cfg.quant)
     bits_list = [check_bits(int(b), "bits entries") for b in cfg.bits]
     if quant.act_reduce_range:  # one bit fewer: 2-bit would be a 1-bit grid
@@ -50,6 +54,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown backends {unknown}; choose from {list(BACKEND_NAMES)}")
     victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant)
+    out, started = start_run(cfg)
     x, y = victim.data.test.x, victim.data.test.y
     bs = int(cfg.batch_size)
 
@@ -146,6 +151,7 @@ def _plot(
     plt.close(fig)
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="quant_eval")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from qrl import distill, pairs, search
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate, load_config
 from qrl.errors import ConfigError
 from qrl.pair_eval import (
@@ -57,7 +57,7 @@ def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values:
 
 def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     """Stages A, B and C for one seed; returns this seed's numbers and the cross-evaluation."""
-    common = {"seed": seed, "progress": bool(cfg.progress)}
+    common = {"seed": seed, "progress": bool(cfg.progress), "overwrite": bool(cfg.overwrite)}
     # --- A: teacher and distilled student -------------------------------------------------
     print(f"\n== seed {seed}: A. teacher and distilled student (python -m qrl.distill)")
     distill_dir = root / "distill"
@@ -122,6 +122,7 @@ def run_search(cfg: DictConfig, victim_run: Path, root: Path) -> list[dict[str, 
                 "out": str(root / str(agent)),
                 "seed": int(cfg.seeds[0]),
                 "progress": bool(cfg.progress),
+                "overwrite": bool(cfg.overwrite),
             },
         )
         assert isinstance(merged, DictConfig)
@@ -334,7 +335,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seeds = [int(s) for s in cfg.seeds]
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    # every stage's values checked before any dir is touched
+    distill.check_config(stage_config("distill", cfg, cfg.distill))
     pairs.check_config(stage_config("pairs", cfg, cfg.pairs))
+    if int(cfg.search.evaluations) < 1 and cfg.search.agents:
+        raise ConfigError(f"search.evaluations must be >= 1, got {cfg.search.evaluations}")
     out, started = start_run(cfg)
     per_seed = [run_seed(cfg, seed, out / f"seed{seed}") for seed in seeds]
     searches = (
@@ -362,6 +367,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

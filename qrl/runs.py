@@ -21,6 +21,10 @@ import qrl
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 
+# Top-level config keys that cannot change a run's results: a rerun that differs only in these
+# resumes the run in its dir (`logger` chooses where metrics go, not what they are).
+NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger"})
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch so that one seed gives one result."""
@@ -114,19 +118,88 @@ def load_run_config(run_dir: str | os.PathLike[str]) -> Any:
 
 
 def start_run(cfg: Any) -> tuple[Path, float]:
-    """What every task does first: create `cfg.out`, save the config there, seed everything.
+    """What every task does first, after validating its values: claim `cfg.out` for the config.
+
+    A run dir belongs to one resolved config (less `NON_RESULT_KEYS`). The same config resumes
+    the run there; another one stops with a `ConfigError` naming the differing keys, before
+    anything is written, unless `overwrite=true` (the run then starts afresh: `resume` is
+    turned off). Only then is a previous result removed, the config saved and everything seeded.
 
     Returns:
         (run dir, start time for `write_metrics`).
     """
+    from omegaconf import OmegaConf, open_dict
+
+    from qrl.errors import ConfigError
+
     started = time.perf_counter()
     out = Path(cfg.out)
+    new = _result_config(cfg)
+    if (out / CONFIG_FILE).is_file():
+        try:
+            old = _result_config(OmegaConf.load(out / CONFIG_FILE))
+        except Exception as exc:  # any unreadable config.yaml: not one this config can resume
+            raise ConfigError(
+                f"{out / CONFIG_FILE} cannot be read ({type(exc).__name__}): choose another out "
+                "dir, or pass overwrite=true to replace what is there"
+            ) from exc
+        changes = config_changes(old, new)
+        if changes and not bool(cfg.get("overwrite", False)):
+            raise ConfigError(
+                f"{out} holds a run of another config ({'; '.join(changes)}): rerun with the "
+                "same config to resume it, choose another out dir, or pass overwrite=true"
+            )
+        if changes and "resume" in cfg:
+            with open_dict(cfg):
+                cfg.resume = False  # overwriting: nothing of the other config's run is reused
     out.mkdir(parents=True, exist_ok=True)
     # A rerun into the same dir replaces the result: until it finishes, the dir is unfinished.
     (out / METRICS_FILE).unlink(missing_ok=True)
     save_config(out, cfg)
     seed_everything(int(cfg.seed))
     return out, started
+
+
+def _result_config(cfg: Any) -> dict[str, Any]:
+    """The resolved config as plain data, less the keys that cannot change results."""
+    from omegaconf import DictConfig, OmegaConf
+
+    plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    assert isinstance(plain, dict)
+    return {str(k): v for k, v in plain.items() if k not in NON_RESULT_KEYS}
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 6) -> list[str]:
+    """`key: old -> new` for every dotted key whose value differs (at most `limit`, then a count).
+
+    `_target_` values are shortened to their class name (`qrl.models.MLP` -> `MLP`).
+    """
+    a, b = _flatten(old), _flatten(new)
+    missing = object()
+    lines = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key, missing), b.get(key, missing)
+        if va != vb:
+            shown = ["(absent)" if v is missing else _short(key, v) for v in (va, vb)]
+            lines.append(f"{key}: {shown[0]} -> {shown[1]}")
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"and {len(lines) - limit} more"]
+    return lines
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping) and value:
+        flat: dict[str, Any] = {}
+        for k, v in value.items():
+            flat.update(_flatten(v, f"{prefix}{k}."))
+        return flat
+    return {prefix[:-1]: value}
+
+
+def _short(key: str, value: Any) -> str:
+    if key.endswith("_target_") and isinstance(value, str):
+        return value.rsplit(".", 1)[-1]
+    return str(value)
 
 
 def write_metrics(

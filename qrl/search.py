@@ -14,18 +14,20 @@ wrong and the teacher right), `search_curve.png`, `log.csv`, `tb/`, `sb3/` and, 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import hydra
 import numpy as np
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.monitor import Monitor
 from torch import nn
 
 from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
-from qrl.cli import hydra_task
+from qrl.cli import checked_options, hydra_task
+from qrl.config import checked_number
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
@@ -64,13 +66,20 @@ def env_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def check_settings(cfg: DictConfig) -> None:
-    """A `ConfigError` for a budget or held-out settings that cannot run."""
-    if int(cfg.budget.evaluations) < 1:
-        raise ConfigError(f"budget.evaluations must be >= 1, got {cfg.budget.evaluations}")
-    if int(cfg.eval.samples) < 1 or int(cfg.eval.bootstrap) < 1 or not 0 < cfg.eval.ci_level < 1:
-        raise ConfigError(
-            "eval.samples and eval.bootstrap must be >= 1 and eval.ci_level in (0, 1)"
-        )
+    """A `ConfigError` for a budget or held-out settings that cannot run (before any work)."""
+    for key in (
+        "budget.evaluations",
+        "env.batch_size",
+        "env.n_envs",
+        "eval.samples",
+        "eval.bootstrap",
+        "archive.top_k",
+    ):
+        checked_number(OmegaConf.select(cfg, key), key, int, low=1)
+    checked_number(cfg.archive.grid, "archive.grid", int, low=0)
+    checked_number(cfg.seed, "seed", int, low=0)
+    if not 0 < checked_number(cfg.eval.ci_level, "eval.ci_level", low=0, strict=True) < 1:
+        raise ConfigError(f"eval.ci_level must be in (0, 1), got {cfg.eval.ci_level}")
 
 
 def held_out_settings(cfg: DictConfig) -> dict[str, Any]:
@@ -89,7 +98,9 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
     seed = int(cfg.seed)
     name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{seed}"
     options = env_kwargs(cfg)
-    with RunLogger(out, cfg.logger, config=cfg, name=name) as log:
+    # A search does not resume mid-way, so a rerun's logs restart rather than append.
+    shutil.rmtree(out / "sb3", ignore_errors=True)
+    with RunLogger(out, cfg.logger, config=cfg, name=name, fresh=True) as log:
         # --- build env and agent, learn until the budget of evaluations is spent -------------
         search_log = run_search(
             victim,
@@ -366,13 +377,15 @@ def _print_summary(
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Build the victim named by the config and search it; returns the metrics."""
-    out, started = start_run(cfg)
+    check_settings(cfg)  # before the run dir is touched, as is the victim
     # --- build victim -------------------------------------------------------------------------
     quant = as_quant_config(cfg.quant)
     victim = load_victim(cfg.victim.run, quant) if cfg.victim.run else default_victim(quant)
+    out, started = start_run(cfg)
     return search_victim(victim, cfg, out, started)
 
 
+@checked_options
 @hydra.main(version_base="1.3", config_path="../conf", config_name="search")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from qrl.checkpoints import load_model
 from qrl.config import instantiate
 from qrl.data import ImageData
-from qrl.errors import CheckpointError
+from qrl.errors import CheckpointError, DataError
 from qrl.quant import QuantConfig, quantized_copy
 from qrl.quant.backends import RealBackend, real_backend
 from qrl.runs import load_run_config
@@ -68,6 +68,12 @@ def _check_shape(model: nn.Module, data: ImageData) -> None:
             f"{type(model).__name__} cannot take {data.name} images shaped {tuple(x.shape[1:])}: "
             f"{str(exc).splitlines()[0]}"
         ) from exc
+    if out.ndim == 2 and out.shape[1] < data.num_classes:
+        raise DataError(
+            f"the {data.name} labels span {data.num_classes} classes (0..{data.num_classes - 1}), "
+            f"but {type(model).__name__} gives {out.shape[1]} logits: labels must be 0.."
+            f"{out.shape[1] - 1}, one per output of the model"
+        )
     if out.ndim != 2 or out.shape[1] != data.num_classes:
         raise CheckpointError(
             f"{type(model).__name__} gives outputs shaped {tuple(out.shape)} on {data.name}, "

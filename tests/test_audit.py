@@ -14,7 +14,7 @@ from torch.utils.data import TensorDataset
 from qrl.audit import AuditResult, audit
 from qrl.checkpoints import InputSpec, save_model
 from qrl.data import load_data
-from qrl.errors import CheckpointError
+from qrl.errors import CheckpointError, DataError
 from qrl.models import MLP
 from qrl.planted import plant_brightness_outlier, planted_digits_mlp
 from qrl.quant import QuantConfig, preset, quantized_copy
@@ -54,7 +54,9 @@ def test_audit_api_returns_a_result_with_the_gap_in_words(small_model, tmp_path:
         progress=False,
     )
     assert isinstance(result, AuditResult)
-    assert -1.0 <= result.gap <= 1.0 and result.gap_ci[0] <= result.gap <= result.gap_ci[1]
+    # the gap is the teacher's (here the model's own) accuracy minus the quantized one's
+    assert result.gap == pytest.approx(result.acc_teacher - result.acc_q)
+    assert result.gap_ci[0] <= result.gap <= result.gap_ci[1]
     assert result.description and len(result.archive) == 10
     assert result.policy.shape == (
         10 + 4,
@@ -91,6 +93,58 @@ def test_model_that_cannot_take_the_data_is_a_clear_error(tmp_path: Path) -> Non
         CheckpointError, match=r"MLP cannot take tensors images shaped \(1, 12, 12\)"
     ):
         audit(model, (x, y), evaluations=2, out=tmp_path, progress=False)
+
+
+def test_the_qrl_audit_module_is_the_audit_function(small_model, tmp_path: Path) -> None:
+    import qrl
+
+    model, data = small_model
+    result = qrl.audit(
+        model,
+        data,
+        agent="random",
+        evaluations=4,
+        out=tmp_path / "m",
+        overrides=FAST,
+        progress=False,
+    )
+    assert isinstance(result, AuditResult) and result.metrics["search/evaluations"] == 4
+    assert result.run_dir == tmp_path / "m" and (result.run_dir / "metrics.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "match"),
+    [
+        (torch.rand(60, 2, 8, 8), torch.arange(60) % 4, r"C in \{1, 3\} .*got \(60, 2, 8, 8\)"),
+        (torch.rand(60, 1, 4, 4), torch.arange(60) % 4, r"H, W >= 8, got \(60, 1, 4, 4\)"),
+        (torch.rand(60, 1, 8, 8), torch.arange(59) % 4, r"labels must be shaped \(60,\)"),
+        (torch.rand(60, 1, 8, 8), torch.arange(60) % 5, r"labels span 5 classes .*gives 4 logits"),
+    ],
+)
+def test_bad_audit_data_is_blamed_before_anything_is_written(
+    small_model, tmp_path: Path, x: torch.Tensor, y: torch.Tensor, match: str
+) -> None:
+    model, _ = small_model
+    with pytest.raises(DataError, match=match):
+        audit(model, (x, y), evaluations=2, out=tmp_path / "r", progress=False)
+    if len(x) == len(y):  # a TensorDataset cannot be made otherwise
+        with pytest.raises(DataError, match=match):
+            audit(model, TensorDataset(x, y), evaluations=2, out=tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_audit_checks_ready_image_data_and_converts_channels_last(small_model) -> None:
+    from dataclasses import replace
+
+    from qrl.audit import as_image_data
+    from qrl.data import Split
+
+    _, data = small_model
+    bad = replace(data, test=Split(data.test.x, data.test.y + 4))
+    with pytest.raises(DataError, match=r"test split: labels must be 0..3 for 4 classes"):
+        as_image_data(bad)
+    last = replace(data, train=Split(data.train.x.permute(0, 2, 3, 1), data.train.y))
+    assert as_image_data(last).train.x.shape == data.train.x.shape
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

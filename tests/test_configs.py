@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from qrl.checkpoints import InputSpec, build_model
 from qrl.config import CONF_DIR, instantiate, load_config
@@ -55,15 +56,26 @@ def test_every_agent_option_composes_and_builds(name: str) -> None:
     cfg = load_config("search", [f"agent={name}", "out=x"])
     assert cfg.agent.name == name and cfg.agent.kind in ("sb3", "random", "cma")
     if cfg.agent.kind == "sb3":
+        import gymnasium as gym
+
         factory = instantiate(cfg.agent.model)  # a partial: the search supplies env and seed
-        assert callable(factory)
+        model = factory(env=gym.make("Pendulum-v1"), seed=0)  # a Box action, as qrl's envs
+        assert type(model).__name__ == name.upper()
+        for key in ("learning_rate", "gamma", "batch_size", "n_steps", "tau", "buffer_size"):
+            if key in cfg.agent.model:
+                assert getattr(model, key) == cfg.agent.model[key], key
 
 
 @pytest.mark.parametrize("group", ["space", "env", "quant"])
 def test_every_search_group_option_composes(group: str) -> None:
     for name in options(group):
         cfg = load_config("search", [f"{group}={name}", "out=x"])
-        assert cfg[group] is not None
+        own = OmegaConf.to_container(OmegaConf.load(CONF_DIR / group / f"{name}.yaml"))
+        assert isinstance(own, dict)
+        composed = OmegaConf.to_container(cfg[group])
+        assert {k: composed.get(k) for k in own if k != "defaults"} == {  # type: ignore[union-attr]
+            k: v for k, v in own.items() if k != "defaults"
+        }, name
 
 
 @pytest.mark.parametrize("task", ["distill", "quant_eval", "search", "audit"])
@@ -75,7 +87,20 @@ def test_every_task_config_composes(task: str) -> None:
 @pytest.mark.parametrize("name", options("experiment"))
 def test_every_experiment_preset_composes(name: str) -> None:
     cfg = load_config("search", [f"+experiment={name}", "out=x"])
-    assert cfg.budget.evaluations > 0
+    preset = OmegaConf.load(CONF_DIR / "experiment" / f"{name}.yaml")
+    for entry in preset.get("defaults", []):  # `override /quant: int4_dynamic`, ...
+        for key, option in entry.items():
+            group = key.split()[-1].lstrip("/")
+            own = OmegaConf.load(CONF_DIR / group / f"{option}.yaml")
+            assert OmegaConf.to_container(cfg[group]) == OmegaConf.to_container(own), group
+    values = OmegaConf.masked_copy(preset, [k for k in preset if k != "defaults"])
+    assert OmegaConf.merge(cfg, values) == cfg  # every value the preset sets is in the config
+
+
+def test_the_digits_int4_experiment_searches_4_bit_activations() -> None:
+    cfg = load_config("search", ["+experiment=digits_int4", "out=x"])
+    assert cfg.quant.act_bits == 4 and cfg.quant.act_granularity == "per_sample"
+    assert cfg.space.mode == "input" and cfg.budget.evaluations == 1000
 
 
 @pytest.mark.parametrize("name", options("sweep"))

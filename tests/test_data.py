@@ -131,3 +131,63 @@ def test_train_limit_and_batches_cover_the_split() -> None:
         [y for _, y in data.train.batches(32, shuffle=True, generator=torch.Generator())]
     )
     assert sorted(seen.tolist()) == sorted(data.train.y.tolist())
+
+
+def _npz(tmp_path: Path, **arrays: np.ndarray) -> Path:
+    rng = np.random.default_rng(0)
+    parts = {
+        "x_train": rng.random((40, 1, 8, 8), dtype=np.float32),
+        "y_train": np.arange(40) % 4,
+        "x_test": rng.random((12, 1, 8, 8), dtype=np.float32),
+        "y_test": np.arange(12) % 4,
+        **arrays,
+    }
+    path = tmp_path / "mine.npz"
+    np.savez(path, **parts)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "match"),
+    [
+        ({"y_train": np.r_[np.arange(39) % 4, 255]}, r"y_train: labels must be 0..4 for 5 classes"),
+        ({"y_train": np.r_[np.arange(39) % 4, -1]}, r"y_train: labels must be integers 0..K-1"),
+        ({"y_test": np.arange(12) % 6}, r"y_test: labels must be 0..3 for 4 classes .*got 5"),
+        ({"y_train": np.arange(39) % 4}, r"y_train: labels must be shaped \(40,\)"),
+        ({"y_test": np.arange(5) % 4}, r"y_test: labels must be shaped \(12,\)"),
+        ({"y_train": (np.arange(40) % 4) + 0.5}, r"y_train: labels must be integers"),
+        ({"x_train": np.zeros((40, 2, 8, 8), np.float32)}, r"x_train: .*got \(40, 2, 8, 8\)"),
+        ({"x_train": np.zeros((40, 1, 4, 4), np.float32)}, r"H, W >= 8, got \(40, 1, 4, 4\)"),
+        ({"x_test": np.full((12, 1, 8, 8), 2.0, np.float32)}, r"x_test: pixel values .*\[0, 1\]"),
+    ],
+)
+def test_own_npz_data_is_checked_at_load(tmp_path: Path, arrays: dict, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        load_data("npz", root=_npz(tmp_path, **arrays))
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "match"),
+    [
+        (torch.rand(50, 2, 8, 8), torch.arange(50) % 5, r"got \(50, 2, 8, 8\)"),
+        (torch.rand(50, 1, 4, 4), torch.arange(50) % 5, r"H, W >= 8"),
+        (torch.rand(50, 1, 8, 8), torch.arange(49) % 5, r"labels must be shaped \(50,\)"),
+        (
+            torch.rand(50, 1, 8, 8),
+            torch.cat([torch.arange(49) % 5, torch.tensor([255])]),
+            "0..5 for 6 classes",
+        ),
+        (torch.rand(50, 1, 8, 8), torch.full((50,), -1), "integers 0..K-1"),
+    ],
+)
+def test_own_tensors_are_checked(x: torch.Tensor, y: torch.Tensor, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        from_tensors(x, y)
+
+
+def test_channels_last_tensors_are_converted() -> None:
+    x = torch.rand(50, 8, 8, 3)
+    data = from_tensors(x, torch.arange(50) % 5)
+    assert data.channels == 3 and data.image_size == (8, 8)
+    first = data.test.x[0]  # (C, H, W): one of the originals, moved channels-first
+    assert any(torch.equal(first, img.permute(2, 0, 1)) for img in x)

@@ -59,6 +59,28 @@ def test_reproduce_refuses_bad_seeds_before_writing(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_reproduce_rerun_resumes_its_stages_and_refuses_another_config(tmp_path: Path) -> None:
+    from qrl.errors import ConfigError
+
+    cfg = [f"out={tmp_path}", *SMALL]
+    reproduce.run(load_config("reproduce", cfg))
+    pair_log = (tmp_path / "seed0" / "robust" / "log.csv").read_text()
+    reproduce.run(load_config("reproduce", cfg))  # the same config: every stage resumes
+    assert (tmp_path / "seed0" / "robust" / "log.csv").read_text() == pair_log
+    finished = (tmp_path / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match=r"search.evaluations: 6 -> 8"):
+        reproduce.run(load_config("reproduce", [*cfg, "search.evaluations=8"]))
+    assert (tmp_path / "metrics.json").read_text() == finished
+    reproduce.run(load_config("reproduce", [*cfg, "search.evaluations=8", "overwrite=true"]))
+    assert (
+        json.loads((tmp_path / "search" / "random" / "metrics.json").read_text())[
+            "search/evaluations"
+        ]
+        == 8
+    )
+    assert (tmp_path / "seed0" / "robust" / "log.csv").read_text() == pair_log  # resumed
+
+
 @pytest.mark.slow
 def test_make_demo_reproduces_the_pairs_on_digits(tmp_path: Path) -> None:
     """The default pipeline through the real CLI: the issue's targets on seed 0."""

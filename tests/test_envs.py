@@ -17,6 +17,7 @@ import qrl  # noqa: F401  (registers the environments)
 from qrl import victim as victim_module
 from qrl.envs.quant_bits import QuantBitsEnv, QuantBitsVecEnv
 from qrl.envs.quant_failure import QuantFailureEnv
+from qrl.errors import ConfigError
 from qrl.quant import preset
 from qrl.victim import Victim, load_victim
 from tests.conftest import QUICK
@@ -164,14 +165,22 @@ def test_vec_env_follows_the_sb3_contract(victim: Victim) -> None:
 def test_ppo_trains_on_the_vectorized_env(victim: Victim) -> None:
     from stable_baselines3 import PPO
 
-    venv = QuantBitsVecEnv(num_envs=16, seed=0, victim=victim)
+    venv = QuantBitsVecEnv(num_envs=16, seed=0, victim=victim, reward="robust")
     model = PPO("MlpPolicy", venv, n_steps=8, batch_size=64, n_epochs=1, seed=0, device="cpu")
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(total_timesteps=256)
-    assert model.num_timesteps >= 256
+    assert model.num_timesteps == 256  # two rollouts of 16 inputs x 8 steps
     assert any(
         not torch.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True)
     )
+    # What PPO learned from is the env's per-input signal: 0/1 rewards (robust: 1 where the
+    # quantized student is right, as it mostly is), one observation per input (the context).
+    buffer = model.rollout_buffer
+    assert buffer.rewards.shape == (8, 16)
+    assert set(np.unique(buffer.rewards)) <= {0.0, 1.0} and buffer.rewards.mean() > 0.5
+    obs = buffer.observations.reshape(8, 16, -1)
+    assert not np.allclose(obs[:, 0], obs[:, 1])
+    assert all(venv.observation_space.contains(o) for o in obs[0])
 
 
 def test_custom_models_and_tensors_as_data() -> None:
@@ -221,7 +230,7 @@ def test_student_reference_measures_quantization_alone(victim: Victim) -> None:
     env.reset(seed=0)
     *_, info = env.step(np.full(env.action_space.shape, 0.3))
     assert info["gap"] == pytest.approx(info["acc_fp"] - info["acc_q"])
-    with pytest.raises(Exception, match="reference must be teacher or student"):
+    with pytest.raises(ConfigError, match="reference must be teacher or student, got 'oracle'"):
         QuantFailureEnv(victim, reference="oracle")
 
 
@@ -229,5 +238,5 @@ def test_per_input_bits_need_per_sample_quantization(victim: Victim) -> None:
     from dataclasses import replace
 
     per_tensor = replace(victim, quant=preset("int4_dynamic", act_granularity="per_tensor"))
-    with pytest.raises(Exception, match="only with act_granularity=per_sample"):
+    with pytest.raises(ConfigError, match="only with act_granularity=per_sample, got per_tensor"):
         QuantBitsEnv(per_tensor)

@@ -156,6 +156,29 @@ def test_an_interrupted_pair_resumes_from_its_last_round(
     assert rounds == [1, 2]  # round 1 was not trained twice
 
 
+def test_a_round_logged_but_not_saved_is_logged_once_after_resuming(
+    tiny_distill, tmp_path, monkeypatch
+) -> None:
+    out = tmp_path / "pair"
+    real = pairs.atomic_torch_save
+    calls = {"n": 0}
+
+    def killed_on_second_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # round 2 is logged, its state never saved
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pairs, "atomic_torch_save", killed_on_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        pairs.run(_pair_cfg(tiny_distill, out, "robust"))
+    monkeypatch.setattr(pairs, "atomic_torch_save", real)
+    pairs.run(_pair_cfg(tiny_distill, out, "robust"))
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    steps = [int(r.split(",")[0]) for r in rows if ",pair/val_acc_q," in r]
+    assert steps == [1, 2]  # round 2 resumed and logged once
+
+
 def test_bad_pair_inputs_get_one_clear_error(tiny_distill, tmp_path) -> None:
     with pytest.raises(ConfigError, match="kind must be one of"):
         pairs.run(_pair_cfg(tiny_distill, tmp_path / "a", "evil"))

@@ -48,5 +48,16 @@ def test_presets_load_by_name_and_from_hydra() -> None:
     for name in preset_names():
         cfg = load_config("quant_eval", [f"quant={name}", "run=x", "out=y"])
         assert as_quant_config(cfg.quant) == preset(name)
-    assert as_quant_config("int4_dynamic") == preset("int4_dynamic")
-    assert as_quant_config(None) == preset("int8_dynamic")
+    int4 = as_quant_config("int4_dynamic")
+    assert (int4.act_bits, int4.act_granularity, int4.act_symmetric, int4.backend) == (
+        4,
+        "per_sample",
+        False,
+        "fake",
+    )
+    assert (int4.weight_bits, int4.weight_granularity, int4.weight_symmetric) == (
+        8,
+        "per_channel",
+        True,
+    )
+    assert as_quant_config(None).act_bits == 8  # the default is 8-bit dynamic quantization

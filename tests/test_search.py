@@ -225,7 +225,12 @@ def test_search_config_errors_are_clear(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert result.returncode != 0 and "dqn" in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        "error: unknown agent option 'dqn'; choose one of a2c, es, ppo, random, sac, td3 "
+        f"(files in {CONF_DIR / 'agent'})"
+    )
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
 
 
 def test_cluster_bootstrap_counts_source_images_not_draws() -> None:

@@ -1,0 +1,174 @@
+"""Run dirs you can trust: one config per dir, validation before the dir is touched, no
+duplicated log rows on rerun."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from qrl import distill, quant_eval, search
+from qrl.config import load_config
+from qrl.errors import ConfigError
+from qrl.runs import CONFIG_FILE, METRICS_FILE, start_run, write_metrics
+from tests.conftest import QUICK
+
+FAST_SEARCH = [
+    "env.batch_size=32",
+    "eval.samples=64",
+    "eval.bootstrap=50",
+    "progress=false",
+    "confirm.backends=[]",
+    "agent=random",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-distill")
+    distill.run(load_config("distill", [*QUICK, f"out={out}"]))
+    return out
+
+
+def _finished(tmp_path: Path, **values: object) -> tuple[Path, object]:
+    cfg = OmegaConf.create({"out": str(tmp_path), "seed": 0, "resume": True, **values})
+    _, started = start_run(cfg)
+    write_metrics(tmp_path, {"x": 1.0}, seed=0, started=started)
+    return tmp_path, cfg
+
+
+def _snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+
+
+def test_a_different_config_names_the_keys_and_changes_nothing(tmp_path: Path) -> None:
+    run_dir, _ = _finished(tmp_path, model={"student": {"_target_": "qrl.models.SmallCNN"}})
+    before = _snapshot(run_dir)
+    other = OmegaConf.create(
+        {"out": str(tmp_path), "seed": 1, "model": {"student": {"_target_": "qrl.models.MLP"}}}
+    )
+    with pytest.raises(ConfigError) as info:
+        start_run(other)
+    message = str(info.value)
+    assert "model.student._target_: SmallCNN -> MLP" in message and "seed: 0 -> 1" in message
+    assert "overwrite=true" in message and "\n" not in message
+    assert _snapshot(run_dir) == before  # neither metrics.json nor config.yaml touched
+
+
+def test_a_refused_cli_rerun_leaves_every_file_of_the_finished_run_alone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "qrl.distill", *args, f"hydra.run.dir={tmp_path}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    assert cli(*QUICK).returncode == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    refused = cli(*QUICK, "seed=1")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        f"error: {tmp_path} holds a run of another config (data.seed: 0 -> 1; seed: 0 -> 1): "
+        "rerun with the same config to resume it, choose another out dir, or pass overwrite=true"
+    ]
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_keys_that_cannot_change_results_still_resume(tmp_path: Path) -> None:
+    run_dir, cfg = _finished(tmp_path)
+    again = OmegaConf.merge(cfg, {"progress": False, "logger": {"wandb": True}, "resume": True})
+    start_run(again)  # no error: the same run, resumed
+    assert not (run_dir / METRICS_FILE).exists()  # unfinished until the rerun ends
+
+
+def test_overwrite_starts_the_other_config_afresh(tmp_path: Path) -> None:
+    run_dir, _ = _finished(tmp_path)
+    other = OmegaConf.create({"out": str(tmp_path), "seed": 5, "resume": True, "overwrite": True})
+    start_run(other)
+    assert other.resume is False  # nothing of the other config's run is reused
+    assert OmegaConf.load(run_dir / CONFIG_FILE).seed == 5
+    assert not (run_dir / METRICS_FILE).exists()
+
+
+def test_distill_into_a_finished_dir_of_another_model_is_refused(
+    tiny_run: Path, tmp_path: Path
+) -> None:
+    before = _snapshot(tiny_run)
+    with pytest.raises(ConfigError, match=r"model.student._target_: SmallCNN -> MLP"):
+        quick = [o for o in QUICK if not o.startswith("model.")]
+        distill.run(load_config("distill", [*quick, "model=mlp", f"out={tiny_run}"]))
+    assert _snapshot(tiny_run) == before
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("teacher.epochs=-1", "teacher.epochs must be >= 1"),
+        ("student.batch_size=0", "student.batch_size must be >= 1"),
+        ("student.tau=0", "student.tau"),
+        ("data.train_limit=0", r"data.train_limit \(or null: all\) must be >= 1"),
+    ],
+)
+def test_bad_distill_values_fail_before_the_finished_run_is_touched(
+    tiny_run: Path, override: str, match: str
+) -> None:
+    before = _snapshot(tiny_run)
+    with pytest.raises(ConfigError, match=match):
+        distill.run(load_config("distill", [*QUICK, override, f"out={tiny_run}"]))
+    assert _snapshot(tiny_run) == before  # metrics.json survives a failed rerun
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("budget.evaluations=abc", "budget.evaluations must be int >= 1, got 'abc'"),
+        ("env.batch_size=0", "env.batch_size must be >= 1, got 0"),
+        ("eval.ci_level=1.5", r"eval.ci_level must be in \(0, 1\), got 1.5"),
+        ("eval.samples=2.5", "eval.samples must be int >= 1, got 2.5"),
+    ],
+)
+def test_bad_search_values_fail_before_the_dir_is_touched(
+    tiny_run: Path, tmp_path: Path, override: str, match: str
+) -> None:
+    out = tmp_path / "search"
+    cfg = [f"victim.run={tiny_run}", f"out={out}", *FAST_SEARCH, override]
+    with pytest.raises(ConfigError, match=match):
+        search.run(load_config("search", cfg))
+    assert not out.exists()
+
+
+def test_quant_eval_without_a_run_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="set run="):
+        quant_eval.run(load_config("quant_eval", [f"out={tmp_path / 'q'}"]))
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_killed_search_reruns_with_exactly_the_budget_of_rows(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "search"
+    cfg = [f"victim.run={tiny_run}", f"out={out}", "budget.evaluations=12", *FAST_SEARCH]
+    real = search.evaluate_best
+
+    def killed(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "evaluate_best", killed)  # killed after the whole search ran
+    with pytest.raises(KeyboardInterrupt):
+        search.run(load_config("search", cfg))
+    monkeypatch.setattr(search, "evaluate_best", real)
+    search.run(load_config("search", cfg))
+    rows = (out / "log.csv").read_text().splitlines()[1:]
+    per_key: dict[str, int] = {}
+    for row in rows:
+        key = row.split(",")[1]
+        per_key[key] = per_key.get(key, 0) + 1
+    assert per_key and set(per_key.values()) == {12}, per_key
+    assert len(list((out / "tb").glob("events.*"))) == 1
+    assert json.loads((out / METRICS_FILE).read_text())["search/evaluations"] == 12
