@@ -354,11 +354,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"quant.act_granularity=per_sample (got {quant.backend}, {quant.act_granularity})"
         )
     victim, spec = _victim(cfg, quant)
+    saved = (Path(cfg.out) / PAIR_FILE).is_file()  # a finished pair, if the config matches
     out, started = start_run(cfg)
     kind, seed = str(cfg.kind), int(cfg.seed)
     with RunLogger(out, cfg.logger, config=cfg, name=f"pairs-{kind}-s{seed}") as log:
-        qnet, ppo, decoder = train_pair(victim, cfg, out, log)
-        save_pair(out, kind, qnet, ppo, decoder, quant, spec, InputSpec.of(victim.data))
+        if saved and cfg.resume:  # the same config: load the pair, evaluate it again
+            print(f"{out} holds this pair already: loading it (resume=false trains it again)")
+        else:
+            qnet, ppo, decoder = train_pair(victim, cfg, out, log)
+            save_pair(out, kind, qnet, ppo, decoder, quant, spec, InputSpec.of(victim.data))
         pair = load_pair(out)
         split = getattr(victim.data, str(cfg.eval.split))
         metrics = evaluate_pair(pair, victim.teacher, split, seed=int(cfg.eval.random_seed))

@@ -232,3 +232,17 @@ def test_a_pair_logs_both_loops_to_wandb_offline(tiny_distill, tmp_path, monkeyp
     logged = (out / "log.csv").read_text()
     assert "pair/val_acc_q" in logged and "loss/kd_q" in logged  # the network's loop
     assert (out / "sb3" / "progress.csv").read_text().count("\n") >= 2  # PPO's loop
+
+
+def test_a_finished_pair_is_loaded_not_trained_again(tiny_pairs, tiny_distill, monkeypatch) -> None:
+    out = tiny_pairs["robust"]
+    before = json.loads((out / "metrics.json").read_text())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished pair was trained again")
+
+    monkeypatch.setattr(pairs, "train_pair", no_training)
+    again = pairs.run(_pair_cfg(tiny_distill, out, "robust"))
+    assert again["acc_q"] == before["acc_q"] and again["drop"] == before["drop"]
+    with pytest.raises(AssertionError, match="trained again"):
+        pairs.run(_pair_cfg(tiny_distill, out, "robust", "resume=false"))
