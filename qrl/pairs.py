@@ -24,6 +24,8 @@ on the test split. `load_pair(run_dir)` gives the pair back.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,7 @@ import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 from stable_baselines3 import PPO
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.policies import BasePolicy
@@ -51,12 +53,14 @@ from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, as_quant_config, layer_names, quantized_copy, using_bits
 from qrl.quant.modules import float_model, float_path
 from qrl.runs import atomic_torch_save, atomic_write, start_run, write_metrics
+from qrl.scoring import accuracy_drop, correct, rate
 from qrl.training import Trainer
 from qrl.victim import DEFAULT_VICTIM, Victim, cache_dir, default_victim, load_victim
 
 KINDS = ("detrimental", "robust")
 PAIR_FILE, NETWORK_FILE, POLICY_FILE = "pair.json", "network.pt", "policy.zip"
-STATE_FILE, PPO_STATE_FILE = "pair.state.pt", "ppo.state.zip"
+STATE_FILE = "pair.state.pt"  # round, network trainer and PPO, saved together each round
+SPLITS = ("train", "val", "test")
 PAIR_FORMAT = "qrl-pair-v1"
 
 
@@ -121,8 +125,11 @@ def load_pair(run_dir: str | Path) -> Pair:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{meta_path} is corrupt ({exc}); re-run the pair") from exc
-    if meta.get("format") != PAIR_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != PAIR_FORMAT:
         raise CheckpointError(f"{meta_path} is not a qrl pair ({PAIR_FORMAT})")
+    missing = sorted({"kind", "quant", "bits_set", "bits_budget"} - set(meta))
+    if missing:
+        raise CheckpointError(f"{meta_path} lacks {missing}; re-run the pair")
     network, _ = load_model(run_dir / NETWORK_FILE)
     quant = QuantConfig.from_dict(meta["quant"])
     try:
@@ -194,8 +201,14 @@ def check_config(cfg: DictConfig) -> None:
     checked_number(t.tau, "train.tau", low=0, strict=True)
     checked_number(t.alpha, "train.alpha", low=0, high=1)
     checked_number(t.lr, "train.lr", low=0, strict=True)
+    for key in ("quant_weight", "keep_weight", "weight_decay"):
+        checked_number(t[key], f"train.{key}", low=0)
     checked_number(cfg.ppo.n_envs, "ppo.n_envs", int, low=1)
+    checked_number(cfg.ppo.model.n_steps, "ppo.model.n_steps", int, low=1)
     checked_number(cfg.seed, "seed", int, low=0)
+    if cfg.eval.split not in SPLITS:
+        raise ConfigError(f"eval.split must be one of {list(SPLITS)}, got {cfg.eval.split!r}")
+    BitsDecoder(1, list(cfg.bits.set), float(cfg.bits.budget))  # raises on a bad set or budget
 
 
 def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]]:
@@ -208,6 +221,15 @@ def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]
         victim = load_victim(run, quant)
     _, record = load_model(run / "student.pt")
     return victim, record["spec"]
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """A fingerprint of a model's weights (names and values; not the file's bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def train_pair(
@@ -244,18 +266,20 @@ def train_pair(
         weight_decay=float(cfg.train.weight_decay),
         total_steps=rounds * net_steps,
     )
-    state_path, ppo_path = out / STATE_FILE, out / PPO_STATE_FILE
+    state_path = out / STATE_FILE
     start = 0
-    if cfg.resume and state_path.is_file() and ppo_path.is_file():
+    if cfg.resume and state_path.is_file():
+        # Resuming continues the training; it is not bit-identical to an uninterrupted run
+        # (SB3 reseeds its generators and restarts the input stream when it loads).
         try:
             state = torch.load(state_path, map_location="cpu", weights_only=True)
             trainer.load_state_dict(state["trainer"])
             start = int(state["round"])
-            ppo = PPO.load(ppo_path, env=venv, device="cpu")
+            ppo = PPO.load(io.BytesIO(state["ppo"].numpy().tobytes()), env=venv, device="cpu")
         except Exception as exc:
             raise CheckpointError(
-                f"cannot resume from {state_path} ({type(exc).__name__}); delete it and "
-                f"{ppo_path} to train the pair again, or set resume=false"
+                f"cannot resume from {state_path} ({type(exc).__name__}): it is qrl's own "
+                "resume state; delete it to train the pair again, or set resume=false"
             ) from exc
     else:
         ppo = instantiate(cfg.ppo.model)(env=venv, seed=seed)
@@ -288,29 +312,38 @@ def train_pair(
         bar.set_postfix(
             acc_fp=f"{stats['pair/val_acc_fp']:.3f}", acc_q=f"{stats['pair/val_acc_q']:.3f}"
         )
-        ppo.save(ppo_path)
-        atomic_torch_save({"round": r + 1, "trainer": trainer.state_dict()}, state_path)
+        atomic_torch_save(
+            {"round": r + 1, "trainer": trainer.state_dict(), "ppo": _ppo_bytes(ppo)}, state_path
+        )
     bar.close()
     ppo.logger.close()
     return qnet, ppo, task.decoder
+
+
+def _ppo_bytes(ppo: PPO) -> Tensor:
+    """The PPO model (policy, optimizer, counters) as SB3's zip, in a uint8 tensor."""
+    buffer = io.BytesIO()
+    ppo.save(buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
 
 
 @torch.no_grad()
 def _val_stats(qnet: nn.Module, ppo: PPO, task: Any, x: Tensor, y: Tensor) -> dict[str, float]:
     """Full-precision and own-policy accuracy on the validation split (deterministic policy)."""
     if len(x) == 0:
-        return {"pair/val_acc_fp": float("nan"), "pair/val_acc_q": float("nan")}
+        nan = float("nan")
+        keys = ("pair/val_acc_fp", "pair/val_acc_q", "pair/val_drop", "quant/mean_bits")
+        return dict.fromkeys(keys, nan)
     obs, fp_logits = bits_observation(qnet, x, task.side)
     actions, _ = ppo.predict(obs, deterministic=True)
     bits = torch.from_numpy(task.decoder.decode(np.asarray(actions)))
     with using_bits(qnet, bits):
-        q_right = qnet(x).argmax(1) == y
-    acc_fp = float((fp_logits.argmax(1) == y).float().mean())
-    acc_q = float(q_right.float().mean())
+        acc_q = rate(correct(qnet(x), y))
+    acc_fp = rate(correct(fp_logits, y))
     return {
         "pair/val_acc_fp": acc_fp,
         "pair/val_acc_q": acc_q,
-        "pair/val_drop": acc_fp - acc_q,
+        "pair/val_drop": accuracy_drop(acc_fp, acc_q),
         "quant/mean_bits": float(bits.float().mean()),
     }
 
@@ -354,6 +387,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"quant.act_granularity=per_sample (got {quant.backend}, {quant.act_granularity})"
         )
     victim, spec = _victim(cfg, quant)
+    with open_dict(cfg):
+        # The student this pair starts from is part of its config: a re-distilled student in
+        # the same victim.run is another run, not one to resume.
+        cfg.victim.student_sha256 = weights_sha256(victim.student)
     saved = (Path(cfg.out) / PAIR_FILE).is_file()  # a finished pair, if the config matches
     out, started = start_run(cfg)
     kind, seed = str(cfg.kind), int(cfg.seed)
@@ -361,14 +398,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if saved and cfg.resume:  # the same config: load the pair, evaluate it again
             print(f"{out} holds this pair already: loading it (resume=false trains it again)")
         else:
+            for name in (PAIR_FILE, NETWORK_FILE, POLICY_FILE):  # another config's pair
+                (out / name).unlink(missing_ok=True)
             qnet, ppo, decoder = train_pair(victim, cfg, out, log)
             save_pair(out, kind, qnet, ppo, decoder, quant, spec, InputSpec.of(victim.data))
         pair = load_pair(out)
         split = getattr(victim.data, str(cfg.eval.split))
         metrics = evaluate_pair(pair, victim.teacher, split, seed=int(cfg.eval.random_seed))
         log.summary(metrics)
-    for name in (STATE_FILE, PPO_STATE_FILE):
-        (out / name).unlink(missing_ok=True)
+    (out / STATE_FILE).unlink(missing_ok=True)
     record = write_metrics(out, {"kind": kind, **metrics}, seed=seed, started=started)
     print(
         f"{kind} pair, {cfg.eval.split} split: full precision {100 * metrics['acc_fp']:.2f}%, "

@@ -337,10 +337,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     # every stage's values checked before any dir is touched
     distill.check_config(stage_config("distill", cfg, cfg.distill))
-    pairs.check_config(stage_config("pairs", cfg, cfg.pairs))
+    pair_cfg = stage_config("pairs", cfg, cfg.pairs)
+    pairs.check_config(pair_cfg)
+    if pair_cfg.eval.split != "test":
+        raise ConfigError(
+            f"the report evaluates every pair on the test split: leave pairs.eval.split at test "
+            f"(got {pair_cfg.eval.split!r}), or run python -m qrl.pairs for another split"
+        )
     if int(cfg.search.evaluations) < 1 and cfg.search.agents:
         raise ConfigError(f"search.evaluations must be >= 1, got {cfg.search.evaluations}")
     out, started = start_run(cfg)
+    for name in (RESULTS_FILE, REPORT_FILE):  # until this run finishes, no result stands here
+        (out / name).unlink(missing_ok=True)
     per_seed = [run_seed(cfg, seed, out / f"seed{seed}") for seed in seeds]
     searches = (
         run_search(cfg, out / f"seed{seeds[0]}" / "distill", out / "search")

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from qrl import distill, pairs
+from qrl.checkpoints import load_model
 from qrl.config import instantiate, load_config
 from qrl.errors import CheckpointError, ConfigError
 from qrl.pair_eval import cross_evaluation, fixed_patterns, vulnerability
@@ -100,6 +101,10 @@ def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tin
     assert abs(metrics["mean_bits"] - 4.0) < 0.05
     for key in ("drop_uniform", "drop_random", "drop_onnx_int8", "gap_teacher", "seed"):
         assert key in metrics
+    # The network was trained: it is not the distilled student it started from.
+    student, _ = load_model(tiny_distill / "student.pt")
+    saved = pair.network.state_dict()
+    assert any(not torch.equal(v, saved[k]) for k, v in student.state_dict().items())
     # The checkpoints for resuming are gone once the pair is finished.
     assert not (tiny_pairs["detrimental"] / pairs.STATE_FILE).exists()
 
@@ -234,8 +239,13 @@ def test_a_pair_logs_both_loops_to_wandb_offline(tiny_distill, tmp_path, monkeyp
     assert (out / "sb3" / "progress.csv").read_text().count("\n") >= 2  # PPO's loop
 
 
-def test_a_finished_pair_is_loaded_not_trained_again(tiny_pairs, tiny_distill, monkeypatch) -> None:
-    out = tiny_pairs["robust"]
+def test_a_finished_pair_is_loaded_not_trained_again(
+    tiny_pairs, tiny_distill, tmp_path, monkeypatch
+) -> None:
+    import shutil
+
+    out = tmp_path / "pair"
+    shutil.copytree(tiny_pairs["robust"], out)  # `out` may differ: it cannot change results
     before = json.loads((out / "metrics.json").read_text())
 
     def no_training(*args, **kwargs):
@@ -246,3 +256,24 @@ def test_a_finished_pair_is_loaded_not_trained_again(tiny_pairs, tiny_distill, m
     assert again["acc_q"] == before["acc_q"] and again["drop"] == before["drop"]
     with pytest.raises(AssertionError, match="trained again"):
         pairs.run(_pair_cfg(tiny_distill, out, "robust", "resume=false"))
+
+
+def test_a_pair_of_another_student_is_not_resumed(tiny_pairs, tiny_distill, tmp_path) -> None:
+    """Re-distilling the student in `victim.run` makes a finished pair another config's run."""
+    import shutil
+
+    moved = tmp_path / "distill"
+    shutil.copytree(tiny_distill, moved)
+    out = tmp_path / "pair"
+    shutil.copytree(tiny_pairs["robust"], out)
+    config = (out / "config.yaml").read_text().replace(str(tiny_distill), str(moved))
+    (out / "config.yaml").write_text(config)
+    student, record = load_model(moved / "student.pt")
+    with torch.no_grad():
+        next(student.parameters()).add_(0.01)  # "re-distilled": other weights
+    from qrl.checkpoints import save_model
+
+    save_model(moved / "student.pt", student, record["spec"], record["input_spec"], {})
+    with pytest.raises(ConfigError, match=r"victim\.student_sha256"):
+        pairs.run(_pair_cfg(moved, out, "robust"))
+    assert (out / "metrics.json").is_file()  # the finished run is left as it was
