@@ -21,8 +21,12 @@ from qrl.errors import QrlError
 from qrl.models import MLP
 from tests.conftest import QUICK
 
+# derandomize: CI runs the same examples every time (a failure is then a change, not luck).
 SETTINGS = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 SHAPES = hnp.array_shapes(min_dims=1, max_dims=5, min_side=0, max_side=10)
@@ -118,8 +122,9 @@ def test_audit_refuses_malformed_data_with_a_qrl_error_and_no_result(
 BAD_VALUES = st.one_of(
     st.integers(-5, 0),
     st.floats(allow_nan=True).filter(lambda v: not v > 0),
-    st.sampled_from(["abc", "1.5", "nan", "-inf", "[]"]),
+    st.sampled_from(["abc", "nan", "-inf", "[]"]),
 )
+INT_KEYS = ("teacher.epochs", "student.epochs", "teacher.batch_size", "student.batch_size")
 
 
 @SETTINGS
@@ -147,3 +152,14 @@ def test_bad_distill_values_give_a_qrl_error_and_no_result(key: str, value: obje
         with pytest.raises(QrlError):
             distill.run(cfg)
         assert not out.exists()
+
+
+@pytest.mark.parametrize("key", INT_KEYS)
+def test_fractions_for_whole_numbers_give_a_qrl_error(key: str, tmp_path: Path) -> None:
+    cfg = load_config("distill", [*QUICK, f"out={tmp_path / 'run'}"])
+    node, leaf = key.split(".")
+    for value in (1.5, "1.5"):
+        cfg[node][leaf] = value
+        with pytest.raises(QrlError, match=key):
+            distill.run(cfg)
+    assert not (tmp_path / "run").exists()
