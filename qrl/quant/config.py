@@ -10,6 +10,7 @@ from qrl.errors import ConfigError
 MIN_BITS, MAX_BITS = 2, 8
 ACT_GRANULARITIES = ("per_tensor", "per_sample", "per_channel")
 WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
+WEIGHT_RANGES = ("full", "narrow", "reduced")
 CLIPPINGS = ("minmax", "percentile")
 BACKENDS = ("fake", "torch_ao", "onnxruntime")
 
@@ -42,6 +43,16 @@ class QuantConfig:
         weight_bits: weight bit-width 2..8, or None to keep float weights.
         weight_granularity: `per_channel` (output channel) or `per_tensor`.
         weight_symmetric: symmetric weights (zero-point 0), as deployed int8 kernels use.
+        weight_range: the symmetric weight grid. `full`: [-2^(b-1), 2^(b-1) - 1] with
+            scale absmax / (2^(b-1) - 0.5), as torch.ao's observers; `narrow`:
+            [-(2^(b-1) - 1), 2^(b-1) - 1], scale absmax / (2^(b-1) - 1), as ONNX Runtime's
+            quantizer; `reduced`: ONNX Runtime's `reduce_range` (7-bit for 8),
+            [-2^(b-2), 2^(b-2)], scale absmax / 2^(b-2).
+        conv_weight_granularity: the weight granularity of Conv2d layers when it differs from
+            `weight_granularity` (ONNX Runtime's dynamic ConvInteger is per tensor even when
+            its MatMul weights are per channel); None: the same.
+        fold_batchnorm: fold each BatchNorm that follows a Conv2d into that conv's weights and
+            bias before quantizing them, as the ONNX exporter does (running statistics).
         act_range_grad: in QAT, let gradients flow into the observed activation range (min and
             max) as well as straight through the rounding; forward values are unchanged.
         backend: `fake` (qrl's simulator, any bits, differentiable) or a real int8 kernel:
@@ -58,6 +69,9 @@ class QuantConfig:
     weight_bits: int | None = 8
     weight_granularity: str = "per_channel"
     weight_symmetric: bool = True
+    weight_range: str = "full"
+    conv_weight_granularity: str | None = None
+    fold_batchnorm: bool = False
     act_range_grad: bool = False
     backend: str = "fake"
 
@@ -67,6 +81,16 @@ class QuantConfig:
             check_bits(self.weight_bits, "weight_bits")
         _one_of("act_granularity", self.act_granularity, ACT_GRANULARITIES)
         _one_of("weight_granularity", self.weight_granularity, WEIGHT_GRANULARITIES)
+        if self.conv_weight_granularity is not None:
+            _one_of("conv_weight_granularity", self.conv_weight_granularity, WEIGHT_GRANULARITIES)
+        _one_of("weight_range", self.weight_range, WEIGHT_RANGES)
+        if self.weight_range != "full" and not self.weight_symmetric:
+            raise ConfigError(
+                f"weight_range={self.weight_range} describes a symmetric grid: set "
+                "weight_symmetric=true or weight_range=full"
+            )
+        if self.weight_range == "reduced" and self.weight_bits is not None and self.weight_bits < 3:
+            raise ConfigError("weight_range=reduced drops one bit: weight_bits must be at least 3")
         _one_of("act_clip", self.act_clip, CLIPPINGS)
         _one_of("backend", self.backend, BACKENDS)
         if not 50.0 < self.act_percentile <= 100.0:
@@ -94,6 +118,12 @@ class QuantConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def weight_granularity_of(self, conv: bool) -> str:
+        """The weight granularity of a Conv2d (`conv=True`) or Linear layer."""
+        if conv and self.conv_weight_granularity is not None:
+            return self.conv_weight_granularity
+        return self.weight_granularity
 
     def with_bits(self, act_bits: int) -> QuantConfig:
         """The same quantizer at another activation bit-width."""

@@ -223,14 +223,26 @@ def quantize_activation(
     return fake_quantize(x, scale, zero_point, qmin, qmax), lo, hi
 
 
-def quantize_weight(w: Tensor, cfg: QuantConfig) -> Tensor:
-    """Fake-quantize a weight tensor (output channels first) once, at `cfg.weight_bits`."""
+def weight_qrange(bits: int, cfg: QuantConfig) -> tuple[int, int]:
+    """The integer grid of the weights (see `QuantConfig.weight_range`)."""
+    if cfg.weight_range == "narrow":
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+    if cfg.weight_range == "reduced":
+        return -(2 ** (bits - 2)), 2 ** (bits - 2)
+    qmin, qmax = qrange(bits, cfg.weight_symmetric)
+    return int(qmin), int(qmax)
+
+
+def quantize_weight(w: Tensor, cfg: QuantConfig, *, conv: bool = False) -> Tensor:
+    """Fake-quantize a weight tensor (output channels first) once, at `cfg.weight_bits`.
+
+    `conv` picks `cfg.conv_weight_granularity` where the config sets one.
+    """
     if cfg.weight_bits is None:
         return w
-    lo, hi = observe_range(
-        w.detach(), "per_sample" if cfg.weight_granularity == "per_channel" else "per_tensor"
-    )
-    qmin, qmax = qrange(cfg.weight_bits, cfg.weight_symmetric)
+    per_channel = cfg.weight_granularity_of(conv) == "per_channel"
+    lo, hi = observe_range(w.detach(), "per_sample" if per_channel else "per_tensor")
+    qmin, qmax = weight_qrange(cfg.weight_bits, cfg)
     scale, zero_point = compute_qparams(lo, hi, qmin, qmax, symmetric=cfg.weight_symmetric)
     if w.requires_grad:
         return fake_quantize_ste(w, scale, zero_point, qmin, qmax)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from qrl.errors import ConfigError
 from qrl.quant.config import QuantConfig, check_bits
+from qrl.quant.folding import fold_batchnorm
 from qrl.quant.functional import (
     Bits,
     check_bits_tensor,
@@ -56,15 +57,22 @@ class QuantizedLayer(nn.Module):
         self.last_hi: Tensor | None = None
         self._weight_cache: tuple[tuple, Tensor] | None = None
 
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.layer, nn.Conv2d)
+
     def quantized_weight(self) -> Tensor:
         weight = self.layer.weight
         if self.training or (weight.requires_grad and torch.is_grad_enabled()):
-            return quantize_weight(weight, self.cfg)
+            return quantize_weight(weight, self.cfg, conv=self.is_conv)
         # Keyed on the storage too: .to() / .data = ... swap the tensor without a version bump.
         version = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
         if self._weight_cache is None or self._weight_cache[0] != version:
             with torch.no_grad():
-                self._weight_cache = (version, quantize_weight(weight, self.cfg))
+                self._weight_cache = (
+                    version,
+                    quantize_weight(weight, self.cfg, conv=self.is_conv),
+                )
         return self._weight_cache[1]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -93,7 +101,8 @@ def quantized_copy(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
     """A deep copy of `model` whose every Conv2d and Linear is a `QuantizedLayer`.
 
     The argument is never modified. The copy keeps the float weights (so it can be trained
-    with QAT) and the train/eval mode of the original.
+    with QAT) and the train/eval mode of the original; with `cfg.fold_batchnorm` they are the
+    weights with each conv's BatchNorm folded in (see `qrl.quant.folding`).
 
     Raises:
         ConfigError: `cfg.backend` is not `fake` (real kernels live in `qrl.quant.backends`),
@@ -105,7 +114,7 @@ def quantized_copy(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
             f"quantized_copy simulates quantization (backend=fake); for backend={cfg.backend} "
             "use qrl.quant.backends.real_backend"
         )
-    qmodel = copy.deepcopy(model)
+    qmodel = fold_batchnorm(model) if cfg.fold_batchnorm else copy.deepcopy(model)
     _wrap_children(qmodel, cfg)
     if not layer_names(qmodel):
         raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
