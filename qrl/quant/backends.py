@@ -27,8 +27,18 @@ import torch
 from torch import Tensor, nn
 
 from qrl.errors import ConfigError
+from qrl.quant.cpu import describe_int8_accumulation, int8_accumulation
 
 BACKEND_NAMES = ("torch_ao", "onnxruntime")
+
+
+def mirror_preset(name: str, *, onnx_reduce_range: bool = False) -> str:
+    """The simulator preset that models a real backend's numerics (see `conf/quant/`)."""
+    if name == "torch_ao":
+        return "torch_int8_dynamic"
+    if name == "onnxruntime":
+        return "onnx_int8_dynamic_reduce_range" if onnx_reduce_range else "onnx_int8_dynamic"
+    raise ConfigError(f"unknown quant backend {name!r}; real backends are {list(BACKEND_NAMES)}")
 
 
 class RealBackend(Protocol):
@@ -122,6 +132,8 @@ class OnnxRuntimeBackend:
         self.quantized_ops = sorted(
             {n.op_type for n in _onnx_nodes(self.model_bytes)} & {"ConvInteger", "MatMulInteger"}
         )
+        if not reduce_range and int8_accumulation() == "saturating_pairs":
+            warnings.warn(describe_int8_accumulation(), RuntimeWarning, stacklevel=2)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
@@ -173,9 +185,10 @@ def real_backend(
 
     `onnx_reduce_range` quantizes ONNX Runtime's weights to 7 bits. ONNX Runtime's default
     (False, as here) multiplies uint8 by int8 in 16-bit pairs on x86 CPUs without VNNI and can
-    saturate: measured on an AVX2 machine, one 64->16 Linear layer deviated 0.22 from float
-    without it and 0.009 with it. Both are real deployments; the default is what
-    `quantize_dynamic` users get.
+    saturate (see `qrl.quant.cpu`): measured on an AVX2 machine, one 64->16 Linear layer
+    deviated 0.22 from float without it and 0.009 with it. Both are real deployments; the
+    default is what `quantize_dynamic` users get. `mirror_preset` names the simulator preset
+    that models each.
     """
     if name == "torch_ao":
         return TorchAOBackend(model)
