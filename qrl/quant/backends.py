@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from qrl.errors import ConfigError
-from qrl.quant.cpu import describe_int8_accumulation, int8_accumulation
+from qrl.quant.cpu import SATURATING_PAIRS, int8_accumulation
 
 BACKEND_NAMES = ("torch_ao", "onnxruntime")
 
@@ -133,7 +133,7 @@ class OnnxRuntimeBackend:
             {n.op_type for n in _onnx_nodes(self.model_bytes)} & {"ConvInteger", "MatMulInteger"}
         )
         if not reduce_range and int8_accumulation() == "saturating_pairs":
-            warnings.warn(describe_int8_accumulation(), RuntimeWarning, stacklevel=2)
+            warnings.warn(SATURATING_PAIRS, RuntimeWarning, stacklevel=2)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:

@@ -47,6 +47,13 @@ def int8_accumulation(flags: frozenset[str] | None = None) -> str:
     return "unknown"
 
 
+SATURATING_PAIRS = (
+    "x86 without VNNI: ONNX Runtime's u8 x s8 kernel adds products in saturating 16-bit pairs, "
+    "which onnx_int8_dynamic does not model; confirm with confirm.onnx_reduce_range=true and "
+    "search with quant=onnx_int8_dynamic_reduce_range"
+)
+
+
 def describe_int8_accumulation(flags: frozenset[str] | None = None) -> str:
     """One line for logs and warnings: what this CPU's u8 x s8 kernels do."""
     flags = cpu_flags() if flags is None else flags
@@ -55,9 +62,5 @@ def describe_int8_accumulation(flags: frozenset[str] | None = None) -> str:
     if mode == "exact":
         return f"exact int32 accumulation ({', '.join(found)}): onnx_int8_dynamic models it"
     if mode == "saturating_pairs":
-        return (
-            "x86 without VNNI: ONNX Runtime's u8 x s8 kernel adds products in saturating 16-bit "
-            "pairs, which onnx_int8_dynamic does not model; confirm with "
-            "confirm.onnx_reduce_range=true and search with quant=onnx_int8_dynamic_reduce_range"
-        )
+        return SATURATING_PAIRS
     return "unknown CPU features: qrl assumes exact int32 accumulation (onnx_int8_dynamic)"
