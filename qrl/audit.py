@@ -38,6 +38,7 @@ from torch.utils.data import Dataset
 from qrl.checkpoints import FORMAT, load_file, load_model
 from qrl.cli import checked_options, hydra_task
 from qrl.config import instantiate, load_config, to_dict
+from qrl.confirm import kernel_rows
 from qrl.data import ImageData, check_image_data, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
@@ -83,6 +84,8 @@ class AuditResult:
         ]
         if self.confirm_gap is not None:
             lines.append(f"confirmed on int8 kernels: gap {100 * self.confirm_gap:.2f} points")
+        lines += [f"{what}: {value} ({note})" for what, value, note in kernel_rows(self.metrics)]
+        lines += [f"warning: {m}" for m in self.metrics.get("confirm/warnings", [])]
         lines.append(f"details in {self.run_dir}")
         return "\n".join(lines)
 

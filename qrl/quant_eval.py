@@ -4,7 +4,9 @@
 
 For each activation bit-width in `bits` (uniform over layers, qrl's simulator with the `quant`
 preset), and for each real int8 backend in `backends`, it measures test accuracy, the drop from
-the full-precision student (points) and agreement with the teacher. Writes `bits.csv`,
+the full-precision student (points) and agreement with the teacher. Each kernel is shown beside
+the simulator preset that models it (accuracy and argmax agreement on the same batches), with a
+warning where they differ: there the simulator cannot be trusted for this model. Writes `bits.csv`,
 `accuracy_vs_bits.png` and, last, `metrics.json`.
 """
 
@@ -21,9 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 from qrl.cli import checked_options, hydra_task
 from qrl.config import checked_number
 from qrl.errors import ConfigError
+from qrl.fidelity import AGREEMENT, KERNEL_FLOOR, POINTS
 from qrl.loggers import RunLogger
-from qrl.quant import as_quant_config, quantized_copy
-from qrl.quant.backends import BACKEND_NAMES, real_backend
+from qrl.quant import as_quant_config, preset, quantized_copy
+from qrl.quant.backends import BACKEND_NAMES, mirror_preset, real_backend
 from qrl.quant.config import check_bits
 from qrl.runs import atomic_write, start_run, write_metrics
 from qrl.scoring import Outcome, accuracy, agreement, predict_logits
@@ -68,7 +71,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     rows: list[dict[str, Any]] = []
 
-    def record(label: str, logits: torch.Tensor, key: str) -> None:
+    def record(
+        label: str, logits: torch.Tensor, key: str, simulator: torch.Tensor | None = None
+    ) -> None:
         outcome = Outcome.of(teacher_logits, fp_logits, logits, y)
         rows.append(
             {
@@ -77,10 +82,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 "drop_points": 100 * outcome.drop,
                 "agreement_teacher": agreement(logits, teacher_logits),
                 "agreement_fp": agreement(logits, fp_logits),
+                # The preset that models a kernel, on the same batches: can it be trusted here?
+                "simulator_acc": accuracy(simulator, y) if simulator is not None else None,
+                "agreement_simulator": (
+                    agreement(simulator, logits) if simulator is not None else None
+                ),
             }
         )
         metrics[f"{key}/acc"] = outcome.acc_q
         metrics[f"{key}/drop"] = outcome.drop
+        if simulator is not None:
+            metrics[f"{key}/simulator_acc"] = rows[-1]["simulator_acc"]
+            metrics[f"{key}/agreement_simulator"] = rows[-1]["agreement_simulator"]
 
     for bits in bits_list:
         qmodel = quantized_copy(victim.student, quant.with_bits(bits)).eval()
@@ -89,9 +102,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             predict_logits(qmodel, x, bs),
             f"quant/{bits}bit",
         )
+    warnings = []
     for name in cfg.backends:
         backend = real_backend(name, victim.student, x[:8])
-        record(f"{name} int8", predict_logits(backend, x, bs), f"confirm/{name}")
+        logits = predict_logits(backend, x, bs)
+        if getattr(backend, "convs_stay_float", False):
+            # torch.ao quantizes the Linear layers only: no preset models that half-way model.
+            record(f"{name} int8 (Linear layers)", logits, f"confirm/{name}")
+            continue
+        mirror = mirror_preset(name)
+        simulator = predict_logits(quantized_copy(victim.student, preset(mirror)).eval(), x, bs)
+        record(f"{name} int8", logits, f"confirm/{name}", simulator)
+        metrics[f"confirm/{name}/simulator"] = mirror
+        sim_acc, kernel_acc = accuracy(simulator, y), accuracy(logits, y)
+        agree = agreement(simulator, logits)
+        if abs(sim_acc - kernel_acc) > POINTS or (kernel_acc >= KERNEL_FLOOR and agree < AGREEMENT):
+            warnings.append(
+                f"{mirror} does not predict {name} int8 on this model (accuracy "
+                f"{100 * sim_acc:.2f}% vs {100 * kernel_acc:.2f}%, argmax agreement "
+                f"{100 * agree:.2f}%): searches with it steer by the wrong numbers"
+            )
+    metrics["confirm/warnings"] = warnings
 
     with RunLogger(out, cfg.logger, config=cfg, name=f"quant_eval-s{cfg.seed}") as log:
         log.summary(metrics)
@@ -101,7 +132,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     print(
         format_table(
-            ["quantizer", "test acc", "drop (points)", "agree teacher", "agree fp"],
+            [
+                "quantizer",
+                "test acc",
+                "drop (points)",
+                "agree teacher",
+                "agree fp",
+                "simulator acc / agreement",
+            ],
             [
                 [
                     r["quantizer"],
@@ -109,11 +147,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     f"{r['drop_points']:.2f}",
                     f"{r['agreement_teacher']:.4f}",
                     f"{r['agreement_fp']:.4f}",
+                    (
+                        f"{r['simulator_acc']:.4f} / {r['agreement_simulator']:.4f}"
+                        if r["simulator_acc"] is not None
+                        else "-"
+                    ),
                 ]
                 for r in rows
             ],
         )
     )
+    for message in warnings:
+        print(f"warning: {message}")
     print(f"full-precision student {acc_fp:.4f}, teacher {metrics['teacher/acc']:.4f}")
     print(f"wrote {out}/bits.csv, accuracy_vs_bits.png, metrics.json")
     return record_

@@ -13,7 +13,6 @@ wrong and the teacher right), `search_curve.png`, `log.csv`, `tb/`, `sb3/` and, 
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,18 +22,17 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from stable_baselines3.common.monitor import Monitor
-from torch import nn
 
 from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
 from qrl.cli import checked_options, hydra_task
 from qrl.config import checked_number
+from qrl.confirm import confirm_on_kernels, kernel_rows
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
 from qrl.heldout import HeldOutResult, score_held_out
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config
-from qrl.quant.backends import real_backend
 from qrl.report import failure_grid, search_curve, write_archive
 from qrl.runs import start_run, write_metrics
 from qrl.tables import format_table
@@ -220,52 +218,6 @@ def evaluate_best(
     return result, baseline
 
 
-def confirm_on_kernels(
-    task: FailureTask,
-    action: np.ndarray,
-    *,
-    backends: list[str],
-    onnx_reduce_range: bool = False,
-    **settings: Any,
-) -> dict[str, Any]:
-    """Re-evaluate the policy's input distribution on real int8 backends; `confirm/*` metrics.
-
-    Bit-width actions have no meaning on 8-bit kernels and are dropped; torch.ao runs only
-    for students made of Linear layers (it leaves convolutions in float). `confirm/gap` is the
-    first backend's gap.
-
-    Args:
-        task: the held-out task of the simulated victim; each backend gets a copy in mode
-            `input` on the same split, with the same reference.
-        action: the policy's action in the task's space.
-        backends: names of real backends (`onnxruntime`, `torch_ao`).
-        onnx_reduce_range: 7-bit ONNX Runtime weights.
-        **settings: the keywords of `score_held_out` (the same draws as the simulator's).
-    """
-    victim = task.victim
-    input_part, _ = task.split_action(action)
-    if input_part is None or not isinstance(victim.student, nn.Module):
-        return {}
-    modules = list(victim.student.modules())
-    linear_only = any(isinstance(m, nn.Linear) for m in modules) and not any(
-        isinstance(m, nn.Conv2d) for m in modules
-    )
-    metrics: dict[str, Any] = {}
-    for name in backends:
-        if name == victim.quant.backend or (name == "torch_ao" and not linear_only):
-            continue
-        backend = real_backend(
-            name, victim.student, victim.data.test.x[:8], onnx_reduce_range=onnx_reduce_range
-        )
-        real = task.replace(victim=dataclasses.replace(victim, qstudent=backend), mode="input")
-        res = score_held_out(real, input_part, **settings)
-        metrics.update(res.metrics(f"confirm/{name}"))
-        if "confirm/gap" not in metrics:
-            metrics["confirm/gap"] = res.gap
-            metrics["confirm/backend"] = name
-    return metrics
-
-
 def write_results(
     out: Path,
     log: RunLogger,
@@ -350,11 +302,10 @@ def _print_summary(
             "",
         ],
     ]
-    if "confirm/gap" in metrics:
-        rows.append(
-            [f"confirmed gap on {metrics['confirm/backend']} int8", pct(metrics["confirm/gap"]), ""]
-        )
+    rows += kernel_rows(metrics)
     print(format_table([f"{cfg.agent.name} / space={cfg.space.mode}", "points", ""], rows))
+    for message in metrics.get("confirm/warnings", []):
+        print(f"warning: {message}")
     print(f"best policy: {metrics['policy/description']}")
     print(
         format_table(

@@ -63,6 +63,11 @@ def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path:
     assert on_disk["eval/gap_ci_low"] <= on_disk["eval/gap"] <= on_disk["eval/gap_ci_high"]
     assert on_disk["confirm/backend"] == "onnxruntime"  # torch_ao skipped: the student has convs
     assert "confirm/torch_ao/gap" not in on_disk
+    # The kernel's numbers on the data's own distribution, and the simulator's beside them.
+    assert on_disk["confirm/onnxruntime/simulator"] == "onnx_int8_dynamic"
+    for key in ("baseline/acc_q", "baseline/sim/acc_q", "sim/gap", "sim/gap_ci_low"):
+        assert f"confirm/onnxruntime/{key}" in on_disk, key
+    assert on_disk["confirm/warnings"] == []  # a healthy student: simulator and kernel agree
     archive = json.loads((tmp_path / "archive.json").read_text())
     assert len(archive) == 5 and archive[0]["reward"] == pytest.approx(
         metrics["search/best_reward"]
