@@ -43,6 +43,7 @@ def confirm_on_kernels(
     *,
     backends: list[str],
     onnx_reduce_range: bool = False,
+    simulated: tuple[HeldOutResult, HeldOutResult] | None = None,
     **settings: Any,
 ) -> dict[str, Any]:
     """Re-evaluate the policy's input distribution and the data's own on real int8 backends.
@@ -57,6 +58,9 @@ def confirm_on_kernels(
         action: the policy's action in the task's space.
         backends: names of real backends (`onnxruntime`, `torch_ao`).
         onnx_reduce_range: 7-bit ONNX Runtime weights.
+        simulated: the search quantizer's held-out results (policy, data's own distribution)
+            on the same draws; for an 8-bit search over inputs, a kernel gap outside their
+            intervals is a warning too.
         **settings: the keywords of `score_held_out` (the same draws as the simulator's).
     """
     victim = task.victim
@@ -67,6 +71,9 @@ def confirm_on_kernels(
     linear_only = any(isinstance(m, nn.Linear) for m in modules) and not any(
         isinstance(m, nn.Conv2d) for m in modules
     )
+    # The search's own numbers predict a kernel's only for an 8-bit search over inputs alone
+    # (an int4 or bit-width search is not meant to carry over to int8 kernels).
+    comparable = task.mode == "input" and victim.quant.act_bits == 8 == victim.quant.weight_bits
     metrics: dict[str, Any] = {}
     messages: list[str] = []
     for name in backends:
@@ -96,8 +103,20 @@ def confirm_on_kernels(
             metrics.update(
                 {k.replace(prefix, f"{prefix}/sim"): v for k, v in sim.metrics(prefix).items()}
             )
+            what = "the found policy" if case == "policy" else "the data's own distribution"
+            searched = None if simulated is None else simulated[0 if case == "policy" else 1]
+            if (
+                comparable
+                and searched is not None
+                and victim.quant != mirror
+                and disagree(real, searched)
+            ):
+                messages.append(
+                    f"the search's quantizer does not carry over to {name} int8 for {what}: gap "
+                    f"{_gap(searched)} searched vs {_gap(real)} on the kernel; search with "
+                    f"quant={mirror_name} to steer by the kernel's numbers"
+                )
             if disagree(real, sim):
-                what = "the found policy" if case == "policy" else "the data's own distribution"
                 messages.append(
                     f"{mirror_name} does not predict {name} int8 on this model for {what}: gap "
                     f"{100 * sim.gap:.2f} [{100 * sim.ci[0]:.2f}, {100 * sim.ci[1]:.2f}] on the "
@@ -113,6 +132,11 @@ def confirm_on_kernels(
     for message in messages:
         warnings.warn(message, SimulatorMismatchWarning, stacklevel=2)
     return metrics
+
+
+def _gap(result: HeldOutResult) -> str:
+    low, high = result.ci
+    return f"{100 * result.gap:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
 def _input_task(task: FailureTask, victim: Victim) -> FailureTask:

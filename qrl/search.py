@@ -126,6 +126,7 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
             best.action,
             backends=[str(b) for b in cfg.confirm.backends],
             onnx_reduce_range=bool(cfg.confirm.get("onnx_reduce_range", False)),
+            simulated=(result, baseline),
             **settings,
         )
 

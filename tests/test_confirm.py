@@ -11,6 +11,7 @@ import pytest
 from qrl.checkpoints import load_model
 from qrl.confirm import SimulatorMismatchWarning, confirm_on_kernels, kernel_rows
 from qrl.envs.failure_task import FailureTask
+from qrl.heldout import score_held_out
 from qrl.quant import preset
 from qrl.stress import rescale_channels
 from qrl.victim import Victim, load_victim
@@ -61,3 +62,15 @@ def test_a_simulator_that_misses_the_kernel_is_a_warning(digits_run: Path, monke
         )
     assert len(metrics["confirm/warnings"]) == 2  # the policy and the data's own distribution
     assert "data's own distribution" in metrics["confirm/warnings"][1]
+
+
+def test_a_search_quantizer_that_misses_the_kernel_is_a_warning(digits_run: Path) -> None:
+    task = _stressed_task(digits_run)  # searched with int8_dynamic: unfolded, per-channel
+    zeros = np.zeros(task.action_space.shape, np.float32)
+    searched = score_held_out(task, zeros, **SETTINGS)
+    assert searched.acc_q > 0.9  # the search's quantizer sees a healthy model
+    with pytest.warns(SimulatorMismatchWarning, match="does not carry over to onnxruntime"):
+        metrics = confirm_on_kernels(
+            task, zeros, backends=["onnxruntime"], simulated=(searched, searched), **SETTINGS
+        )
+    assert any("quant=onnx_int8_dynamic" in m for m in metrics["confirm/warnings"])
