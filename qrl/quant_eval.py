@@ -28,6 +28,7 @@ from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, preset, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, mirror_preset, real_backend
 from qrl.quant.config import check_bits
+from qrl.quant.cpu import describe_int8_accumulation, int8_accumulation
 from qrl.runs import atomic_write, start_run, write_metrics
 from qrl.scoring import Outcome, accuracy, agreement, predict_logits
 from qrl.tables import format_table
@@ -102,15 +103,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             predict_logits(qmodel, x, bs),
             f"quant/{bits}bit",
         )
+    reduce_range = bool(cfg.get("onnx_reduce_range", False))
+    metrics["cpu/int8_accumulation"] = int8_accumulation()
     warnings = []
     for name in cfg.backends:
-        backend = real_backend(name, victim.student, x[:8])
+        backend = real_backend(name, victim.student, x[:8], onnx_reduce_range=reduce_range)
         logits = predict_logits(backend, x, bs)
         if getattr(backend, "convs_stay_float", False):
             # torch.ao quantizes the Linear layers only: no preset models that half-way model.
             record(f"{name} int8 (Linear layers)", logits, f"confirm/{name}")
             continue
-        mirror = mirror_preset(name)
+        mirror = mirror_preset(name, onnx_reduce_range=reduce_range)
         simulator = predict_logits(quantized_copy(victim.student, preset(mirror)).eval(), x, bs)
         record(f"{name} int8", logits, f"confirm/{name}", simulator)
         metrics[f"confirm/{name}/simulator"] = mirror
@@ -160,6 +163,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for message in warnings:
         print(f"warning: {message}")
     print(f"full-precision student {acc_fp:.4f}, teacher {metrics['teacher/acc']:.4f}")
+    if cfg.backends:
+        print(f"CPU: {describe_int8_accumulation()}")
     print(f"wrote {out}/bits.csv, accuracy_vs_bits.png, metrics.json")
     return record_
 

@@ -59,9 +59,10 @@ def _select(members: list[Member], names: set[str]) -> list[Member]:
 def test_every_kernel_matches_its_preset_on_stressed_models(student, digits_xy) -> None:
     x, y = digits_xy
     cnn = _select(
-        list(cnn_members(student, x, strengths=(100.0, 200.0))),
+        list(cnn_members(student, x, strengths=(10.0, 100.0, 200.0))),
         {
-            "cnn channels second 1/4 k=100",  # the kernel keeps most accuracy: agreement counts
+            "cnn channels second 1/4 k=10",  # every kernel keeps its accuracy: agreement counts
+            "cnn channels second 1/4 k=100",  # ONNX Runtime's 8-bit weights keep most of it
             "cnn channels second 1/4 k=200",
             "cnn channels third 1/4 k=200",
             "cnn channels first 1 channel k=200",
@@ -76,7 +77,11 @@ def test_every_kernel_matches_its_preset_on_stressed_models(student, digits_xy) 
             "mlp outlier brightness 1 unit k=100",
         },
     )
-    cases = [(m, k) for m in cnn + mlps for k in kernels() if k.runs_convs or m.arch == "mlp"]
+    # Where this CPU's ONNX Runtime kernel saturates (x86 without VNNI), the preset does not
+    # model its 8-bit-weight path; the 7-bit one and torch.ao are exact on every CPU.
+    exact_here = int8_accumulation() == "exact"
+    chosen = [k for k in kernels() if exact_here or k.exact_on_every_cpu]
+    cases = [(m, k) for m in cnn + mlps for k in chosen if k.runs_convs or m.arch == "mlp"]
     results = [measure(m, k, x, y) for m, k in cases]
     problems = {f"{r.member} on {r.kernel}": r.problems() for r in results if r.problems()}
     assert not problems
