@@ -207,7 +207,8 @@ class ProgressBar:
     def __call__(self, trial: Trial, best: Trial) -> None:
         self.bar.update(1)
         self.bar.set_postfix(
-            best_reward=f"{best.reward:.3f}", best_gap=f"{best.info.get('gap', 0):.3f}"
+            best_batch_reward=f"{best.reward:.3f}",
+            best_batch_gap=f"{best.info.get('gap', 0):.3f}",
         )
 
     def close(self) -> None:

@@ -81,7 +81,7 @@ def test_audit_takes_config_objects_and_datasets(small_model, tmp_path: Path) ->
         overrides=FAST,
         progress=False,
     )
-    assert result.metrics["search/evaluations"] == 10
+    assert result.metrics["evaluations"] == 10
     assert result.description.startswith("bits ")
     assert result.confirm_gap is None  # bit-width policies have no int8-kernel counterpart
 
@@ -108,7 +108,7 @@ def test_the_qrl_audit_module_is_the_audit_function(small_model, tmp_path: Path)
         overrides=FAST,
         progress=False,
     )
-    assert isinstance(result, AuditResult) and result.metrics["search/evaluations"] == 4
+    assert isinstance(result, AuditResult) and result.metrics["evaluations"] == 4
     assert result.run_dir == tmp_path / "m" and (result.run_dir / "metrics.json").is_file()
 
 
