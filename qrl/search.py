@@ -344,6 +344,7 @@ def write_results(
         **selection.metrics(),
         "evaluations": search_log.count + selection.evaluations,
         **result.metrics("eval"),
+        "eval/reference": task.reference,
         "eval/valid": float(result.acc_teacher >= validity_floor),
         "eval/ci_level": ci_level,
         **{k.replace("eval/", "baseline/"): v for k, v in baseline.metrics("eval").items()},
@@ -359,6 +360,12 @@ def write_results(
         [out / "archive.csv", out / "archive.json", out / "failures.png"],
     )
     return metrics, archive
+
+
+_REFERENCE_NAMES = {
+    "teacher": "teacher - quantized",
+    "student": "full precision - quantized (the drop)",
+}
 
 
 def _print_summary(
@@ -387,13 +394,14 @@ def _print_summary(
             f" {int(100 * cfg.eval.ci_level)}% CI",
         ],
         [
-            "chosen policy: held-out gap",
+            f"chosen policy: held-out gap, {_REFERENCE_NAMES[metrics['eval/reference']]}",
             pct(result.gap),
             f"[{pct(result.ci[0])}, {pct(result.ci[1])}] {int(100 * cfg.eval.ci_level)}% CI"
             + ("" if metrics["eval/valid"] else ", teacher below the validity floor"),
         ],
         ["held-out gap, data's own distribution", pct(metrics["baseline/gap"]), ""],
         ["held-out drop, full-precision student - quantized", pct(result.drop_fp), ""],
+        ["held-out teacher gap, teacher - quantized", pct(metrics["eval/teacher_gap"]), ""],
         [
             "held-out acc: teacher / quantized",
             f"{pct(result.acc_teacher)} / {pct(result.acc_q)}",
