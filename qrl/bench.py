@@ -81,6 +81,14 @@ def env_options(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
+def region_volume(member: Member, samples: int = 300, seed: int = 0) -> float:
+    """Fraction of uniform random actions inside the member's region (its size, for the
+    report: random search's chance per evaluation)."""
+    rng = np.random.default_rng(seed)
+    shape = member.task.action_space.shape
+    return float(np.mean([member.found(rng.uniform(-1, 1, shape)) for _ in range(samples)]))
+
+
 def run_one(
     member: Member,
     agent_cfg: DictConfig,
@@ -282,9 +290,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     options = env_options(cfg)
     # --- build the planted members --------------------------------------------------------------
     members = members_of(cfg)
-    (out / "members.json").write_text(
-        json.dumps([m.spec.describe() for m in members], indent=2) + "\n"
-    )
+    described = [{**m.spec.describe(), "volume": region_volume(m)} for m in members]
+    (out / "members.json").write_text(json.dumps(described, indent=2) + "\n")
     # --- search every member with every agent and seed -----------------------------------------
     done_path = out / "runs.jsonl"
     if bool(cfg.get("overwrite", False)):

@@ -25,7 +25,7 @@ from qrl.training import TrainSettings, fit
 from qrl.victim import cache_dir
 
 ARCHITECTURES = ("mlp", "cnn")
-VERSION = 1  # bump when the architectures or training change: the cache is keyed on it
+VERSION = 2  # bump when the architectures or training change: the cache is keyed on it
 EPOCHS = {"mlp": 60, "cnn": 20}
 
 
@@ -63,6 +63,7 @@ def base_model(arch: str, seed: int = 0, progress: bool = False) -> tuple[nn.Mod
         (the model in eval mode, the digits data it was trained on).
     """
     data = load_data("digits", seed=seed)
+    torch.manual_seed(seed)  # the initial weights too: a base is a function of its seed
     model = make_base(arch, data)
     path = cache_dir() / "planted" / f"digits-{arch}-s{seed}-v{VERSION}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,9 @@ reachable), the identity action is not (the failure is hidden from the data's ow
 distribution), the float model keeps >= 90% accuracy at the anchor (the failure is on valid
 inputs, which the environment's validity floor asks for), and on the identity and 32 random
 actions whose draws never trigger the quantized copy loses at most 5 points (the failure does
-not leak outside the region).
+not leak outside the region). Half the members (`NARROW_SHARE`) must also be narrow: none of
+200 uniform random actions may be in the region (its volume is then below ~1.5% of the action
+cube, at 95% confidence): corners that random search rarely hits.
 
 Members of the tuning set use seeds `TUNING_SEEDS + i`, held-out members `HELD_OUT_SEEDS + i`:
 tuning never sees a held-out member.
@@ -27,7 +29,7 @@ tuning never sees a held-out member.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -55,6 +57,8 @@ REFERENCE_DRAWS = 256  # inputs per trigger-rate estimate
 FOUND_RATE = 0.5  # an action is in the region when the unit fires on half its inputs or more
 MIN_ANCHOR_ACC = 0.9  # the float model's accuracy at the anchor (the environment's floor)
 MAX_IDENTITY_RATE = 0.02  # the data's own distribution must (all but) never trigger
+NARROW_SHARE = 0.5  # members whose region must be narrow (a corner random search rarely hits)
+VOLUME_PROBES = 200  # uniform random actions none of which may be in a narrow region (< ~1.5%)
 PROBES = 32  # random actions on which a new member's failure is checked to stay inside
 MAX_OUTSIDE_DROP = 0.05  # the quantized copy's largest accuracy drop where nothing triggers
 
@@ -83,6 +87,7 @@ class MemberSpec:
     bands: tuple[Band, ...] = ()
     halfspace: HalfSpace | None = None
     anchor: tuple[float, ...] = field(default=(), repr=False)
+    narrow: bool = False  # none of VOLUME_PROBES uniform random actions is in the region
 
     @property
     def kind(self) -> str:
@@ -91,7 +96,8 @@ class MemberSpec:
     @property
     def name(self) -> str:
         k = len(self.halfspace.statistics) if self.halfspace else len(self.bands)
-        return f"{self.arch}-{self.granularity}-int{self.bits}-{self.kind}{k}-s{self.seed}"
+        size = "narrow" if self.narrow else "wide"
+        return f"{self.arch}-{self.granularity}-int{self.bits}-{self.kind}{k}-{size}-s{self.seed}"
 
     def describe(self) -> dict[str, object]:
         region: object
@@ -106,6 +112,7 @@ class MemberSpec:
             "bits": self.bits,
             "granularity": self.granularity,
             "kind": self.kind,
+            "narrow": self.narrow,
             "region": region,
         }
 
@@ -220,6 +227,7 @@ def _attempt(seed: int, rng: np.random.Generator) -> Member | None:
     bits = int(rng.choice([4, 8]))  # 4-bit regions are half-spaces (see `qrl.planted.plant`)
     granularity = str(rng.choice(["per_sample", "per_tensor"]))
     k = int(rng.choice([1, 2, 3], p=[0.3, 0.4, 0.3]))
+    narrow = bool(rng.random() < NARROW_SHARE)
     base, data = base_model(arch)
     names = [str(n) for n in rng.choice(sorted(STATISTICS), size=k, replace=False)]
     quant = preset("int4_dynamic", act_bits=bits, act_granularity=granularity)
@@ -230,23 +238,34 @@ def _attempt(seed: int, rng: np.random.Generator) -> Member | None:
     probes = [np.zeros(task.action_space.shape)] + [
         rng.uniform(-1, 1, task.action_space.shape) for _ in range(PROBES)
     ]
+    volume = [rng.uniform(-1, 1, task.action_space.shape) for _ in range(VOLUME_PROBES)]
+
+    def acceptable(member: Member) -> bool:
+        if not _confined(member, probes):
+            return False
+        return not narrow or not any(member.found(a) for a in volume)
+
     identity = np.zeros(task.action_space.shape)
     if bits == 4:
-        return _halfspace_member(seed, arch, base, data, task, names, calibration, probes, rng)
+        return _halfspace_member(
+            seed, arch, base, data, task, names, calibration, acceptable, narrow, rng
+        )
     for anchor, x in _valid_anchors(base, task, seed, rng):
         # From narrow to wide: the narrowest bands that still hold the anchor's inputs.
         shape = rng.uniform(0.5, 1.5, len(names))  # the bands' relative widths
         for widen in np.geomspace(0.3, 3.0, 12):
             bands = _bands_around(x, names, shape * widen, tops, bits)
-            spec = MemberSpec(seed, arch, bits, granularity, bands, None, tuple(anchor.tolist()))
+            spec = MemberSpec(
+                seed, arch, bits, granularity, bands, None, tuple(anchor.tolist()), narrow
+            )
             member = Member(spec, plant_bands(base, bands, calibration, bits), data)
             if member.trigger_rate(anchor) < 0.55:
                 continue  # too narrow for the anchor's own spread: widen
             if member.trigger_rate(identity) > MAX_IDENTITY_RATE:
                 break  # the data's own distribution triggers, and wider bands would too
-            if _confined(member, probes):
+            if acceptable(member):
                 return member
-            break  # the quantized copy also fails outside the region: another anchor
+            break  # the failure leaks outside, or the region is not narrow: another anchor
     return None
 
 
@@ -275,7 +294,8 @@ def _halfspace_member(
     task: FailureTask,
     names: list[str],
     calibration: Tensor,
-    probes: list[np.ndarray],
+    acceptable: Callable[[Member], bool],
+    narrow: bool,
     rng: np.random.Generator,
 ) -> Member | None:
     """A 4-bit member: d . s(x) > t, d a random mix of the statistics (scaled by their spread
@@ -317,12 +337,13 @@ def _halfspace_member(
             (),
             region,
             tuple(anchor.tolist()),
+            narrow,
         )
         member = Member(spec, model, data)
         if (
             member.trigger_rate(anchor) >= 0.55
             and member.trigger_rate(identity) <= MAX_IDENTITY_RATE
-            and _confined(member, probes)
+            and acceptable(member)
         ):
             return member
     return None
