@@ -88,6 +88,8 @@ def check_settings(cfg: DictConfig) -> None:
             f"budget.evaluations must be >= 2 (at least one to search and one to re-score the "
             f"chosen policy on a fresh batch), got {cfg.budget.evaluations}"
         )
+    if str(cfg.select.split) not in ("train", "val", "test"):
+        raise ConfigError(f"select.split must be train, val or test, got {cfg.select.split!r}")
     if not 0 < checked_number(cfg.select.fraction, "select.fraction", low=0, strict=True) < 1:
         raise ConfigError(
             f"select.fraction (the budget's share spent re-scoring) must be in (0, 1), "
@@ -135,7 +137,7 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
 
         # --- choose: the top policies re-scored on fresh batches (the reserved evaluations) --
         selection = select_best(
-            FailureTask(victim, split=str(cfg.env.split), **task_kwargs(cfg)),
+            FailureTask(victim, split=str(cfg.select.split), **task_kwargs(cfg)),
             search_log,
             candidates=int(cfg.select.candidates),
             evaluations=reserve,
@@ -388,7 +390,7 @@ def _print_summary(
             "",
         ],
         [
-            "chosen policy: re-scored gap, fresh search batches",
+            f"chosen policy: re-scored gap, fresh {cfg.select.split} batches",
             pct(metrics["select/gap"]),
             f"[{pct(metrics['select/gap_ci_low'])}, {pct(metrics['select/gap_ci_high'])}]"
             f" {int(100 * cfg.eval.ci_level)}% CI",

@@ -3,10 +3,10 @@
 A search scores each proposal on one batch; the maximum over hundreds of noisy batch scores
 is biased upward (the winner's curse), and on the digits student it overstated the held-out
 gap 2-5x. `select_best` re-scores the top `candidates` distinct policies of the search on
-fresh batches (drawn with their own seed from the search's split, so never the batches that
-ranked them), sharing a reserved number of evaluations equally, and chooses by the re-scored
-mean reward. Those batches are evaluations: the search driver reserves them from the budget
-(`reserved_evaluations`) before the agent runs.
+fresh batches (drawn with their own seed, by default from the validation split: neither the
+batches nor the images that ranked them), sharing a reserved number of evaluations equally,
+and chooses by the re-scored mean reward. Those batches are evaluations: the search driver
+reserves them from the budget (`reserved_evaluations`) before the agent runs.
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ def select_best(
     """Re-score the top `candidates` distinct policies of a search and choose the best.
 
     Args:
-        task: the search's task (its split: fresh draws of the same distribution family).
+        task: the search's task on the split to re-score on (`select.split`: `val` by default,
+            images the search never drew from).
         log: the finished search.
         candidates: how many of the search's best distinct policies to re-score, at most (no
             more than `evaluations`, so that each gets a batch).

@@ -237,10 +237,27 @@ def test_search_config_errors_are_clear(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
-        "error: unknown agent option 'dqn'; choose one of a2c, es, ppo, random, sac, td3 "
+        "error: unknown agent option 'dqn'; choose one of a2c, es, optuna, ppo, random, sac, td3 "
         f"(files in {CONF_DIR / 'agent'})"
     )
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("budget.evaluations=1", "budget.evaluations must be >= 2"),
+        ("select.fraction=1.5", "select.fraction"),
+        ("select.split=holdout", "select.split must be train, val or test"),
+    ],
+)
+def test_selection_settings_are_checked_before_work(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    cfg = load_config("search", [f"out={tmp_path}", override])
+    with pytest.raises(ConfigError, match=message):
+        search.run(cfg)
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def test_cluster_bootstrap_counts_source_images_not_draws() -> None:
