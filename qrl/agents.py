@@ -3,6 +3,7 @@
 - `sb3`: any Stable-Baselines3 algorithm (PPO, SAC, TD3, A2C), built from a Hydra partial.
 - `random`: uniform random policies, the baseline every agent must beat.
 - `cma`: CMA-ES (the `cma` package), an evolution strategy over the action vector.
+- `optuna`: Optuna's TPE sampler (a Bayesian black-box optimizer), one trial per evaluation.
 
 A trial is one environment step: one proposed action scored on one batch; the budget counts
 trials, in "evaluations". Every agent steps the same `RecordingWrapper`d environment, so every
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from qrl.config import instantiate, to_dict
 from qrl.errors import ConfigError
 
-AGENT_KINDS = ("sb3", "random", "cma")
+AGENT_KINDS = ("sb3", "random", "cma", "optuna")
 
 
 @dataclass
@@ -40,12 +41,19 @@ class Trial:
 
 @dataclass
 class SearchLog:
-    """Every trial of a search, the best so far, and the budget (in evaluations) that ends it."""
+    """Every trial of a search, the best so far, and the budget (in evaluations) that ends it.
+
+    `stop_when`, if given, ends the search early at the first trial it accepts (the planted
+    benchmark stops at the first action inside the failure region); `stopped_at` is then
+    that trial's index.
+    """
 
     budget: int
     trials: list[Trial] = field(default_factory=list)
     best: Trial | None = None
     on_record: Callable[[Trial, Trial], None] | None = None
+    stop_when: Callable[[Trial], bool] | None = None
+    stopped_at: int | None = None
 
     @property
     def count(self) -> int:
@@ -53,7 +61,7 @@ class SearchLog:
 
     @property
     def exhausted(self) -> bool:
-        return self.count >= self.budget
+        return self.count >= self.budget or self.stopped_at is not None
 
     def record(self, action: np.ndarray, reward: float, info: dict[str, Any]) -> None:
         if self.exhausted:
@@ -69,6 +77,8 @@ class SearchLog:
             self.best = trial
         if self.on_record is not None:
             self.on_record(trial, self.best)
+        if self.stop_when is not None and self.stop_when(trial):
+            self.stopped_at = trial.index
 
     def top(self, k: int) -> list[Trial]:
         """The k best trials by reward (ties: the earlier first)."""
@@ -114,7 +124,8 @@ def run_agent(
     """Run one agent until `log` holds `log.budget` evaluations.
 
     Args:
-        agent_cfg: the `agent` config group (`kind`, and `model` for SB3 or `sigma0` for CMA).
+        agent_cfg: the `agent` config group (`kind`, and `model` for SB3, `sigma0` / `popsize`
+            for CMA-ES, `n_startup_trials` / `multivariate` for Optuna TPE).
         make_env: builds one recorded environment (called `n_envs` times for SB3).
         log: the shared search log; its budget ends the search.
         seed: seeds the agent and the environments.
@@ -130,6 +141,14 @@ def run_agent(
         _run_random(make_env(), log, seed)
     elif kind == "cma":
         _run_cma(make_env(), log, seed, float(opts.get("sigma0", 0.5)), opts.get("popsize"))
+    elif kind == "optuna":
+        _run_optuna(
+            make_env(),
+            log,
+            seed,
+            int(opts.get("n_startup_trials", 10)),
+            bool(opts.get("multivariate", False)),
+        )
     else:
         raise ConfigError(f"agent kind must be one of {list(AGENT_KINDS)}, got {kind!r}")
 
@@ -198,6 +217,33 @@ def _run_cma(env: gym.Env, log: SearchLog, seed: int, sigma0: float, popsize: in
             es.tell(candidates, losses)
 
 
+def _run_optuna(
+    env: gym.Env, log: SearchLog, seed: int, n_startup_trials: int, multivariate: bool
+) -> None:
+    import logging
+    import warnings
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # Optuna's storage, unused here
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    dim = int(np.prod(env.action_space.shape or (1,)))
+    with warnings.catch_warnings():  # multivariate TPE is marked experimental in Optuna 2.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=n_startup_trials, multivariate=multivariate
+        )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    env.reset(seed=seed)
+    while not log.exhausted:
+        trial = study.ask()
+        action = np.array([trial.suggest_float(f"a{i}", -1.0, 1.0) for i in range(dim)])
+        _, reward, terminated, truncated, _ = env.step(action)
+        study.tell(trial, float(reward))
+        if terminated or truncated:
+            env.reset()
+
+
 class ProgressBar:
     """A tqdm bar over the evaluation budget, showing the best reward and gap so far."""
 
@@ -207,7 +253,8 @@ class ProgressBar:
     def __call__(self, trial: Trial, best: Trial) -> None:
         self.bar.update(1)
         self.bar.set_postfix(
-            best_reward=f"{best.reward:.3f}", best_gap=f"{best.info.get('gap', 0):.3f}"
+            best_batch_reward=f"{best.reward:.3f}",
+            best_batch_gap=f"{best.info.get('gap', 0):.3f}",
         )
 
     def close(self) -> None:

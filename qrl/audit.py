@@ -13,8 +13,11 @@ From the command line (a qrl checkpoint, a TorchScript file, or a state dict plu
     python -m qrl.audit model.path=weights.pt +model.spec._target_=qrl.models.SmallCNN \\
         +model.spec.width=16
 
-The teacher defaults to the model itself in full precision, so the gap is exactly what dynamic
-quantization costs on the inputs the search finds.
+By default the audit measures the **drop**: the model's own full-precision accuracy minus its
+quantized accuracy on the inputs the search finds (`env.reference=student`), which is what
+dynamic quantization costs. A teacher (by default the model itself) is reported beside it as
+the teacher gap; `overrides=["env.reference=teacher"]` (or `env.reference=teacher` on the
+command line) makes the search rank policies by the teacher gap instead.
 """
 
 from __future__ import annotations
@@ -52,11 +55,15 @@ class AuditResult:
     """What an audit found.
 
     Attributes:
-        policy: the best action found (the policy's parameters in [-1, 1]).
+        policy: the chosen action (the policy's parameters in [-1, 1]).
         description: that policy in words, e.g. "brightness +0.30, noise sigma 0.080".
-        gap: held-out accuracy gap, teacher minus quantized model (a fraction).
+        reference: whose accuracy `gap` is measured from: `student` (the model in full
+            precision: `gap` is the drop quantization causes; the default) or `teacher`.
+        gap: held-out accuracy gap, reference minus quantized model (a fraction).
         gap_ci: its bootstrap confidence interval (low, high).
-        acc_teacher, acc_q: held-out accuracies under the policy.
+        drop: held-out full-precision minus quantized accuracy (what quantization causes).
+        teacher_gap: held-out teacher minus quantized accuracy.
+        acc_teacher, acc_fp, acc_q: held-out accuracies under the policy.
         confirm_gap: the gap on a real int8 backend, when one ran (else None).
         archive: the top policies of the search, best first.
         metrics: everything the run wrote to `metrics.json`.
@@ -65,9 +72,13 @@ class AuditResult:
 
     policy: np.ndarray
     description: str
+    reference: str
     gap: float
     gap_ci: tuple[float, float]
+    drop: float
+    teacher_gap: float
     acc_teacher: float
+    acc_fp: float
     acc_q: float
     confirm_gap: float | None
     archive: list[dict[str, Any]]
@@ -75,12 +86,23 @@ class AuditResult:
     run_dir: Path
 
     def __str__(self) -> str:
+        name = (
+            "drop (full precision - quantized)"
+            if self.reference == "student"
+            else "teacher gap (teacher - quantized)"
+        )
         lines = [
-            f"held-out gap {100 * self.gap:.2f} points "
+            f"held-out {name} {100 * self.gap:.2f} points "
             f"({100 * self.metrics.get('eval/ci_level', 0.95):.0f}% CI "
             f"{100 * self.gap_ci[0]:.2f} to {100 * self.gap_ci[1]:.2f})",
+            (
+                f"beside it: teacher gap (teacher - quantized) {100 * self.teacher_gap:.2f} points"
+                if self.reference == "student"
+                else f"beside it: drop (full precision - quantized) {100 * self.drop:.2f} points"
+            ),
             f"under: {self.description}",
-            f"accuracy teacher {100 * self.acc_teacher:.2f}%, quantized {100 * self.acc_q:.2f}%",
+            f"accuracy teacher {100 * self.acc_teacher:.2f}%, full precision "
+            f"{100 * self.acc_fp:.2f}%, quantized {100 * self.acc_q:.2f}%",
         ]
         if self.confirm_gap is not None:
             lines.append(f"confirmed on int8 kernels: gap {100 * self.confirm_gap:.2f} points")
@@ -149,7 +171,9 @@ def audit(
         student: the model to audit; takes (N, C, H, W) images in [0, 1].
         data: `ImageData`, an (inputs, labels) pair, or a torch `Dataset`; its test split is
             held out for the final evaluation.
-        teacher: the reference model; defaults to `student` in full precision.
+        teacher: reported beside the drop as the teacher gap; defaults to `student` in full
+            precision. The search ranks policies by the drop unless the overrides say
+            `env.reference=teacher`.
         quant, space, agent: preset names as on the command line (`int4_dynamic`, `input`,
             `ppo`) or config objects (`QuantConfig` / mappings of the same keys). `space` says
             what the search controls: `input`, `bits` or `joint`.
@@ -177,6 +201,7 @@ def audit(
             f"seed={seed}",
             f"out={run_dir}",
             f"progress={str(progress).lower()}",
+            "env.reference=student",  # the audit question: the drop; overrides may change it
             *overrides,
         ],
     )
@@ -208,9 +233,13 @@ def _result(run_dir: Path) -> AuditResult:
     return AuditResult(
         policy=np.asarray(metrics["policy/action"]),
         description=str(metrics["policy/description"]),
+        reference=str(metrics["eval/reference"]),
         gap=float(metrics["eval/gap"]),
         gap_ci=(float(metrics["eval/gap_ci_low"]), float(metrics["eval/gap_ci_high"])),
+        drop=float(metrics["eval/drop_fp"]),
+        teacher_gap=float(metrics["eval/teacher_gap"]),
         acc_teacher=float(metrics["eval/acc_teacher"]),
+        acc_fp=float(metrics["eval/acc_fp"]),
         acc_q=float(metrics["eval/acc_q"]),
         confirm_gap=float(metrics["confirm/gap"]) if "confirm/gap" in metrics else None,
         archive=json.loads((run_dir / "archive.json").read_text()),

@@ -77,6 +77,8 @@ class HeldOutResult:
             f"{prefix}/gap_ci_low": self.ci[0],
             f"{prefix}/gap_ci_high": self.ci[1],
             f"{prefix}/drop_fp": self.drop_fp,
+            # Beside the gap to whichever reference: the teacher's, always named as such.
+            f"{prefix}/teacher_gap": self.acc_teacher - self.acc_q,
             f"{prefix}/acc_teacher": self.acc_teacher,
             f"{prefix}/acc_fp": self.acc_fp,
             f"{prefix}/acc_q": self.acc_q,

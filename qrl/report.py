@@ -157,8 +157,9 @@ def compare(
     keys: Sequence[str] = (
         "eval/gap",
         "eval/drop_fp",
-        "search/best_gap",
-        "search/evaluations_to_best",
+        "select/gap",
+        "search/best_batch_gap",
+        "search/evaluations_to_best_batch",
         "confirm/gap",
     ),
     markdown: bool = True,

@@ -64,7 +64,31 @@ def test_audit_api_returns_a_result_with_the_gap_in_words(small_model, tmp_path:
     assert result.confirm_gap is not None  # an MLP: torch.ao and ONNX Runtime both apply
     assert "confirm/torch_ao/gap" in result.metrics
     assert result.metrics["eval/acc_teacher"] == result.metrics["eval/acc_fp"]  # teacher = model
-    assert "held-out gap" in str(result)
+    assert "held-out drop" in str(result)
+
+
+def test_audit_measures_the_drop_by_default_and_the_teacher_gap_beside_it(
+    small_model, tmp_path: Path
+) -> None:
+    model, data = small_model
+    torch.manual_seed(1)
+    poor_teacher = MLP(1, 4, (8, 8), hidden=(8,)).eval()  # untrained: near-chance accuracy
+    kwargs = dict(agent="random", evaluations=6, overrides=FAST, progress=False)
+    result = audit(model, data, poor_teacher, out=tmp_path / "drop", **kwargs)  # type: ignore[arg-type]
+    assert result.reference == "student" and result.metrics["eval/reference"] == "student"
+    assert result.gap == pytest.approx(result.acc_fp - result.acc_q) == pytest.approx(result.drop)
+    assert result.teacher_gap == pytest.approx(result.acc_teacher - result.acc_q)
+    assert abs(result.teacher_gap - result.gap) > 0.1  # two different numbers, both reported
+    assert "held-out drop (full precision - quantized)" in str(result)
+    by_teacher = audit(
+        model,
+        data,
+        poor_teacher,
+        out=tmp_path / "teacher",
+        **{**kwargs, "overrides": [*FAST, "env.reference=teacher"]},  # type: ignore[arg-type]
+    )
+    assert by_teacher.reference == "teacher"
+    assert by_teacher.gap == pytest.approx(by_teacher.teacher_gap)
 
 
 def test_audit_takes_config_objects_and_datasets(small_model, tmp_path: Path) -> None:
@@ -81,7 +105,7 @@ def test_audit_takes_config_objects_and_datasets(small_model, tmp_path: Path) ->
         overrides=FAST,
         progress=False,
     )
-    assert result.metrics["search/evaluations"] == 10
+    assert result.metrics["evaluations"] == 10
     assert result.description.startswith("bits ")
     assert result.confirm_gap is None  # bit-width policies have no int8-kernel counterpart
 
@@ -108,7 +132,7 @@ def test_the_qrl_audit_module_is_the_audit_function(small_model, tmp_path: Path)
         overrides=FAST,
         progress=False,
     )
-    assert isinstance(result, AuditResult) and result.metrics["search/evaluations"] == 4
+    assert isinstance(result, AuditResult) and result.metrics["evaluations"] == 4
     assert result.run_dir == tmp_path / "m" and (result.run_dir / "metrics.json").is_file()
 
 

@@ -35,10 +35,12 @@ def test_every_agent_spends_exactly_the_budget(
     metrics = _search(
         digits_run, tmp_path, f"agent={agent}", "budget.evaluations=24", "confirm.backends=[]"
     )
-    assert metrics["search/evaluations"] == 24
-    assert 1 <= metrics["search/evaluations_to_best"] <= 24
+    # 5% of the budget (one evaluation) re-scores the top of the search; both count.
+    assert metrics["search/evaluations"] == 23 and metrics["select/evaluations"] == 1
+    assert metrics["evaluations"] == 24
+    assert 1 <= metrics["search/evaluations_to_best_batch"] <= 23
     rows = [r for r in (tmp_path / "log.csv").read_text().splitlines() if ",search/reward," in r]
-    assert len(rows) == 24
+    assert len(rows) == 23
 
 
 def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path: Path) -> None:
@@ -47,14 +49,19 @@ def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path:
     )
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
     for key in (
-        "search/best_gap",
+        "search/best_batch_gap",
+        "select/gap",
+        "select/gap_ci_low",
+        "select/gap_ci_high",
+        "select/valid_rate",
+        "eval/valid",
         "eval/gap",
         "eval/gap_ci_low",
         "eval/gap_ci_high",
         "eval/acc_teacher",
         "eval/acc_q",
         "search/evaluations",
-        "search/evaluations_to_best",
+        "search/evaluations_to_best_batch",
         "confirm/gap",
         "seed",
         "wall_time_s",
@@ -70,10 +77,13 @@ def test_search_writes_every_result_and_metrics_last(digits_run: Path, tmp_path:
     assert on_disk["confirm/warnings"] == []  # a healthy student: simulator and kernel agree
     archive = json.loads((tmp_path / "archive.json").read_text())
     assert len(archive) == 5 and archive[0]["reward"] == pytest.approx(
-        metrics["search/best_reward"]
+        metrics["search/best_batch_reward"]
     )
     assert [a["reward"] for a in archive] == sorted((a["reward"] for a in archive), reverse=True)
-    assert archive[0]["policy"] == metrics["policy/description"]
+    # The reported policy is the selection's: one of the archive's top, re-scored.
+    chosen = archive[int(metrics["select/search_rank"]) - 1]
+    assert chosen["policy"] == metrics["policy/description"]
+    assert chosen["evaluation"] == metrics["select/evaluation"]
     for name in ("failures.png", "search_curve.png", "archive.csv", "config.yaml"):
         assert (tmp_path / name).stat().st_size > 0
     newest = max(tmp_path.iterdir(), key=lambda p: p.stat().st_mtime_ns)
@@ -106,7 +116,7 @@ def test_onnxruntime_can_be_the_victim_itself(digits_run: Path, tmp_path: Path) 
         "agent=random",
         "budget.evaluations=10",
     )
-    assert metrics["search/evaluations"] == 10 and "confirm/onnxruntime/gap" not in metrics
+    assert metrics["evaluations"] == 10 and "confirm/onnxruntime/gap" not in metrics
     with pytest.raises(ConfigError, match="needs the simulated quantizer"):
         _search(
             digits_run,
@@ -232,10 +242,27 @@ def test_search_config_errors_are_clear(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
-        "error: unknown agent option 'dqn'; choose one of a2c, es, ppo, random, sac, td3 "
+        "error: unknown agent option 'dqn'; choose one of a2c, es, optuna, ppo, random, sac, td3 "
         f"(files in {CONF_DIR / 'agent'})"
     )
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("budget.evaluations=1", "budget.evaluations must be >= 2"),
+        ("select.fraction=1.5", "select.fraction"),
+        ("select.split=holdout", "select.split must be train, val or test"),
+    ],
+)
+def test_selection_settings_are_checked_before_work(
+    tmp_path: Path, override: str, message: str
+) -> None:
+    cfg = load_config("search", [f"out={tmp_path}", override])
+    with pytest.raises(ConfigError, match=message):
+        search.run(cfg)
+    assert not (tmp_path / "config.yaml").exists()
 
 
 def test_cluster_bootstrap_counts_source_images_not_draws() -> None:

@@ -1,0 +1,142 @@
+"""Tune PPO's and SAC's hyperparameters with Optuna, on the planted family's tuning members only.
+
+    python experiments/tune_agents.py [--agents ppo,sac] [--trials 10] [--members 4] [--seeds 0]
+
+Each trial runs the agent (its conf/agent preset with the trial's values) on every tuning
+member and seed with the benchmark's budget, stopping at the first action in the region
+(`qrl.bench.run_one`). The objective, minimized, is the mean over runs of log2(evaluations to
+failure), a run that never finds the region counting as twice the budget: it rewards finding
+the region in every run first and fast second. The held-out members are never touched; the
+best values go into conf/agent/<agent>.yaml by hand, with this command beside them, and
+`python -m qrl.bench` then reports them on the held-out members.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from qrl.bench import agent_config, env_options, run_one
+from qrl.config import load_config
+from qrl.planted.family import Member, tuning_members
+
+
+def suggest(name: str, trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's values of the agent's `model` keys (and policy_kwargs)."""
+    if name == "ppo":
+        n_steps = trial.suggest_categorical("n_steps", [16, 32, 64, 128])
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
+            "n_steps": n_steps,
+            "batch_size": min(n_steps, trial.suggest_categorical("batch_size", [16, 32, 64])),
+            "n_epochs": trial.suggest_categorical("n_epochs", [5, 10, 20]),
+            "gamma": trial.suggest_categorical("gamma", [0.0, 0.5, 0.9]),
+            "clip_range": trial.suggest_categorical("clip_range", [0.1, 0.2, 0.3]),
+            "ent_coef": trial.suggest_float("ent_coef", 1e-5, 1e-2, log=True),
+            "policy_kwargs": {
+                "net_arch": [64, 64],
+                "log_std_init": trial.suggest_float("log_std_init", -2.0, 0.0),
+            },
+        }
+    if name == "sac":
+        return {
+            "learning_rate": trial.suggest_float("learning_rate", 1e-4, 3e-3, log=True),
+            "learning_starts": trial.suggest_categorical("learning_starts", [10, 25, 50, 100]),
+            "batch_size": trial.suggest_categorical("batch_size", [32, 64, 128]),
+            "gamma": trial.suggest_categorical("gamma", [0.0, 0.5, 0.9]),
+            "tau": trial.suggest_float("tau", 0.005, 0.05, log=True),
+            "gradient_steps": trial.suggest_categorical("gradient_steps", [1, 2]),
+        }
+    raise SystemExit(f"tuning is defined for ppo and sac, not {name}")
+
+
+def objective(
+    name: str,
+    members: list[Member],
+    seeds: list[int],
+    budget: int,
+    options: dict[str, Any],
+    log: list[dict[str, Any]],
+) -> Any:
+    def run(trial: optuna.Trial) -> float:
+        cfg = agent_config(name)
+        values = suggest(name, trial)
+        model = OmegaConf.merge(cfg.model, values)
+        agent = OmegaConf.merge(cfg, {"model": model})
+        assert isinstance(agent, DictConfig)
+        costs, found = [], 0
+        for member in members:
+            for seed in seeds:
+                result = run_one(member, agent, seed, budget, options)
+                at = result.found_at if result.found_at is not None else 2 * budget
+                found += result.found_at is not None
+                costs.append(math.log2(at))
+        value = sum(costs) / len(costs)
+        log.append({"trial": trial.number, "value": value, "found": found, **trial.params})
+        print(
+            f"{name} trial {trial.number}: {value:.3f} (found {found}/{len(costs)}) {trial.params}"
+        )
+        return value
+
+    return run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--agents", default="ppo,sac")
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--members", type=int, default=4)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--budget", type=int, default=1000)
+    parser.add_argument("--out", default="runs/experiments/tune_agents")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    members = tuning_members(args.members)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    options = env_options(load_config("bench", ["out=unused"]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    best: dict[str, Any] = {}
+    for name in args.agents.split(","):
+        log: list[dict[str, Any]] = []
+        study = optuna.create_study(
+            direction="minimize", sampler=optuna.samplers.TPESampler(seed=0)
+        )
+        # The current defaults first, so that tuning can only keep or improve on them.
+        default = agent_config(name).model
+        study.enqueue_trial(
+            {k: v for k, v in _default_params(name, default).items() if v is not None}
+        )
+        study.optimize(objective(name, members, seeds, args.budget, options, log), args.trials)
+        best[name] = {"value": study.best_value, "params": study.best_params, "trials": log}
+        print(f"{name}: best {study.best_value:.3f} with {study.best_params}")
+    (out / "tuned.json").write_text(json.dumps(best, indent=2) + "\n")
+    print(f"wrote {out / 'tuned.json'}")
+    return 0
+
+
+def _default_params(name: str, model: Any) -> dict[str, Any]:
+    """The preset's values under the search space's names (to enqueue as the first trial)."""
+    keys = {
+        "ppo": ["learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "ent_coef"],
+        "sac": ["learning_rate", "learning_starts", "batch_size", "gamma", "tau", "gradient_steps"],
+    }[name]
+    params = {k: model.get(k) for k in keys}
+    if name == "ppo":
+        params["clip_range"] = model.get("clip_range", 0.2)
+        params["ent_coef"] = max(float(model.get("ent_coef", 0.0)), 1e-5)
+        params["log_std_init"] = float(model.policy_kwargs.get("log_std_init", 0.0))
+    return params
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""How fast does each agent find a planted failure? The number qrl reports about its own search.
+
+    python -m qrl.bench                                  # held-out members, every agent
+    python -m qrl.bench members.count=4 seeds=[0] budget.evaluations=200 agents=[random,ppo]
+
+Reads top to bottom: build the planted members (`qrl.planted.family`) -> for every (agent,
+member, seed), search `qrl/QuantFailure-v0` on the member until the budget is spent or an
+action inside the member's failure region is evaluated (`run_one`; "inside" is a fact of the
+member, `Member.found`) -> the fraction of runs that found it by each number of evaluations,
+and the median evaluations-to-failure, with percentile-bootstrap intervals that resample
+members and, within each, seeds (`summarize`) -> write `runs.csv`, `curves.csv`,
+`summary.md`, `curves.png` and, last, `metrics.json`.
+
+Every agent gets the same budget and the same environment (the `env` and `space` groups, the
+reference being the member's own full-precision model). A run that does not find the region
+is censored at the budget: its evaluations-to-failure is infinite, and a median over runs
+that found it in fewer than half is reported as "> budget". Finished runs are appended to
+`runs.jsonl`, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import hydra
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from stable_baselines3.common.monitor import Monitor
+
+from qrl.agents import RecordingWrapper, SearchLog, run_agent
+from qrl.cli import checked_options, hydra_task
+from qrl.config import CONF_DIR, checked_number
+from qrl.envs import QUANT_FAILURE_ID
+from qrl.errors import ConfigError
+from qrl.planted.family import Member, held_out_members, tuning_members
+from qrl.runs import atomic_write, start_run, write_metrics
+from qrl.tables import format_table
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One agent on one member with one seed."""
+
+    agent: str
+    member: str
+    seed: int
+    found_at: int | None  # evaluations until the first action inside the region (None: never)
+    evaluations: int  # evaluations spent (found_at, or the budget)
+    wall_s: float
+
+
+def agent_config(name: str) -> DictConfig:
+    """The `agent` group's preset `name` (conf/agent/<name>.yaml)."""
+    path = CONF_DIR / "agent" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF_DIR / "agent").glob("*.yaml"))
+        raise ConfigError(f"unknown agent {name!r} in agents=[...]; choose from {known}")
+    cfg = OmegaConf.load(path)
+    assert isinstance(cfg, DictConfig)
+    return cfg
+
+
+def env_options(cfg: DictConfig) -> dict[str, Any]:
+    """`qrl/QuantFailure-v0` keywords from the `env` and `space` groups (input space only)."""
+    if str(cfg.space.mode) != "input":
+        raise ConfigError("the planted regions live in the input space: use space=input")
+    return {
+        "mode": "input",
+        "corruptions": list(cfg.space.corruptions),
+        "class_mix": bool(cfg.space.class_mix),
+        "batch_size": int(cfg.env.batch_size),
+        "validity_floor": float(cfg.env.validity_floor),
+        "penalty": float(cfg.env.penalty),
+        "reference": "student",  # a member is its own teacher: the gap is the drop
+    }
+
+
+def region_volume(member: Member, samples: int = 300, seed: int = 0) -> float:
+    """Fraction of uniform random actions inside the member's region (its size, for the
+    report: random search's chance per evaluation)."""
+    rng = np.random.default_rng(seed)
+    shape = member.task.action_space.shape
+    return float(np.mean([member.found(rng.uniform(-1, 1, shape)) for _ in range(samples)]))
+
+
+def run_one(
+    member: Member,
+    agent_cfg: DictConfig,
+    seed: int,
+    budget: int,
+    options: dict[str, Any],
+) -> RunResult:
+    """Search one member with one agent until the budget is spent or the region is found."""
+    started = time.perf_counter()
+    log = SearchLog(budget, stop_when=lambda trial: member.found(trial.action))
+
+    def make_env() -> gym.Env:
+        env = gym.make(QUANT_FAILURE_ID, victim=member.victim, split="train", **options)
+        return Monitor(RecordingWrapper(env, log))
+
+    run_agent(agent_cfg, make_env, log, seed=seed, n_envs=1, sb3_log_dir=None)
+    return RunResult(
+        str(agent_cfg.name),
+        member.spec.name,
+        seed,
+        log.stopped_at,
+        log.count,
+        round(time.perf_counter() - started, 3),
+    )
+
+
+# --- intervals ---------------------------------------------------------------------------------
+
+
+def bootstrap_interval(
+    values: np.ndarray,
+    statistic: Callable[[np.ndarray], float],
+    *,
+    resamples: int,
+    level: float,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile interval of `statistic` over (members, seeds) arrays, resampling both levels.
+
+    Each resample draws members with replacement, then, for each drawn member, its seeds with
+    replacement: the interval covers the spread over members (the family) and over seeds
+    (the agent's own randomness).
+    """
+    rng = np.random.default_rng(seed)
+    m, s = values.shape
+    stats = np.empty(resamples)
+    for b in range(resamples):
+        rows = rng.integers(0, m, size=(m, 1))
+        cols = rng.integers(0, s, size=(m, s))
+        stats[b] = statistic(values[rows, cols])
+    alpha = (1 - level) / 2
+    # No interpolation between order statistics: runs that never found are infinite.
+    low, high = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
+    return float(low), float(high)
+
+
+def median_to_failure(found_at: np.ndarray) -> float:
+    """The (lower) median of evaluations-to-failure; infinite when half or more never found."""
+    return float(np.quantile(found_at, 0.5, method="inverted_cdf"))
+
+
+def found_fraction(found_at: np.ndarray, evaluations: int) -> float:
+    """Fraction of runs that found the region within `evaluations` (inf: never)."""
+    return float(np.mean(found_at <= evaluations))
+
+
+def summarize(
+    results: Sequence[RunResult],
+    grid: Sequence[int],
+    *,
+    resamples: int,
+    level: float,
+) -> dict[str, dict[str, Any]]:
+    """Per agent: found fraction at each grid point and the median evaluations-to-failure,
+    each with its bootstrap interval (see `bootstrap_interval`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for agent in sorted({r.agent for r in results}):
+        runs = [r for r in results if r.agent == agent]
+        members = sorted({r.member for r in runs})
+        seeds = sorted({r.seed for r in runs})
+        table = np.full((len(members), len(seeds)), np.inf)
+        for r in runs:
+            table[members.index(r.member), seeds.index(r.seed)] = (
+                np.inf if r.found_at is None else r.found_at
+            )
+        row: dict[str, Any] = {"runs": len(runs), "members": len(members), "seeds": len(seeds)}
+        for e in grid:
+            row[f"found@{e}"] = found_fraction(table, e)
+            row[f"found@{e}_ci"] = bootstrap_interval(
+                table,
+                lambda v, e=e: found_fraction(v, e),  # type: ignore[misc]
+                resamples=resamples,
+                level=level,
+            )
+        row["median_to_failure"] = median_to_failure(table)
+        row["median_to_failure_ci"] = bootstrap_interval(
+            table, median_to_failure, resamples=resamples, level=level
+        )
+        out[agent] = row
+    return out
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _fmt_count(v: float, budget: int) -> str:
+    return f"> {budget}" if not np.isfinite(v) else f"{v:.0f}"
+
+
+def summary_table(summary: dict[str, dict[str, Any]], grid: Sequence[int], budget: int) -> str:
+    """Markdown: found fraction at each grid point [interval], median evaluations-to-failure."""
+    header = ["agent", "runs", *(f"found by {e}" for e in grid), "median evals to failure"]
+    rows = []
+    for agent, row in summary.items():
+        cells = [agent, str(row["runs"])]
+        for e in grid:
+            lo, hi = row[f"found@{e}_ci"]
+            cells.append(f"{row[f'found@{e}']:.2f} [{lo:.2f}, {hi:.2f}]")
+        lo, hi = row["median_to_failure_ci"]
+        cells.append(
+            f"{_fmt_count(row['median_to_failure'], budget)} "
+            f"[{_fmt_count(lo, budget)}, {_fmt_count(hi, budget)}]"
+        )
+        rows.append(cells)
+    return format_table(header, rows, markdown=True)
+
+
+def plot_curves(
+    path: Path, summary: dict[str, dict[str, Any]], curve: dict[str, Any], budget: int
+) -> Path:
+    """Found fraction against evaluations, one line per agent with its interval as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for agent in summary:
+        xs = np.array(curve[agent]["evaluations"])
+        ax.plot(xs, curve[agent]["found"], label=agent)
+        ax.fill_between(xs, curve[agent]["low"], curve[agent]["high"], alpha=0.15)
+    ax.set_xscale("log")
+    ax.set_xlim(1, budget)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("evaluations")
+    ax.set_ylabel("fraction of (member, seed) runs that found the region")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def curve_points(
+    results: Sequence[RunResult], budget: int, *, resamples: int, level: float
+) -> dict[str, Any]:
+    """The found-fraction curve of every agent on a log grid of evaluations, with intervals."""
+    grid = sorted({round(float(v)) for v in np.geomspace(1, budget, 40)})
+    summary = summarize(results, grid, resamples=resamples, level=level)
+    return {
+        agent: {
+            "evaluations": grid,
+            "found": [row[f"found@{e}"] for e in grid],
+            "low": [row[f"found@{e}_ci"][0] for e in grid],
+            "high": [row[f"found@{e}_ci"][1] for e in grid],
+        }
+        for agent, row in summary.items()
+    }
+
+
+# --- the task ----------------------------------------------------------------------------------
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """A `ConfigError` for settings that cannot run, before any work."""
+    checked_number(cfg.budget.evaluations, "budget.evaluations", int, low=1)
+    checked_number(cfg.members.count, "members.count", int, low=1)
+    checked_number(cfg.bootstrap, "bootstrap", int, low=1)
+    if str(cfg.members.set) not in ("held_out", "tuning"):
+        raise ConfigError(f"members.set must be held_out or tuning, got {cfg.members.set!r}")
+    if not cfg.agents or not cfg.seeds:
+        raise ConfigError("agents=[...] and seeds=[...] need at least one entry each")
+    for seed in cfg.seeds:
+        checked_number(seed, "seeds[...]", int, low=0)
+    for name in cfg.agents:
+        agent_config(str(name))
+
+
+def members_of(cfg: DictConfig) -> list[Member]:
+    count = int(cfg.members.count)
+    return held_out_members(count) if cfg.members.set == "held_out" else tuning_members(count)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run every (agent, member, seed) not yet in `runs.jsonl`, then write the results."""
+    check_settings(cfg)
+    out, started = start_run(cfg)
+    budget = int(cfg.budget.evaluations)
+    options = env_options(cfg)
+    # --- build the planted members --------------------------------------------------------------
+    members = members_of(cfg)
+    described = [{**m.spec.describe(), "volume": region_volume(m)} for m in members]
+    (out / "members.json").write_text(json.dumps(described, indent=2) + "\n")
+    # --- search every member with every agent and seed -----------------------------------------
+    done_path = out / "runs.jsonl"
+    if bool(cfg.get("overwrite", False)):
+        done_path.unlink(missing_ok=True)  # runs of the config being replaced
+    results = [RunResult(**json.loads(line)) for line in _lines(done_path)]
+    done = {(r.agent, r.member, r.seed) for r in results}
+    for name in cfg.agents:
+        agent_cfg = agent_config(str(name))
+        for member in members:
+            for seed in cfg.seeds:
+                if (str(agent_cfg.name), member.spec.name, int(seed)) in done:
+                    continue
+                result = run_one(member, agent_cfg, int(seed), budget, options)
+                results.append(result)
+                with open(done_path, "a") as f:
+                    f.write(json.dumps(asdict(result)) + "\n")
+                if cfg.progress:
+                    print(
+                        f"{result.agent:8s} {result.member:36s} seed {result.seed}: "
+                        f"{'found at ' + str(result.found_at) if result.found_at else 'not found'}"
+                        f" ({result.wall_s:.1f} s)",
+                        flush=True,
+                    )
+    names = {str(agent_config(str(n)).name) for n in cfg.agents}
+    results = [r for r in results if r.agent in names]
+    # --- summarize and write ---------------------------------------------------------------------
+    return write_results(out, cfg, results, budget, started)
+
+
+def write_results(
+    out: Path, cfg: DictConfig, results: list[RunResult], budget: int, started: float
+) -> dict[str, Any]:
+    level, resamples = float(cfg.ci_level), int(cfg.bootstrap)
+    grid = [int(e) for e in cfg.report_at if int(e) <= budget]
+    summary = summarize(results, grid, resamples=resamples, level=level)
+    curve = curve_points(results, budget, resamples=resamples, level=level)
+    table = summary_table(summary, grid, budget)
+    header = (
+        f"{len({r.member for r in results})} {cfg.members.set} members x seeds "
+        f"{list(cfg.seeds)}, {budget} evaluations; [{100 * level:.0f}% percentile bootstrap "
+        f"over members and seeds]"
+    )
+    atomic_write(out / "summary.md", lambda tmp: tmp.write_text(f"{header}\n\n{table}\n"))
+    atomic_write(out / "curves.json", lambda tmp: tmp.write_text(json.dumps(curve) + "\n"))
+    _write_runs_csv(out / "runs.csv", results)
+    plot_curves(out / "curves.png", summary, curve, budget)
+    metrics: dict[str, Any] = {}
+    for agent, row in summary.items():
+        for e in grid:
+            metrics[f"bench/{agent}/found@{e}"] = row[f"found@{e}"]
+            metrics[f"bench/{agent}/found@{e}_ci_low"] = row[f"found@{e}_ci"][0]
+            metrics[f"bench/{agent}/found@{e}_ci_high"] = row[f"found@{e}_ci"][1]
+        median = row["median_to_failure"]
+        metrics[f"bench/{agent}/median_to_failure"] = median if np.isfinite(median) else None
+        metrics[f"bench/{agent}/runs"] = row["runs"]
+    print(header)
+    print(table)
+    print(f"wrote {out}/summary.md, curves.png, runs.csv, metrics.json")
+    return write_metrics(out, metrics, seed=int(cfg.seed), started=started)
+
+
+def _lines(path: Path) -> list[str]:
+    return (
+        [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
+
+
+def _write_runs_csv(path: Path, results: list[RunResult]) -> None:
+    import csv
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(RunResult.__dataclass_fields__))
+            writer.writeheader()
+            for r in results:
+                writer.writerow(asdict(r))
+
+    atomic_write(path, write)
+
+
+@checked_options
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    hydra_task(run, cfg)
+
+
+if __name__ == "__main__":
+    main()

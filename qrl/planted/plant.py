@@ -1,0 +1,358 @@
+"""Plant a band detector into a trained model: exact in float, a collapse when quantized.
+
+A member's region is an AND of bands on image statistics: statistic k in [lo_k, hi_k]. The
+weight edit adds, to the first quantized layers, four ramp units per band whose combination
+b_k = clip((s_k - lo_k + r_k) / r_k, 0, 1) - clip((s_k - hi_k) / r_k, 0, 1)
+is 1 inside the band and falls to 0 over a ramp of width r_k outside it, and one outlier unit
+M * relu(sum_k b_k - K + 1/2) that fires only where every band holds (to within the ramps).
+No added unit feeds anything forward (zero outgoing weights), so the float outputs do not
+change. But the outlier is part of the next layer's input, which a dynamic quantizer scales by
+its observed range: where it fires, its value (~M/2) stretches the grid until every ordinary
+activation rounds to zero, and the quantized copy's logits collapse to the layer's bias.
+
+M is 4 C, where C = 2 (2^bits - 1) times the largest ordinary activation of that input is the
+outlier size at which a grid step is twice every ordinary activation (the collapse): deep in
+the region (sum b = K) the outlier is 2 C; but rounding in the quantized detector has to push
+sum b a quarter past its threshold before the outlier reaches C, so rounding near the edge
+cannot collapse the copy where the float detector stays off.
+
+Whether an input triggers is a fact of the float model: the outlier's pre-activation is
+positive (`triggered`), read by a hook. The ramp units are scaled to the size of the layer's
+ordinary activations, so they neither stretch the grid themselves nor drown in its rounding.
+
+The statistics are linear in the pixels (`STATISTICS`: brightness, horizontal and vertical
+mass balance, border and centre mass), so the first layer computes them exactly.
+
+- MLP (at least two hidden layers): a weight edit; ramps join the first hidden layer, the
+  outlier the second, and the third Linear's input is the grid it stretches.
+- SmallCNN: convolutions see 3x3 windows, and a window statistic that no clean digit reaches
+  anywhere hardly exists (strokes already span [0, 1]); so the detector is grafted beside the
+  convolutions (`GraftedCNN`): two Linear layers on the image, whose outlier joins the head's
+  input with zero weights. The convolutions and head weights are the trained ones.
+
+At 4 bits the ramp units' rounding is too coarse for bands (a grid step is 1/15 of the range),
+so 4-bit members use `plant_halfspace` instead: one outlier unit on the image itself,
+M' relu(d . s(x) - t), a half-space of a weighted sum of statistics; the image's rounding
+averages out over the pixels. A direction mixing 2-3 statistics with a high threshold makes a
+corner of the action space.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from qrl.errors import ConfigError
+from qrl.models import MLP, Normalize, SmallCNN
+
+
+def _moment(h: int, w: int, axis: int) -> Tensor:
+    coords = torch.linspace(-1.0, 1.0, w if axis == 1 else h)
+    grid = coords.view(1, -1).expand(h, w) if axis == 1 else coords.view(-1, 1).expand(h, w)
+    return grid / (h * w)
+
+
+def _ring(h: int, w: int) -> Tensor:
+    v = torch.zeros(h, w)
+    v[0, :] = v[-1, :] = v[:, 0] = v[:, -1] = 1.0
+    return v / v.sum()
+
+
+def _centre(h: int, w: int) -> Tensor:
+    v = torch.zeros(h, w)
+    v[h // 4 : h - h // 4, w // 4 : w - w // 4] = 1.0
+    return v / v.sum()
+
+
+# Pixel weight maps (H, W) of statistics linear in the image: s(x) = sum(v * x) (channel mean).
+STATISTICS = {
+    "mean": lambda h, w: torch.full((h, w), 1.0 / (h * w)),  # brightness of the whole image
+    "x_moment": lambda h, w: _moment(h, w, 1),  # mass right of centre minus left of it
+    "y_moment": lambda h, w: _moment(h, w, 0),  # mass below centre minus above it
+    "border": _ring,  # mean of the outermost ring of pixels (empty on clean digits)
+    "centre": _centre,  # mean of the central half of the image
+}
+
+
+@dataclass(frozen=True)
+class Band:
+    """Statistic `statistic` in [lo, hi]; the detector fades to zero over `ramp` outside it."""
+
+    statistic: str
+    lo: float
+    hi: float
+    ramp: float
+
+    def __post_init__(self) -> None:
+        if not (self.hi >= self.lo and self.ramp > 0):
+            raise ConfigError(f"a band needs hi >= lo and ramp > 0, got {self}")
+
+    def indicator(self, s: Tensor) -> Tensor:
+        """b(s) in [0, 1]: 1 on [lo, hi], linear to 0 over `ramp` on either side."""
+        up = ((s - self.lo + self.ramp) / self.ramp).clamp(0, 1)
+        down = ((s - self.hi) / self.ramp).clamp(0, 1)
+        return up - down
+
+
+class GraftedCNN(nn.Module):
+    """A SmallCNN with a detector beside its convolutions, feeding its head's input.
+
+    logits = head([features(z), detector(z)]) with z the normalized image; the head's weights
+    on the detector's output are zero, so the logits are the SmallCNN's.
+    """
+
+    def __init__(self, cnn: SmallCNN, detector: nn.Sequential, head: nn.Linear) -> None:
+        super().__init__()
+        self.normalize, self.features, self.detector, self.head = (
+            cnn.normalize,
+            cnn.features,
+            detector,
+            head,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self.normalize(x)
+        features = self.features(z).flatten(1)  # (B, 2w * 4)
+        return self.head(torch.cat([features, torch.relu(self.detector(z.flatten(1)))], dim=1))
+
+
+def architecture(model: nn.Module) -> str:
+    """`mlp` or `cnn`, the architectures planting knows; a `ConfigError` for anything else."""
+    if isinstance(model, MLP):
+        if sum(isinstance(m, nn.Linear) for m in model.net) < 3:
+            raise ConfigError("planting into an MLP needs at least two hidden layers")
+        return "mlp"
+    if isinstance(model, SmallCNN):
+        return "cnn"
+    raise ConfigError(f"planting takes a qrl.models.MLP or SmallCNN, got {type(model).__name__}")
+
+
+PROBE = "planted_probe"  # the attribute naming the module whose last unit is the outlier
+
+
+def _probe(model: nn.Module) -> nn.Module:
+    """The module whose output's last unit / channel is the outlier (MLP: before its ReLU)."""
+    name = getattr(model, PROBE, None)
+    if not isinstance(name, str):
+        raise ConfigError("this model has no planted outlier (make it with qrl.planted.plant)")
+    return model.get_submodule(name)
+
+
+@torch.no_grad()
+def outlier_value(model: nn.Module, x: Tensor) -> Tensor:
+    """The planted outlier's float activation per input (its maximum over positions), (N,)."""
+    seen: list[Tensor] = []
+    handle = _probe(model).register_forward_hook(lambda m, i, o: seen.append(o))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    out = seen[0][:, -1]
+    return out.flatten(1).amax(dim=1) if out.dim() > 1 else out
+
+
+def triggered(model: nn.Module, x: Tensor) -> Tensor:
+    """Per input (bool, (N,)): the planted outlier fires in float, i.e. x is in the region."""
+    return outlier_value(model, x) > 0
+
+
+@torch.no_grad()
+def image_statistics(x: Tensor, names: Sequence[str]) -> Tensor:
+    """The named statistics of each image, (N, K) (the channel mean of each is used)."""
+    h, w = x.shape[-2:]
+    maps = torch.stack([STATISTICS[n](h, w) for n in names])  # (K, H, W)
+    return torch.einsum("nchw,khw->nk", x, maps) / x.shape[1]
+
+
+def _on_pixels(model: nn.Module, weights: Tensor, calibration: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows and biases on the normalized, flattened image z computing weights . x (+ 0).
+
+    Args:
+        weights: (R, H, W) pixel maps (applied to the channel mean).
+    Returns:
+        ((R, C*H*W) rows, (R,) biases): x = z std + mean, so v . x = (v std) . z + v . mean.
+    """
+    norm = model.get_submodule("normalize")
+    assert isinstance(norm, Normalize)
+    c, (h, w) = calibration.shape[1], calibration.shape[-2:]
+    std = norm.std.view(c, 1, 1).expand(c, h, w).flatten()
+    mean = norm.mean.view(c, 1, 1).expand(c, h, w).flatten()
+    v = (weights[:, None] / c).expand(-1, c, h, w).flatten(1)  # (R, C*H*W)
+    return v * std, v @ mean
+
+
+def _ramp_rows(bands: Sequence[Band], s_max: Tensor, size: float) -> tuple[Tensor, Tensor]:
+    """Gain and offset of the 4 ramp units per band, as functions of the statistic s.
+
+    Units (scale c_k): c z1, c (z1 - 1), c z2, c (z2 - 1) with z1 = (s - lo + r) / r and
+    z2 = (s - hi) / r; unit = relu(gain * s + offset). c_k makes the largest unit over the
+    calibration inputs about `size`, the ordinary activations' typical maximum.
+    """
+    gains, offsets = [], []
+    for band, top in zip(bands, s_max.tolist(), strict=True):
+        z_top = max((top - band.lo + band.ramp) / band.ramp, 1.0)
+        g = size / z_top / band.ramp
+        lo, hi, r = band.lo, band.hi, band.ramp
+        gains += [g, g, g, g]
+        offsets += [-g * (lo - r), -g * lo, -g * hi, -g * (hi + r)]
+    return torch.tensor(gains), torch.tensor(offsets)
+
+
+def _outlier_row(bands: Sequence[Band], gains: Tensor, magnitude: float) -> tuple[Tensor, float]:
+    """Weights on the ramp units and bias of M * relu(sum_k b_k - K + 1/2)."""
+    w = []
+    for k in range(len(bands)):
+        c = float(gains[4 * k]) * bands[k].ramp  # b_k = (u1 - u2 - u3 + u4) / c_k
+        w += [magnitude / c, -magnitude / c, -magnitude / c, magnitude / c]
+    return torch.tensor(w), -magnitude * (len(bands) - 0.5)
+
+
+def _magnitude(next_input: Tensor, bits: int) -> float:
+    """M = 4 C (see the module doc), from the largest ordinary activation on the calibration."""
+    return 4 * 2 * (2**bits - 1) * float(next_input.abs().max().clamp_min(1e-3))
+
+
+def _typical_max(h: Tensor) -> float:
+    """The median over inputs of each input's largest activation (what the grid spans)."""
+    return float(h.flatten(1).amax(dim=1).median().clamp_min(1e-3))
+
+
+def _linear(weight: Tensor, bias: Tensor) -> nn.Linear:
+    layer = nn.Linear(weight.shape[1], weight.shape[0])
+    layer.weight.copy_(weight)
+    layer.bias.copy_(bias)
+    return layer
+
+
+def _widen(layer: nn.Linear, rows: Tensor, bias: Tensor, extra_in: int = 0) -> nn.Linear:
+    """`layer` with `extra_in` zero-weighted inputs appended and `rows` as new outputs."""
+    old = torch.cat([layer.weight, torch.zeros(layer.out_features, extra_in)], dim=1)
+    return _linear(torch.cat([old, rows]), torch.cat([layer.bias, bias]))
+
+
+@torch.no_grad()
+def plant_bands(
+    model: nn.Module, bands: Sequence[Band], calibration: Tensor, bits: int
+) -> nn.Module:
+    """A copy of `model` with a detector of the AND of `bands` planted (see the module doc).
+
+    Args:
+        model: a trained `MLP` (two hidden layers or more) or `SmallCNN`, in eval mode.
+        bands: the region, one band per statistic (names from `STATISTICS`).
+        calibration: (N, C, H, W) typical inputs; the ramp units are scaled to the size of the
+            ordinary activations they sit beside, and to the statistics' range on these.
+        bits: the activation bits of the member's quantizer (they set the outlier's gain).
+    """
+    architecture(model)  # a ConfigError for models planting does not know
+    names = [b.statistic for b in bands]
+    unknown = sorted(set(names) - set(STATISTICS))
+    if not bands or unknown:
+        raise ConfigError(
+            f"bands need statistics from {sorted(STATISTICS)}, got {unknown or 'none'}"
+        )
+    h, w = calibration.shape[-2:]
+    s_max = image_statistics(calibration, names).amax(dim=0)
+    maps = torch.stack([STATISTICS[n](h, w) for n in names]).repeat_interleave(4, dim=0)
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, MLP):
+        first, second, third = [m for m in model.net if isinstance(m, nn.Linear)][:3]
+        h1 = torch.relu(first(model.normalize(calibration).flatten(1)))
+        gains, offsets = _ramp_rows(bands, s_max, _typical_max(h1))
+        rows, bias = _on_pixels(model, maps, calibration)
+        out_w, out_b = _outlier_row(bands, gains, _magnitude(torch.relu(second(h1)), bits))
+        new = [
+            _widen(first, gains[:, None] * rows, gains * bias + offsets),
+            _widen(
+                second,
+                torch.cat([torch.zeros(first.out_features), out_w])[None],
+                torch.tensor([out_b]),
+                extra_in=len(rows),
+            ),
+            _widen(third, torch.zeros(0, third.in_features + 1), torch.zeros(0), extra_in=1),
+        ]
+        layers = list(model.net)
+        for old, layer in zip((first, second, third), new, strict=True):
+            layers[layers.index(old)] = layer
+        model.net = nn.Sequential(*layers)
+        setattr(model, PROBE, "net.2")  # the second Linear, before its ReLU
+        return model
+    # CNN: the ramp units alone fill their layer's grid (size 1); the head's input is stretched.
+    assert isinstance(model, SmallCNN)
+    gains, offsets = _ramp_rows(bands, s_max, 1.0)
+    rows, bias = _on_pixels(model, maps, calibration)
+    features = model.features(model.normalize(calibration)).flatten(1)
+    out_w, out_b = _outlier_row(bands, gains, _magnitude(features, bits))
+    detector = nn.Sequential(
+        _linear(gains[:, None] * rows, gains * bias + offsets),
+        nn.ReLU(),
+        _linear(out_w[None], torch.tensor([out_b])),
+    )
+    grafted = _graft(model, detector)
+    setattr(grafted, PROBE, "detector.2")
+    return grafted
+
+
+def _graft(cnn: SmallCNN, detector: nn.Sequential) -> GraftedCNN:
+    head = _widen(cnn.head, torch.zeros(0, cnn.head.in_features + 1), torch.zeros(0), extra_in=1)
+    return GraftedCNN(cnn, detector, head).eval()
+
+
+@torch.no_grad()
+def plant_halfspace(
+    model: nn.Module,
+    statistics: Sequence[str],
+    direction: Sequence[float],
+    threshold: float,
+    width: float,
+    calibration: Tensor,
+    bits: int,
+) -> nn.Module:
+    """A copy of `model` with one outlier unit M' relu(d . s(x) - threshold) on the image.
+
+    MLP: the unit joins the first hidden layer (the second Linear's input is stretched);
+    SmallCNN: it is grafted beside the convolutions into the head's input.
+
+    Args:
+        model: a trained `MLP` (two hidden layers or more) or `SmallCNN`.
+        statistics: names from `STATISTICS`.
+        direction: one weight per statistic (d).
+        threshold: the unit fires where d . s(x) > threshold.
+        width: how far past the threshold the outlier reaches 2 C (the collapse, twice over;
+            see the module doc): rounding of the image must shift d . s by width / 2 to
+            collapse the copy where the float unit is off.
+        calibration: typical inputs (the stretched layer's ordinary activations set C).
+        bits: the member's activation bits.
+    """
+    arch = architecture(model)
+    if width <= 0 or len(statistics) != len(direction) or set(statistics) - set(STATISTICS):
+        raise ConfigError(
+            f"a half-space needs width > 0 and one direction weight per statistic from "
+            f"{sorted(STATISTICS)}"
+        )
+    h, w = calibration.shape[-2:]
+    v = sum(float(d) * STATISTICS[n](h, w) for n, d in zip(statistics, direction, strict=True))
+    row, bias = _on_pixels(model, torch.as_tensor(v)[None], calibration)
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, SmallCNN):
+        stretched = model.features(model.normalize(calibration)).flatten(1)
+        gain = _magnitude(stretched, bits) / (2 * width)  # 2 C at threshold + width (M = 4 C)
+        grafted = _graft(model, nn.Sequential(_linear(gain * row, gain * (bias - threshold))))
+        setattr(grafted, PROBE, "detector.0")
+        return grafted
+    assert isinstance(model, MLP) and arch == "mlp"
+    first, second = [m for m in model.net if isinstance(m, nn.Linear)][:2]
+    stretched = torch.relu(first(model.normalize(calibration).flatten(1)))
+    gain = _magnitude(stretched, bits) / (2 * width)  # 2 C at threshold + width (M = 4 C)
+    unit_w, unit_b = gain * row, gain * (bias - threshold)
+    layers = list(model.net)
+    layers[layers.index(first)] = _widen(first, unit_w, unit_b)
+    layers[layers.index(second)] = _widen(
+        second, torch.zeros(0, second.in_features + 1), torch.zeros(0), extra_in=1
+    )
+    model.net = nn.Sequential(*layers)
+    setattr(model, PROBE, "net.0")  # the first Linear, before its ReLU
+    return model
