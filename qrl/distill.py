@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from qrl.checkpoints import InputSpec, build_model, load_model, save_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number, instantiate, to_dict
+from qrl.config import CONF_DIR, checked_number, instantiate, to_dict
 from qrl.data import ImageData
 from qrl.errors import CheckpointError
 from qrl.loggers import RunLogger
@@ -258,7 +258,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="distill")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="distill")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from qrl.checkpoints import InputSpec, load_model, save_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number, instantiate
+from qrl.config import CONF_DIR, checked_number, instantiate
 from qrl.distill import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation, observation_side
 from qrl.errors import CheckpointError, ConfigError
@@ -418,7 +418,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pairs")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pairs")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

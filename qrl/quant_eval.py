@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number
+from qrl.config import CONF_DIR, checked_number
 from qrl.errors import ConfigError
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, quantized_copy
@@ -152,7 +152,7 @@ def _plot(
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="quant_eval")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="quant_eval")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number
+from qrl.config import CONF_DIR, checked_number
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
@@ -386,7 +386,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="search")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="search")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 
