@@ -174,7 +174,7 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 
 
     `_target_` values are shortened to their class name (`qrl.models.MLP` -> `MLP`).
     """
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):
@@ -187,11 +187,12 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 
     return lines
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as `{"a.b.c": leaf}` (lists and empty mappings are leaves)."""
     if isinstance(value, Mapping) and value:
         flat: dict[str, Any] = {}
         for k, v in value.items():
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten(v, f"{prefix}{k}."))
         return flat
     return {prefix[:-1]: value}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qrl import distill
+from qrl import distill, report
 from qrl.config import load_config
 from qrl.runs import CONFIG_FILE, METRICS_FILE
 from qrl.sweeps import FAILURE_FILE, OVERRIDES_FILE, read_overrides
@@ -66,6 +66,11 @@ def test_one_invalid_job_fails_alone_and_is_named(victim: Path, tmp_path: Path) 
     _, *named = result.stderr[result.stderr.index("error: 1 sweep job(s)") :].splitlines()
     assert len(named) == 1 and named[0].startswith(f"  #1 {bad}: ConfigError: ")
     assert "env.reference=nobody" in bad.name
+    # qrl.report groups the finished jobs by the swept key and names the failed one.
+    scanned = report.scan_runs(tmp_path)
+    assert [r["run_dir"] for r in scanned["failed"]] == [str(bad)]
+    keys, groups = report.group_runs(scanned["finished"])
+    assert keys == ["env.reference"] and sorted(groups) == [("student",), ("teacher",)]
     # Every W&B run was finished: the failed one with exit code 1, the others with 0.
     for job, code in [(jobs[0], 0), (bad, 1), (jobs[2], 0)]:
         (log,) = job.glob("wandb/offline-run-*/logs/debug.log")
