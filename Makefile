@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,cluster]"
 	@touch $(STAMP)
 
 demo: $(STAMP)

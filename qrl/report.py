@@ -294,6 +294,7 @@ def summarize(
         for metric in metrics:
             xs = [float(m[metric]) for m in members if metric in m]
             row[metric] = {
+                "integer": all(x.is_integer() for x in xs),  # counts print without decimals
                 "mean": statistics.mean(xs) if xs else None,
                 "std": statistics.stdev(xs) if len(xs) > 1 else None,
                 "ci": bootstrap_ci(xs, level),
@@ -306,7 +307,7 @@ def summarize(
 def _cell(stat: dict[str, Any]) -> str:
     if stat["mean"] is None:
         return "-"
-    digits = 3
+    digits = 0 if stat["integer"] and stat["std"] is None else 3
     text = f"{stat['mean']:.{digits}f}"
     if stat["std"] is not None:
         text += f" ± {stat['std']:.{digits}f}"

@@ -1,0 +1,57 @@
+"""`device=auto|cpu|cuda|cuda:N`: one owner, one clear error, one GPU per parallel job."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from qrl import devices, sweeps
+from qrl.devices import resolve_device
+from qrl.errors import ConfigError
+
+
+def test_cpu_and_auto_without_a_gpu_are_the_cpu() -> None:
+    assert resolve_device("cpu", cuda_count=4) == torch.device("cpu")
+    assert resolve_device("auto", cuda_count=0) == torch.device("cpu")
+    assert resolve_device(None, cuda_count=0) == torch.device("cpu")
+
+
+def test_parallel_jobs_each_get_their_own_gpu() -> None:
+    picked = [resolve_device("auto", job_num=k, cuda_count=4) for k in range(6)]
+    assert [str(d) for d in picked] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert resolve_device("cuda", job_num=3, cuda_count=2) == torch.device("cuda:1")
+    assert resolve_device("auto", cuda_count=3) == torch.device("cuda:0")  # a single run
+    assert resolve_device("cuda:1", job_num=0, cuda_count=2) == torch.device("cuda:1")  # as named
+
+
+def test_the_job_number_comes_from_the_running_sweep(monkeypatch) -> None:
+    job = sweeps.Job(num=5, out=None, overrides=[], multirun=True)  # type: ignore[arg-type]
+    monkeypatch.setattr(sweeps, "current_job", lambda: job)
+    monkeypatch.setattr(devices, "cuda_device_count", lambda: 4)
+    assert devices.task_device(OmegaConf.create({"device": "auto"})) == torch.device("cuda:1")
+    single = sweeps.Job(num=0, out=None, overrides=[], multirun=False)  # type: ignore[arg-type]
+    monkeypatch.setattr(sweeps, "current_job", lambda: single)
+    assert devices.task_device(OmegaConf.create({})) == torch.device("cuda:0")
+
+
+@pytest.mark.parametrize(
+    ("spec", "count", "match"),
+    [
+        ("gpu", 1, r"device must be auto, cpu, cuda or cuda:N, got 'gpu'"),
+        ("cpu:0", 1, "device must be"),
+        ("cuda:2", 2, r"has 2 CUDA device\(s\): use cuda:0 to cuda:1"),
+        ("cuda", 0, "sees no CUDA device on this machine .*: use device=auto or device=cpu"),
+        ("cuda:0", 0, "sees no CUDA device"),
+    ],
+)
+def test_a_device_that_cannot_be_had_is_one_clear_error(spec: str, count: int, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve_device(spec, cuda_count=count)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_on_this_cpu_only_machine_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"device=cuda but torch .* sees no CUDA device"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
