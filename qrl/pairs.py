@@ -298,7 +298,7 @@ def train_pair(
         parts: dict[str, float] = {}
         for _ in range(net_steps):
             idx = torch.randint(0, len(train_split), (int(cfg.train.batch_size),), generator=gen)
-            x, y = train_split.x[idx], train_split.y[idx]
+            x, y = train_split.rows(idx), train_split.y[idx]
             with torch.no_grad():
                 t_logits = victim.teacher(x)
                 obs, _, _ = task.observe(x, y)

@@ -255,7 +255,7 @@ def confirm_on_kernels(
         if name == victim.quant.backend or (name == "torch_ao" and not linear_only):
             continue
         backend = real_backend(
-            name, victim.student, victim.data.test.x[:8], onnx_reduce_range=onnx_reduce_range
+            name, victim.student, victim.data.test.head(8), onnx_reduce_range=onnx_reduce_range
         )
         real = task.replace(victim=dataclasses.replace(victim, qstudent=backend), mode="input")
         res = score_held_out(real, input_part, **settings)

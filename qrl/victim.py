@@ -53,13 +53,13 @@ class Victim:
         if quant.backend == "fake":
             qstudent = quantized_copy(student, quant).eval()
         else:
-            qstudent = real_backend(quant.backend, student, data.test.x[:8])
+            qstudent = real_backend(quant.backend, student, data.test.head(8))
         return cls(teacher, student, qstudent, data, quant)
 
 
 def _check_shape(model: nn.Module, data: ImageData) -> None:
     """Fail early, with the shapes named, when a model cannot take the data's images."""
-    x = data.test.x[:2]
+    x = data.test.head(2)
     try:
         with torch.no_grad():
             out = model.eval()(x)

@@ -107,7 +107,7 @@ class BitsTask:
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """`n` inputs and labels drawn uniformly from the split."""
         idx = torch.randint(0, len(self.pool), (n,), generator=generator)
-        return self.pool.x[idx], self.pool.y[idx]
+        return self.pool.rows(idx), self.pool.y[idx]
 
     @torch.no_grad()
     def observe(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, Tensor, Tensor]:
