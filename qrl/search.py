@@ -387,8 +387,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @checked_options
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="search")
-def main(cfg: DictConfig) -> None:
-    hydra_task(run, cfg)
+def main(cfg: DictConfig) -> float:
+    """The search as a Hydra app; returns `eval/gap`, the objective of `+sweep=tune_ppo`."""
+    return float(hydra_task(run, cfg)["eval/gap"])
 
 
 if __name__ == "__main__":
