@@ -72,6 +72,24 @@ def resolve_device(
     return torch.device(f"cuda:{(job_num or 0) % count}")
 
 
+def module_device(model: Any) -> torch.device:
+    """Where a module's parameters live (the CPU for a parameterless or non-torch callable)."""
+    if isinstance(model, torch.nn.Module):
+        for tensor in (*model.parameters(), *model.buffers()):
+            return tensor.device
+    return torch.device("cpu")
+
+
+def follow_device(agent_cfg: Any, device: torch.device) -> None:
+    """An SB3 agent whose `model.device` is `auto` computes on the task's device (in place)."""
+    from omegaconf import open_dict
+
+    model = agent_cfg.get("model") if agent_cfg.get("kind") == "sb3" else None
+    if model is not None and str(model.get("device", "auto")) == "auto":
+        with open_dict(model):
+            model.device = str(device)
+
+
 def task_device(cfg: Any) -> torch.device:
     """The device of a task's config (`device`, default `auto`), for the job that runs it."""
     from qrl.sweeps import current_job

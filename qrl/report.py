@@ -134,7 +134,7 @@ DEFAULT_METRICS = (
 )
 # Keys that never tell runs apart for a table: the replicate axis, where outputs go, and keys
 # that cannot change results (qrl.runs.NON_RESULT_KEYS).
-_NOT_A_GROUP = frozenset({"seed", "out", "progress", "overwrite", "resume", "logger"})
+_NOT_A_GROUP = frozenset({"seed", "out", "progress", "overwrite", "resume", "logger", "device"})
 
 
 def _job_dirs(root: Path) -> list[Path]:

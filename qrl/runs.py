@@ -23,7 +23,9 @@ CONFIG_FILE = "config.yaml"
 
 # Top-level config keys that cannot change a run's results: a rerun that differs only in these
 # resumes the run in its dir (`logger` chooses where metrics go, not what they are).
-NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger"})
+# `device` chooses where a run computes: a CPU run resumes on a GPU (and runs from before the key
+# existed still resume).
+NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger", "device"})
 
 
 def seed_everything(seed: int) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, checked_number
+from qrl.devices import follow_device, task_device
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
@@ -378,9 +379,14 @@ def _print_summary(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Build the victim named by the config and search it; returns the metrics."""
     check_settings(cfg)  # before the run dir is touched, as is the victim
+    device = task_device(cfg)  # device=cuda without a GPU: one clear error, nothing written
     # --- build victim -------------------------------------------------------------------------
     quant = as_quant_config(cfg.quant)
-    victim = load_victim(cfg.victim.run, quant) if cfg.victim.run else default_victim(quant)
+    if cfg.victim.run:
+        victim = load_victim(cfg.victim.run, quant, device)
+    else:
+        victim = default_victim(quant, device=device)
+    follow_device(cfg.agent, device)
     out, started = start_run(cfg)
     return search_victim(victim, cfg, out, started)
 

@@ -55,3 +55,54 @@ def test_cuda_on_this_cpu_only_machine_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"device=cuda but torch .* sees no CUDA device"):
         resolve_device("cuda")
     assert resolve_device("auto") == torch.device("cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_on_a_cpu_machine_is_one_line_and_writes_nothing(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "qrl.search", "device=cuda", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: device=cuda but torch ") and "device=auto or device=cpu" in line
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    with pytest.raises(ConfigError, match="device=cuda:1 but torch"):
+        from qrl import distill
+        from qrl.config import load_config
+
+        distill.run(load_config("distill", ["device=cuda:1", f"out={tmp_path / 'd'}"]))
+    assert not (tmp_path / "d").exists()
+
+
+def test_auto_on_this_cpu_machine_gives_the_numbers_of_cpu(tmp_path) -> None:
+    """device=auto resolves to the CPU here and changes nothing: weights and search agree
+    bit for bit with device=cpu (and with the code before `device` existed: see the note)."""
+    from qrl import distill, search
+    from qrl.config import load_config
+    from tests.conftest import QUICK
+
+    if torch.cuda.is_available():
+        pytest.skip("auto is a GPU on this machine")
+    tiny = ["agent=ppo", "budget.evaluations=32", "env.batch_size=32", "eval.samples=128"]
+    tiny += ["eval.bootstrap=50", "confirm.backends=[onnxruntime]", "progress=false"]
+    found = {}
+    for device in ("auto", "cpu"):
+        out = tmp_path / device
+        distill.run(load_config("distill", [*QUICK, f"device={device}", f"out={out / 'd'}"]))
+        victim = [f"victim.run={out / 'd'}", f"device={device}", f"out={out / 's'}"]
+        metrics = search.run(load_config("search", [*tiny, *victim]))
+        student = torch.load(out / "d" / "student.pt", weights_only=True)["state_dict"]
+        found[device] = (metrics, student)
+    (auto, auto_student), (cpu, cpu_student) = found["auto"], found["cpu"]
+    assert all(torch.equal(auto_student[k], cpu_student[k]) for k in cpu_student)
+    skip = {"wall_time_s"}
+    assert {k: v for k, v in auto.items() if k not in skip} == {
+        k: v for k, v in cpu.items() if k not in skip
+    }
+    assert "confirm/onnxruntime/gap" in auto  # the real int8 kernels ran (on the CPU)

@@ -72,7 +72,7 @@ class TorchAOBackend:
     def __call__(self, x: Tensor) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.module(x)
+            return self.module(x.cpu())  # fbgemm kernels: CPU only
 
 
 class OnnxRuntimeBackend:
@@ -177,6 +177,9 @@ def real_backend(
     without it and 0.009 with it. Both are real deployments; the default is what
     `quantize_dynamic` users get.
     """
+    # Real int8 kernels run on the CPU: a model on a GPU is exported from a CPU copy.
+    model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    example = example.cpu()
     if name == "torch_ao":
         return TorchAOBackend(model)
     if name == "onnxruntime":
