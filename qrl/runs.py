@@ -168,7 +168,13 @@ def _result_config(cfg: Any) -> dict[str, Any]:
 
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     assert isinstance(plain, dict)
-    return {str(k): v for k, v in plain.items() if k not in NON_RESULT_KEYS}
+    kept = {str(k): v for k, v in plain.items() if k not in NON_RESULT_KEYS}
+    agent = kept.get("agent")
+    if isinstance(agent, dict) and isinstance(agent.get("model"), dict):
+        # Where SB3 computes, like `device`: runs saved with `cpu` resume under `auto`.
+        model = {k: v for k, v in agent["model"].items() if k != "device"}
+        kept["agent"] = {**agent, "model": model}
+    return kept
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 6) -> list[str]:

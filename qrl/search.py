@@ -96,6 +96,7 @@ def held_out_settings(cfg: DictConfig) -> dict[str, Any]:
 def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) -> dict[str, Any]:
     """Search, evaluate, confirm and write results for a ready victim (the CLI and `qrl.audit`)."""
     check_settings(cfg)
+    follow_device(cfg.agent, victim.device)  # an SB3 agent with device auto: the victim's
     seed = int(cfg.seed)
     name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{seed}"
     options = env_kwargs(cfg)
@@ -386,7 +387,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         victim = load_victim(cfg.victim.run, quant, device)
     else:
         victim = default_victim(quant, device=device)
-    follow_device(cfg.agent, device)
     out, started = start_run(cfg)
     return search_victim(victim, cfg, out, started)
 

@@ -106,3 +106,17 @@ def test_auto_on_this_cpu_machine_gives_the_numbers_of_cpu(tmp_path) -> None:
         k: v for k, v in cpu.items() if k not in skip
     }
     assert "confirm/onnxruntime/gap" in auto  # the real int8 kernels ran (on the CPU)
+
+
+def test_a_run_dir_from_before_device_existed_still_resumes(tmp_path) -> None:
+    from qrl.runs import start_run
+
+    old = OmegaConf.create(  # saved before `device` and `agent.model.device: auto` existed
+        {"out": str(tmp_path), "seed": 0, "agent": {"name": "ppo", "model": {"device": "cpu"}}}
+    )
+    start_run(old)
+    new = OmegaConf.merge(old, {"device": "auto", "agent": {"model": {"device": "auto"}}})
+    start_run(new)  # the same run: no "another config" error
+    other = OmegaConf.merge(new, {"agent": {"model": {"gamma": 0.5}}})
+    with pytest.raises(ConfigError, match=r"agent\.model\.gamma"):
+        start_run(other)
