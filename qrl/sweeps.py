@@ -101,6 +101,25 @@ def read_failure(run_dir: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text())) if path.is_file() else None
 
 
+def threads_per_job(n_jobs: int, cpus: int) -> int:
+    """Torch threads for each of `n_jobs` local parallel jobs (joblib's -1: one per CPU), so
+    that together they use the CPUs once instead of each taking all of them."""
+    parallel = cpus if n_jobs < 0 else min(max(n_jobs, 1), cpus)
+    return max(1, cpus // parallel)
+
+
+def _share_cpus() -> None:
+    """In a job of the joblib launcher, take this job's share of the CPUs for torch."""
+    import os
+
+    import torch
+    from hydra.core.hydra_config import HydraConfig
+
+    launcher = HydraConfig.get().launcher
+    if str(launcher.get("_target_", "")).endswith("JoblibLauncher"):
+        torch.set_num_threads(threads_per_job(int(launcher.get("n_jobs", -1)), os.cpu_count() or 1))
+
+
 def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig, job: Job) -> Any:
     """Run one job of a Hydra app, recording its overrides and, if it fails, its failure.
 
@@ -108,6 +127,8 @@ def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig, job: Job) -> Any:
     raised again as `JobFailed` so that the launcher marks the job failed and the sweeper goes
     on with the other jobs. A success removes a failure left by an earlier attempt.
     """
+    if job.multirun:
+        _share_cpus()
     if not (job.out / METRICS_FILE).is_file():
         write_overrides(job.out, job.overrides)
     try:

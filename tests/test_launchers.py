@@ -61,3 +61,11 @@ def test_a_sweep_runs_through_ray_on_a_local_instance(tmp_path: Path) -> None:
         ("ppo",): [0, 1],
         ("random",): [0, 1],
     }
+
+
+def test_local_parallel_jobs_share_the_cpus() -> None:
+    from qrl.sweeps import threads_per_job
+
+    assert threads_per_job(-1, 16) == 1  # joblib's default: one job per CPU
+    assert threads_per_job(4, 16) == 4 and threads_per_job(3, 16) == 5
+    assert threads_per_job(32, 8) == 1 and threads_per_job(1, 8) == 8
