@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, checked_number
+from qrl.devices import task_device
 from qrl.errors import ConfigError
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, quantized_copy
@@ -53,7 +54,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unknown = sorted(set(cfg.backends) - set(BACKEND_NAMES))
     if unknown:
         raise ConfigError(f"unknown backends {unknown}; choose from {list(BACKEND_NAMES)}")
-    victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant)
+    device = task_device(cfg)
+    victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant, device)
     out, started = start_run(cfg)
     x, y = victim.data.test.x, victim.data.test.y
     bs = int(cfg.batch_size)
