@@ -84,6 +84,11 @@ def test_device_cuda_on_a_cpu_machine_is_one_line_and_writes_nothing(tmp_path) -
         cfg = ["device=cuda", f"run={tmp_path / 'some-run'}", f"out={tmp_path / 'q'}"]
         quant_eval.run(load_config("quant_eval", cfg))
     assert not (tmp_path / "q").exists()
+    with pytest.raises(ConfigError, match="device=cuda but torch"):
+        from qrl import pairs
+
+        pairs.run(load_config("pairs", ["device=cuda", f"out={tmp_path / 'p'}"]))
+    assert not (tmp_path / "p").exists()
 
 
 def test_auto_on_this_cpu_machine_gives_the_numbers_of_cpu(tmp_path) -> None:
