@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)" -e ".[dev,cluster]"
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -28,13 +28,13 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 lint: $(STAMP)
-	$(PY) -m ruff check qrl tests benchmarks experiments
-	$(PY) -m ruff format --check qrl tests benchmarks experiments
+	$(PY) -m ruff check qrl tests benchmarks experiments setup.py
+	$(PY) -m ruff format --check qrl tests benchmarks experiments setup.py
 	$(PY) -m mypy
 
 format: $(STAMP)
-	$(PY) -m ruff format qrl tests benchmarks experiments
-	$(PY) -m ruff check --fix qrl tests benchmarks experiments
+	$(PY) -m ruff format qrl tests benchmarks experiments setup.py
+	$(PY) -m ruff check --fix qrl tests benchmarks experiments setup.py
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

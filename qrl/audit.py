@@ -40,7 +40,7 @@ from torch.utils.data import Dataset
 
 from qrl.checkpoints import FORMAT, load_file, load_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import instantiate, load_config, to_dict
+from qrl.config import CONF_DIR, instantiate, load_config, to_dict
 from qrl.confirm import kernel_rows
 from qrl.data import ImageData, check_image_data, from_tensors
 from qrl.errors import CheckpointError, ConfigError, DataError
@@ -303,7 +303,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="audit")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="audit")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

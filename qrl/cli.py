@@ -15,9 +15,17 @@ EXIT_USAGE = 2
 
 
 def hydra_task(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Call a task's `run(cfg)`; a `QrlError` prints one line naming what to fix and exits 2."""
+    """Call a task's `run(cfg)`; a `QrlError` prints one line naming what to fix and exits 2.
+
+    Inside a Hydra job the job's overrides are recorded in its dir; in a multirun a failing job
+    records `failure.json` and raises `JobFailed` instead of exiting, so the sweep goes on
+    (`qrl.sweeps`).
+    """
+    from qrl.sweeps import current_job, run_job
+
+    job = current_job()
     try:
-        return run(cfg)
+        return run(cfg) if job is None else run_job(run, cfg, job)
     except QrlError as exc:
         _fail(exc)
 
@@ -48,16 +56,27 @@ def check_group_options(argv: Sequence[str]) -> None:
                 )
 
 
-def checked_options(main: Callable[[], None]) -> Callable[[], None]:
-    """Wrap a `@hydra.main` function: unknown group options on the command line fail first."""
+def checked_options(main: Callable[[], Any]) -> Callable[[], None]:
+    """Wrap a `@hydra.main` function: unknown group options on the command line fail first,
+    and a multirun with failed jobs ends naming them, with exit code 1."""
 
     @functools.wraps(main)
     def wrapper() -> None:
+        from qrl.sweeps import report_sweep_failures
+
         try:
             check_group_options(sys.argv[1:])
         except QrlError as exc:
             _fail(exc)
-        main()
+        code: Any = 0
+        try:
+            main()
+        except SystemExit as exc:  # Hydra reports the first failed job and exits 1
+            code = exc.code
+        if report_sweep_failures():
+            sys.exit(code or 1)
+        if code:
+            sys.exit(code)
 
     return wrapper
 

@@ -11,7 +11,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from qrl.errors import ConfigError, QrlError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+
+def _conf_dir() -> Path:
+    """Where the Hydra configs are: inside the installed package, or the checkout's `conf/`.
+
+    The top-level `conf/` is their source; building a wheel copies it to `qrl/conf` (see
+    `setup.py`), so a non-editable install (a wheel, a Ray worker) finds them with no source
+    tree. An editable install or a checkout on `PYTHONPATH` reads `conf/` itself.
+    """
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "search.yaml").is_file():
+            return candidate
+    raise ConfigError(
+        f"qrl's Hydra configs are missing: neither {package / 'conf'} (an installed wheel) nor "
+        f"{package.parent / 'conf'} (a source checkout) holds search.yaml; reinstall qrl"
+    )
+
+
+CONF_DIR = _conf_dir()
 
 
 def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:

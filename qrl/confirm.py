@@ -80,7 +80,7 @@ def confirm_on_kernels(
         if name == victim.quant.backend or (name == "torch_ao" and not linear_only):
             continue
         backend = real_backend(
-            name, victim.student, victim.data.test.x[:8], onnx_reduce_range=onnx_reduce_range
+            name, victim.student, victim.data.test.head(8), onnx_reduce_range=onnx_reduce_range
         )
         mirror_name = mirror_preset(name, onnx_reduce_range=onnx_reduce_range)
         mirror = preset(mirror_name)

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 from qrl.checkpoints import InputSpec, build_model, load_model, save_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number, instantiate, to_dict
+from qrl.config import CONF_DIR, checked_number, instantiate, to_dict
 from qrl.data import ImageData
+from qrl.devices import task_device
 from qrl.errors import CheckpointError
 from qrl.loggers import RunLogger
 from qrl.runs import start_run, write_metrics
@@ -65,10 +66,11 @@ def train_teacher(
     state_path: Path | None = None,
     logger: RunLogger | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Train a teacher on the labels."""
+    """Train a teacher on the labels, on `device`."""
     torch.manual_seed(seed)
-    model = build_model(spec, InputSpec.of(data))
+    model = build_model(spec, InputSpec.of(data)).to(device)  # built on the CPU: same weights
     return fit(
         model,
         data.train,
@@ -95,10 +97,14 @@ def distil_student(
     state_path: Path | None = None,
     logger: RunLogger | None = None,
     progress: bool = True,
+    device: torch.device | str = "cpu",
 ) -> nn.Module:
-    """Distil a student from a black-box teacher: only `teacher(x) -> logits` is called."""
+    """Distil a student from a black-box teacher: only `teacher(x) -> logits` is called.
+
+    The student trains on `device`; the teacher is called on the student's batches there.
+    """
     torch.manual_seed(seed + 1)
-    model = build_model(spec, InputSpec.of(data))
+    model = build_model(spec, InputSpec.of(data)).to(device)
 
     def loss(m: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         with torch.no_grad():
@@ -144,12 +150,12 @@ def _settings(cfg: DictConfig) -> TrainSettings:
 
 
 def _load_or_train(
-    name: str, out: Path, cfg: DictConfig, train: Any, resume: bool
+    name: str, out: Path, cfg: DictConfig, train: Any, resume: bool, device: torch.device
 ) -> tuple[nn.Module, str]:
     """Load `<out>/<name>.pt` when resuming a finished phase, else train (resuming mid-phase)."""
     final, state = out / f"{name}.pt", out / f"{name}.state.pt"
     if resume and final.is_file():
-        return load_model(final)[0], "loaded"
+        return load_model(final)[0].to(device), "loaded"
     if not resume:
         state.unlink(missing_ok=True)
     return train(state), "trained"
@@ -159,6 +165,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train or load the teacher, distil the student, evaluate both; returns the metrics."""
     # --- every value and input checked before the run dir is touched ---------------------------
     check_config(cfg)
+    device = task_device(cfg)
     seed = int(cfg.seed)
     data: ImageData = instantiate(cfg.data)
     inputs = InputSpec.of(data)
@@ -173,12 +180,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 f"but data={data.name} gives {inputs}"
             )
     out, started = start_run(cfg)
-    print(data.describe())
+    print(data.describe() + ("" if device.type == "cpu" else f" (on {device})"))
 
     with RunLogger(out, cfg.logger, config=cfg, name=f"distill-{data.name}-s{seed}") as log:
         # --- teacher: given checkpoint, finished phase in this run dir, or train -------------
         if cfg.teacher.path:
-            teacher = given
+            teacher = given.to(device)
             teacher_spec, teacher_source = record["spec"], f"loaded from {cfg.teacher.path}"
         else:
             teacher, teacher_source = _load_or_train(
@@ -193,8 +200,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     state_path=state,
                     logger=log,
                     progress=cfg.progress,
+                    device=device,
                 ),
                 bool(cfg.resume),
+                device,
             )
         teacher.eval()
         teacher_logits = predict_logits(teacher, data.test.x)
@@ -220,8 +229,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 state_path=state,
                 logger=log,
                 progress=cfg.progress,
+                device=device,
             ),
             bool(cfg.resume),
+            device,
         )
         student_logits = predict_logits(student, data.test.x)
         metrics = {
@@ -258,7 +269,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="distill")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="distill")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from qrl.checkpoints import InputSpec, load_model, save_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number, instantiate
+from qrl.config import CONF_DIR, checked_number, instantiate
+from qrl.devices import module_device, task_device
 from qrl.distill import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation, observation_side
 from qrl.errors import CheckpointError, ConfigError
@@ -213,12 +214,13 @@ def check_config(cfg: DictConfig) -> None:
 
 def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]]:
     """The teacher, the distilled student and the data, plus the student's model spec."""
+    device = task_device(cfg)
     run = Path(cfg.victim.run) if cfg.victim.run else None
     if run is None:
-        victim = default_victim(quant, progress=bool(cfg.progress))
+        victim = default_victim(quant, progress=bool(cfg.progress), device=device)
         run = cache_dir() / "victims" / DEFAULT_VICTIM
     else:
-        victim = load_victim(run, quant)
+        victim = load_victim(run, quant, device)
     _, record = load_model(run / "student.pt")
     return victim, record["spec"]
 
@@ -249,7 +251,8 @@ def train_pair(
     # Eval mode throughout: BatchNorm keeps its distilled statistics (per-input bits must not
     # leak across a batch through batch statistics); QAT still runs because gradients are on.
     qnet.eval()
-    trained = Victim(victim.teacher, victim.student, qnet, victim.data, quant)
+    trained = Victim(victim.teacher, victim.student, qnet, victim.data, quant, victim.device)
+    device = victim.device  # the network trains there; inputs are drawn on the CPU
     venv = QuantBitsVecEnv(
         num_envs=int(cfg.ppo.n_envs),
         seed=seed,
@@ -298,13 +301,14 @@ def train_pair(
         parts: dict[str, float] = {}
         for _ in range(net_steps):
             idx = torch.randint(0, len(train_split), (int(cfg.train.batch_size),), generator=gen)
-            x, y = train_split.x[idx], train_split.y[idx]
+            x, y = train_split.rows(idx), train_split.y[idx]
+            x_dev, y_dev = x.to(device), y.to(device)  # no-ops on the CPU
             with torch.no_grad():
-                t_logits = victim.teacher(x)
+                t_logits = victim.teacher(x_dev)
                 obs, _, _ = task.observe(x, y)
                 actions, _ = ppo.predict(obs, deterministic=False)
-            bits = torch.from_numpy(task.decoder.decode(np.asarray(actions)))
-            loss, parts = pair_loss(kind, qnet, x, y, t_logits, bits, uniform, cfg.train)
+            bits = torch.from_numpy(task.decoder.decode(np.asarray(actions)))  # moved per layer
+            loss, parts = pair_loss(kind, qnet, x_dev, y_dev, t_logits, bits, uniform, cfg.train)
             trainer.step(loss)
         # --- logs and a resumable state -----------------------------------------------------
         stats = _val_stats(qnet, ppo, task, val.x, val.y)
@@ -338,7 +342,7 @@ def _val_stats(qnet: nn.Module, ppo: PPO, task: Any, x: Tensor, y: Tensor) -> di
     actions, _ = ppo.predict(obs, deterministic=True)
     bits = torch.from_numpy(task.decoder.decode(np.asarray(actions)))
     with using_bits(qnet, bits):
-        acc_q = rate(correct(qnet(x), y))
+        acc_q = rate(correct(qnet(x.to(module_device(qnet))).cpu(), y))
     acc_fp = rate(correct(fp_logits, y))
     return {
         "pair/val_acc_fp": acc_fp,
@@ -418,7 +422,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="pairs")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pairs")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

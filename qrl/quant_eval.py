@@ -21,7 +21,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number
+from qrl.config import CONF_DIR, checked_number
+from qrl.devices import task_device
 from qrl.errors import ConfigError
 from qrl.fidelity import AGREEMENT, KERNEL_FLOOR, POINTS
 from qrl.loggers import RunLogger
@@ -57,7 +58,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unknown = sorted(set(cfg.backends) - set(BACKEND_NAMES))
     if unknown:
         raise ConfigError(f"unknown backends {unknown}; choose from {list(BACKEND_NAMES)}")
-    victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant)
+    device = task_device(cfg)
+    victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant, device)
     out, started = start_run(cfg)
     x, y = victim.data.test.x, victim.data.test.y
     bs = int(cfg.batch_size)
@@ -202,7 +204,7 @@ def _plot(
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="quant_eval")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="quant_eval")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

@@ -1,7 +1,12 @@
 """Run dirs to tables and pictures: failure archives, failure grids, search curves, and the
-comparison of agents across seeds.
+comparison of sweeps' runs across seeds.
 
-    python -m qrl.report multirun/search/2026-11-28_12-00-00 [--by agent] [--out report.md]
+    python -m qrl.report multirun/search/2026-11-28_12-00-00 [more dirs] [--out report.md]
+
+Runs are grouped by every key their sweep varied (each job's `overrides.yaml`, and the configs
+themselves, so runs that differ in anything but the seed are never pooled); each group gets
+n, mean ± std and a bootstrap interval over seeds. Failed and unfinished runs are listed, not
+averaged. `--out report.md` also writes `report.csv` and `report.png`.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from omegaconf import OmegaConf
 from torch import Tensor
 
 from qrl.agents import Trial
-from qrl.runs import CONFIG_FILE, METRICS_FILE, atomic_write
+from qrl.runs import CONFIG_FILE, METRICS_FILE, atomic_write, flatten
 from qrl.scoring import accuracy_drop
+from qrl.sweeps import FAILURE_FILE, OVERRIDES_FILE, read_failure, read_overrides
 from qrl.tables import format_table
 
 
@@ -117,97 +123,317 @@ def search_curve(path: Path, trials: Sequence[Trial], title: str) -> Path:
     return path
 
 
-# --- comparing finished runs ---------------------------------------------------------------
+# --- comparing runs of sweeps ------------------------------------------------------------
+
+DEFAULT_METRICS = (
+    "eval/gap",
+    "eval/drop_fp",
+    "select/gap",
+    "search/best_batch_gap",
+    "search/evaluations_to_best_batch",
+    "confirm/gap",
+)
+# Keys that never tell runs apart for a table: the replicate axis, where outputs go, and keys
+# that cannot change results (qrl.runs.NON_RESULT_KEYS).
+_NOT_A_GROUP = frozenset({"seed", "out", "progress", "overwrite", "resume", "logger", "device"})
 
 
-def collect_runs(root: str | Path) -> list[dict[str, Any]]:
-    """Every finished run under `root` (dirs with `metrics.json`), with its config."""
-    runs = []
-    for metrics_path in sorted(Path(root).rglob(METRICS_FILE)):
-        run_dir = metrics_path.parent
-        record: dict[str, Any] = {"run_dir": str(run_dir), **json.loads(metrics_path.read_text())}
-        if (run_dir / CONFIG_FILE).is_file():
-            record["config"] = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
-        if "eval/drop_fp" not in record and {"eval/acc_fp", "eval/acc_q"} <= set(record):
-            # Runs from before drop_fp was recorded: the same number from their accuracies.
-            record["eval/drop_fp"] = accuracy_drop(record["eval/acc_fp"], record["eval/acc_q"])
-        runs.append(record)
-    return runs
+def _job_dirs(root: Path) -> list[Path]:
+    """Run dirs under `root`: Hydra jobs (overrides/failure files) or, for runs made without
+    Hydra, dirs holding `metrics.json`. Stage runs nested inside a job are not jobs."""
+    marked = {p.parent for name in (OVERRIDES_FILE, FAILURE_FILE) for p in root.rglob(name)}
+    if not marked:
+        return sorted({p.parent for p in root.rglob(METRICS_FILE)})
+    return sorted(marked)
+
+
+def _load_run(run_dir: Path) -> dict[str, Any]:
+    record: dict[str, Any] = {"run_dir": str(run_dir)}
+    if (run_dir / METRICS_FILE).is_file():
+        record.update(json.loads((run_dir / METRICS_FILE).read_text()))
+    if (run_dir / CONFIG_FILE).is_file():
+        record["config"] = OmegaConf.to_container(OmegaConf.load(run_dir / CONFIG_FILE))
+    overrides = read_overrides(run_dir)
+    failure = read_failure(run_dir)
+    if overrides is None and failure is not None:
+        overrides = [str(o) for o in failure.get("overrides", [])]
+    record["overrides"] = _override_dict(overrides or [])
+    record["failure"] = failure
+    if "eval/drop_fp" not in record and {"eval/acc_fp", "eval/acc_q"} <= set(record):
+        # Runs from before drop_fp was recorded: the same number from their accuracies.
+        record["eval/drop_fp"] = accuracy_drop(record["eval/acc_fp"], record["eval/acc_q"])
+    return record
+
+
+def _override_dict(overrides: Sequence[str]) -> dict[str, str]:
+    """`["agent=ppo", "+x.y=1"]` -> `{"agent": "ppo", "x.y": "1"}` (deletions left out)."""
+    out = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if sep and not key.startswith("~"):
+            out[key.lstrip("+")] = value
+    return out
+
+
+def scan_runs(*roots: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """The runs under `roots`, as `finished` (metrics.json, no failure), `failed` (failure.json)
+    and `unfinished` (neither: still running, or killed)."""
+    found: dict[str, list[dict[str, Any]]] = {"finished": [], "failed": [], "unfinished": []}
+    for root in roots:
+        for run_dir in _job_dirs(Path(root)):
+            record = _load_run(run_dir)
+            if record["failure"] is not None:
+                found["failed"].append(record)
+            elif (run_dir / METRICS_FILE).is_file():
+                found["finished"].append(record)
+            else:
+                found["unfinished"].append(record)
+    return found
+
+
+def collect_runs(*roots: str | Path) -> list[dict[str, Any]]:
+    """Every finished run under `roots` (metrics, plus `config`, `overrides`, `run_dir`)."""
+    return scan_runs(*roots)["finished"]
 
 
 def _lookup(record: dict[str, Any], dotted: str) -> Any:
+    if dotted in record.get("overrides", {}):
+        return record["overrides"][dotted]
     node: Any = record.get("config", {})
     for part in dotted.split("."):
         node = node.get(part) if isinstance(node, dict) else None
     return node
 
 
-def _mean_std(values: list[float]) -> str:
-    if not values:
+def _config_keys(record: dict[str, Any]) -> dict[str, str]:
+    """The run's config as `dotted key -> value` text, less the keys that never group."""
+    config = {k: v for k, v in record.get("config", {}).items() if k not in _NOT_A_GROUP}
+    return {k: str(v) for k, v in flatten(config).items()}
+
+
+def varied_keys(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The keys that tell `runs` apart, fewest first: what a sweep varied, seeds aside.
+
+    Candidates are the overrides (`agent`, `quant.act_bits`) and then every config key; a
+    candidate is kept only when the ones kept so far do not already determine it (so
+    `agent=ppo,sac` gives `agent`, not `agent.name`, `agent.model.n_steps`, ...). Grouping by the
+    result never pools runs whose configs differ in anything but the seed (and the keys that
+    follow from it, such as `data.seed: ${seed}`).
+    """
+    if len(runs) < 2:
+        return []
+    overrides = sorted({k for r in runs for k in r.get("overrides", {})} - _NOT_A_GROUP)
+    configs = [_config_keys(r) for r in runs]
+    config_keys = sorted({k for c in configs for k in c})
+    columns: dict[str, list[str]] = {}
+    for key in overrides:
+        columns[key] = [str(r.get("overrides", {}).get(key, "(default)")) for r in runs]
+    for key in config_keys:
+        values = [c.get(key, "(absent)") for c in configs]
+        if all(v == str(r.get("seed")) for v, r in zip(values, runs, strict=True)):
+            continue  # follows from the seed
+        columns.setdefault(key, values)
+    # Prefer overrides, then `<group>.name`, then shorter keys.
+    order = sorted(
+        (k for k in columns if len(set(columns[k])) > 1),
+        key=lambda k: (k not in overrides, not k.endswith(".name"), k.count("."), k),
+    )
+    kept: list[str] = []
+    for key in order:
+        parts = {tuple(columns[k][i] for k in kept) for i in range(len(runs))}
+        finer = {tuple(columns[k][i] for k in [*kept, key]) for i in range(len(runs))}
+        if len(finer) > len(parts):
+            kept.append(key)
+    return kept
+
+
+def group_runs(
+    runs: Sequence[dict[str, Any]], by: Sequence[str] | None = None
+) -> tuple[list[str], dict[tuple[str, ...], list[dict[str, Any]]]]:
+    """(keys, runs grouped by their values); `by` defaults to `varied_keys(runs)`."""
+    keys = list(by) if by else varied_keys(runs)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        groups[tuple(str(_lookup(r, k)) for k in keys)].append(r)
+    for members in groups.values():
+        members.sort(key=lambda m: int(m.get("seed", 0)))
+    return keys, dict(sorted(groups.items()))
+
+
+def bootstrap_ci(
+    values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
+) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of the mean over seeds (None below two values)."""
+    if len(values) < 2:
+        return None
+    data = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, len(data), (resamples, len(data)))].mean(axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def summarize(
+    runs: Sequence[dict[str, Any]],
+    by: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    level: float = 0.95,
+) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+    """One row per group: its key values, n, seeds, and per metric mean, std and bootstrap CI.
+
+    Returns:
+        (group keys, metrics, rows); a row holds the keys' values, `n`, `seeds`, and
+        `<metric>` -> `{"mean", "std", "ci"}` (std None for one seed, ci None below two).
+    """
+    keys, groups = group_runs(runs, by)
+    metrics = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in runs)]
+    rows = []
+    for values, members in groups.items():
+        row: dict[str, Any] = dict(zip(keys, values, strict=True))
+        row["n"] = len(members)
+        row["seeds"] = [m.get("seed") for m in members]
+        for metric in metrics:
+            xs = [float(m[metric]) for m in members if metric in m]
+            row[metric] = {
+                "integer": all(x.is_integer() for x in xs),  # counts print without decimals
+                "mean": statistics.mean(xs) if xs else None,
+                "std": statistics.stdev(xs) if len(xs) > 1 else None,
+                "ci": bootstrap_ci(xs, level),
+                "n": len(xs),
+            }
+        rows.append(row)
+    return keys, list(metrics), rows
+
+
+def _cell(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
         return "-"
-    digits = 0 if all(float(v).is_integer() for v in values) else 3
-    if len(values) == 1:
-        return f"{values[0]:.{digits}f}"
-    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+    digits = 0 if stat["integer"] and stat["std"] is None else 3
+    text = f"{stat['mean']:.{digits}f}"
+    if stat["std"] is not None:
+        text += f" ± {stat['std']:.{digits}f}"
+    if stat["ci"] is not None:
+        text += f" [{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]"
+    return text
 
 
 def compare(
     runs: list[dict[str, Any]],
-    by: str = "agent.name",
-    keys: Sequence[str] = (
-        "eval/gap",
-        "eval/drop_fp",
-        "select/gap",
-        "search/best_batch_gap",
-        "search/evaluations_to_best_batch",
-        "confirm/gap",
-    ),
+    by: str | Sequence[str] | None = None,
+    keys: Sequence[str] | None = None,
     markdown: bool = True,
+    level: float = 0.95,
 ) -> str:
-    """One row per value of `by` (a dotted config key): mean ± std over seeds of each metric."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        groups[str(_lookup(r, by))].append(r)
-    header = [by.split(".")[0], "seeds", *keys]
-    rows = []
-    for name, members in sorted(groups.items()):
-        members.sort(key=lambda m: int(m.get("seed", 0)))
-        row: list[Any] = [name, ",".join(str(m.get("seed")) for m in members)]
-        for key in keys:
-            row.append(_mean_std([float(m[key]) for m in members if key in m]))
-        rows.append(row)
-    return format_table(header, rows, markdown=markdown)
+    """One row per group of runs that differ only in the seed: n, seeds, and per metric
+    mean ± std [bootstrap interval of the mean over seeds].
 
-
-def per_seed(runs: list[dict[str, Any]], by: str = "agent.name", key: str = "eval/gap") -> str:
-    """A table of `key` for every (group, seed), for reading the spread by eye."""
-    seeds = sorted({int(r.get("seed", 0)) for r in runs})
-    groups: dict[str, dict[int, float]] = defaultdict(dict)
-    for r in runs:
-        if key in r:
-            groups[str(_lookup(r, by))][int(r.get("seed", 0))] = float(r[key])
-    rows = [
-        [g, *(f"{vals[s]:.3f}" if s in vals else "-" for s in seeds)]
-        for g, vals in sorted(groups.items())
+    Args:
+        runs: finished runs (`collect_runs`).
+        by: config or override keys to group by; default: every key the sweep varied.
+        keys: metrics; default `DEFAULT_METRICS` that the runs hold.
+        level: the bootstrap interval's level.
+    """
+    by = [by] if isinstance(by, str) else by
+    group_keys, metrics, rows = summarize(runs, by, keys, level)
+    header = [*(group_keys or ["runs"]), "n", "seeds", *metrics]
+    table = [
+        [
+            *([row[k] for k in group_keys] or ["all"]),
+            row["n"],
+            ",".join(str(s) for s in row["seeds"]),
+            *(_cell(row[m]) for m in metrics),
+        ]
+        for row in rows
     ]
-    return format_table([by.split(".")[0], *(f"seed {s}" for s in seeds)], rows, markdown=True)
+    note = f"mean ± std [{int(100 * level)}% bootstrap interval of the mean over seeds]"
+    return format_table(header, table, markdown=markdown) + f"\n\n{note}"
+
+
+def _label(keys: Sequence[str], values: Sequence[str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in zip(keys, values, strict=True)) or "all"
+
+
+def per_seed(
+    runs: list[dict[str, Any]], by: str | Sequence[str] | None = None, key: str = "eval/gap"
+) -> str:
+    """A table of `key` for every (group, seed), for reading the spread by eye."""
+    by = [by] if isinstance(by, str) else by
+    keys, groups = group_runs(runs, by)
+    seeds = sorted({int(r.get("seed", 0)) for r in runs})
+    rows = []
+    for values, members in groups.items():
+        vals = {int(m.get("seed", 0)): float(m[key]) for m in members if key in m}
+        rows.append(
+            [_label(keys, values), *(f"{vals[s]:.3f}" if s in vals else "-" for s in seeds)]
+        )
+    return format_table(["group", *(f"seed {s}" for s in seeds)], rows, markdown=True)
+
+
+def not_finished(scanned: dict[str, list[dict[str, Any]]], keys: Sequence[str]) -> str:
+    """Markdown lists of the failed runs (with their error) and the unfinished ones."""
+    parts = []
+    for status in ("failed", "unfinished"):
+        records = scanned[status]
+        if not records:
+            continue
+        rows = []
+        for r in records:
+            label = _label(keys, [str(_lookup(r, k)) for k in keys]) if keys else ""
+            overrides = " ".join(f"{k}={v}" for k, v in r["overrides"].items())
+            why = ""
+            if r["failure"] is not None:
+                why = f"{r['failure'].get('error')}: {r['failure'].get('message')}"
+            rows.append([r["run_dir"], label or overrides, *([why] if why else [])])
+        header = ["run dir", "group", *(["error"] if status == "failed" else [])]
+        parts.append(
+            f"{status} runs ({len(records)}, not averaged):\n\n"
+            + format_table(header, [row[: len(header)] for row in rows], markdown=True)
+        )
+    return "\n\n".join(parts)
+
+
+def write_csv(path: Path, keys: Sequence[str], metrics: Sequence[str], rows: list[dict]) -> Path:
+    """The summary as CSV: group keys, n, seeds, and `<metric>_{mean,std,ci_low,ci_high}`."""
+    header = [*keys, "n", "seeds"]
+    for m in metrics:
+        header += [f"{m}_mean", f"{m}_std", f"{m}_ci_low", f"{m}_ci_high"]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            for row in rows:
+                line = [*(row[k] for k in keys), row["n"], " ".join(str(s) for s in row["seeds"])]
+                for m in metrics:
+                    ci = row[m]["ci"] or (None, None)
+                    line += [row[m]["mean"], row[m]["std"], ci[0], ci[1]]
+                writer.writerow(["" if v is None else v for v in line])
+
+    return atomic_write(path, write)
 
 
 def compare_plot(
-    path: Path, runs: list[dict[str, Any]], by: str = "agent.name", key: str = "eval/gap"
+    path: Path,
+    runs: list[dict[str, Any]],
+    by: str | Sequence[str] | None = None,
+    key: str = "eval/gap",
 ) -> Path:
-    """Each run's `key` as a dot, grouped by `by`, with the group means as bars."""
+    """Each run's `key` as a dot, grouped as in `compare`, with the group means as bars."""
     plt = _pyplot()
-    groups: dict[str, list[float]] = defaultdict(list)
-    for r in runs:
-        if key in r:
-            groups[str(_lookup(r, by))].append(100 * float(r[key]))
-    names = sorted(groups)
-    fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 3.5))
-    ax.bar(names, [statistics.mean(groups[n]) for n in names], alpha=0.4)
-    for i, n in enumerate(names):
-        ax.plot([i] * len(groups[n]), groups[n], "ko", ms=4)
-    ax.set(ylabel=f"{key} (points)", title=f"{key} by {by} (dots: seeds)")
+    by = [by] if isinstance(by, str) else by
+    keys, groups = group_runs(runs, by)
+    names, values = [], []
+    for group, members in groups.items():
+        xs = [100 * float(m[key]) for m in members if key in m]
+        if xs:
+            names.append(_label(keys, group))
+            values.append(xs)
+    fig, ax = plt.subplots(figsize=(1.4 * len(names) + 2, 3.8))
+    ax.bar(range(len(names)), [statistics.mean(v) for v in values], alpha=0.4)
+    for i, xs in enumerate(values):
+        ax.plot([i] * len(xs), xs, "ko", ms=4)
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=7)
+    ax.set(ylabel=f"{key} (points)", title=f"{key} by {', '.join(keys) or 'run'} (dots: seeds)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -215,22 +441,43 @@ def compare_plot(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compare finished qrl runs across seeds.")
-    parser.add_argument("root", help="a folder holding run dirs (e.g. a Hydra multirun dir)")
-    parser.add_argument("--by", default="agent.name", help="dotted config key to group by")
-    parser.add_argument("--out", help="also write the tables (markdown) and a plot here")
+    parser = argparse.ArgumentParser(
+        description="Group the runs of sweeps by every key they varied; mean ± std and a "
+        "bootstrap interval over seeds; failed and unfinished runs listed, not averaged."
+    )
+    parser.add_argument("roots", nargs="+", help="folders holding run dirs (Hydra multirun dirs)")
+    parser.add_argument("--by", action="append", help="group by this key instead (repeatable)")
+    parser.add_argument("--metric", action="append", help="a metric to report (repeatable)")
+    parser.add_argument("--level", type=float, default=0.95, help="bootstrap interval level")
+    parser.add_argument("--out", help="write <out> (markdown), <out>.csv and <out>.png too")
     args = parser.parse_args(argv)
-    runs = collect_runs(args.root)
-    if not runs:
-        print(f"error: no finished runs (metrics.json) under {args.root}", file=sys.stderr)
+    scanned = scan_runs(*args.roots)
+    runs = scanned["finished"]
+    if not any(scanned.values()):
+        print(f"error: no runs (metrics.json or failure.json) under {args.roots}", file=sys.stderr)
         return 2
-    text = compare(runs, by=args.by) + "\n\neval/gap per seed:\n\n" + per_seed(runs, by=args.by)
+    keys, metrics, rows = summarize(runs, args.by, args.metric, args.level)
+    sections = []
+    if runs:
+        sections.append(compare(runs, args.by, args.metric, level=args.level))
+        first = metrics[0] if metrics else "eval/gap"
+        sections.append(f"{first} per seed:\n\n" + per_seed(runs, args.by, first))
+    else:
+        sections.append("no finished runs")
+    listed = not_finished(scanned, keys)
+    if listed:
+        sections.append(listed)
+    text = "\n\n".join(sections)
     print(text)
     if args.out:
         out = Path(args.out)
         atomic_write(out, lambda tmp: tmp.write_text(text + "\n"))
-        compare_plot(out.with_suffix(".png"), runs, by=args.by)
-        print(f"wrote {out} and {out.with_suffix('.png')}")
+        written = [out]
+        if runs:
+            written.append(write_csv(out.with_suffix(".csv"), keys, metrics, rows))
+            if metrics:
+                written.append(compare_plot(out.with_suffix(".png"), runs, args.by, metrics[0]))
+        print("wrote " + ", ".join(str(p) for p in written))
     return 0
 
 

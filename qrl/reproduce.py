@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from qrl import distill, pairs, search
 from qrl.cli import checked_options, hydra_task
-from qrl.config import instantiate, load_config
+from qrl.config import CONF_DIR, instantiate, load_config
 from qrl.errors import ConfigError
 from qrl.pair_eval import (
     cross_evaluation,
@@ -376,7 +376,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="reproduce")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="reproduce")
 def main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
 

@@ -23,7 +23,9 @@ CONFIG_FILE = "config.yaml"
 
 # Top-level config keys that cannot change a run's results: a rerun that differs only in these
 # resumes the run in its dir (`logger` chooses where metrics go, not what they are).
-NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger"})
+# `device` chooses where a run computes: a CPU run resumes on a GPU (and runs from before the key
+# existed still resume).
+NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger", "device"})
 
 
 def seed_everything(seed: int) -> None:
@@ -166,7 +168,13 @@ def _result_config(cfg: Any) -> dict[str, Any]:
 
     plain = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
     assert isinstance(plain, dict)
-    return {str(k): v for k, v in plain.items() if k not in NON_RESULT_KEYS}
+    kept = {str(k): v for k, v in plain.items() if k not in NON_RESULT_KEYS}
+    agent = kept.get("agent")
+    if isinstance(agent, dict) and isinstance(agent.get("model"), dict):
+        # Where SB3 computes, like `device`: runs saved with `cpu` resume under `auto`.
+        model = {k: v for k, v in agent["model"].items() if k != "device"}
+        kept["agent"] = {**agent, "model": model}
+    return kept
 
 
 def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 6) -> list[str]:
@@ -174,7 +182,7 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 
 
     `_target_` values are shortened to their class name (`qrl.models.MLP` -> `MLP`).
     """
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten(old), flatten(new)
     missing = object()
     lines = []
     for key in sorted(set(a) | set(b)):
@@ -187,11 +195,12 @@ def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], limit: int = 
     return lines
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping as `{"a.b.c": leaf}` (lists and empty mappings are leaves)."""
     if isinstance(value, Mapping) and value:
         flat: dict[str, Any] = {}
         for k, v in value.items():
-            flat.update(_flatten(v, f"{prefix}{k}."))
+            flat.update(flatten(v, f"{prefix}{k}."))
         return flat
     return {prefix[:-1]: value}
 

@@ -28,12 +28,20 @@ LogitsFn = Callable[[Tensor], Tensor]
 
 @torch.no_grad()
 def predict_logits(model: nn.Module | LogitsFn, x: Tensor, batch_size: int = 1024) -> Tensor:
-    """Logits of `model` on `x` in eval mode, batch by batch; shaped (N, num_classes)."""
+    """Logits of `model` on `x` in eval mode, batch by batch; shaped (N, num_classes).
+
+    Each batch goes to the model's device and its logits come back to the CPU (no-ops there).
+    """
+    from qrl.devices import module_device
+
     was_training = isinstance(model, nn.Module) and model.training
     if isinstance(model, nn.Module):
         model.eval()
+    device = module_device(model)
     try:
-        return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        return torch.cat(
+            [model(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+        )
     finally:
         if was_training:
             assert isinstance(model, nn.Module)

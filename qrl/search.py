@@ -29,8 +29,9 @@ from stable_baselines3.common.monitor import Monitor
 
 from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agent
 from qrl.cli import checked_options, hydra_task
-from qrl.config import checked_number
+from qrl.config import CONF_DIR, checked_number
 from qrl.confirm import confirm_on_kernels, kernel_rows
+from qrl.devices import follow_device, task_device
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
@@ -112,6 +113,7 @@ def held_out_settings(cfg: DictConfig) -> dict[str, Any]:
 def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) -> dict[str, Any]:
     """Search, evaluate, confirm and write results for a ready victim (the CLI and `qrl.audit`)."""
     check_settings(cfg)
+    follow_device(cfg.agent, victim.device)  # an SB3 agent with device auto: the victim's
     seed = int(cfg.seed)
     name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{seed}"
     options = env_kwargs(cfg)
@@ -390,17 +392,22 @@ def _print_summary(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Build the victim named by the config and search it; returns the metrics."""
     check_settings(cfg)  # before the run dir is touched, as is the victim
+    device = task_device(cfg)  # device=cuda without a GPU: one clear error, nothing written
     # --- build victim -------------------------------------------------------------------------
     quant = as_quant_config(cfg.quant)
-    victim = load_victim(cfg.victim.run, quant) if cfg.victim.run else default_victim(quant)
+    if cfg.victim.run:
+        victim = load_victim(cfg.victim.run, quant, device)
+    else:
+        victim = default_victim(quant, device=device)
     out, started = start_run(cfg)
     return search_victim(victim, cfg, out, started)
 
 
 @checked_options
-@hydra.main(version_base="1.3", config_path="../conf", config_name="search")
-def main(cfg: DictConfig) -> None:
-    hydra_task(run, cfg)
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="search")
+def main(cfg: DictConfig) -> float:
+    """The search as a Hydra app; returns `eval/gap`, the objective of `+sweep=tune_ppo`."""
+    return float(hydra_task(run, cfg)["eval/gap"])
 
 
 if __name__ == "__main__":

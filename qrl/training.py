@@ -112,11 +112,15 @@ def fit(
     prefix: str = "train",
     progress: bool = True,
 ) -> nn.Module:
-    """Train `model` in place; resumable from `state_path`, which is updated every epoch.
+    """Train `model` in place, on its device; resumable from `state_path`, updated every epoch.
 
     Each epoch draws its shuffling and augmentation from a generator seeded by (seed, epoch), so
-    a resumed run gives exactly the same weights as an uninterrupted one.
+    a resumed run gives exactly the same weights as an uninterrupted one. Batches are drawn and
+    shifted on the CPU (the same random stream on every device), then moved to the model's.
     """
+    from qrl.devices import module_device
+
+    device = module_device(model)
     steps_per_epoch = math.ceil(len(train) / settings.batch_size)
     trainer = Trainer(
         model,
@@ -136,7 +140,8 @@ def fit(
         gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
         total, count = 0.0, 0
         for x, y in train.batches(settings.batch_size, shuffle=True, generator=gen):
-            loss = trainer.step(loss_fn(model, random_shift(x, settings.shift, gen), y))
+            x = random_shift(x, settings.shift, gen).to(device)
+            loss = trainer.step(loss_fn(model, x, y.to(device)))
             total, count = total + loss * len(y), count + len(y)
         metrics = {f"{prefix}/loss": total / max(count, 1)}
         if val is not None and len(val) > 0:

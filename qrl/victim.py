@@ -12,10 +12,13 @@ from torch import Tensor, nn
 from qrl.checkpoints import load_model
 from qrl.config import instantiate
 from qrl.data import ImageData
+from qrl.devices import module_device
 from qrl.errors import CheckpointError, DataError
 from qrl.quant import QuantConfig, quantized_copy
 from qrl.quant.backends import RealBackend, real_backend
 from qrl.runs import load_run_config
+
+CPU = torch.device("cpu")
 
 
 @dataclass
@@ -28,6 +31,8 @@ class Victim:
         qstudent: S_q: `quantized_copy(student, quant)`, or a real int8 backend.
         data: the data set the student was distilled on (its test split is held out).
         quant: the quantizer of `qstudent`.
+        device: where teacher, student and a simulated `qstudent` compute (`qrl.devices`); the
+            data stay on the CPU and each batch moves over (real int8 backends: CPU only).
     """
 
     teacher: nn.Module
@@ -35,34 +40,55 @@ class Victim:
     qstudent: nn.Module | RealBackend
     data: ImageData
     quant: QuantConfig
+    device: torch.device = CPU
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(teacher, full-precision student, quantized student) logits of one batch."""
-        return self.teacher(x), self.student(x), self.qstudent(x)
+        """(teacher, full-precision student, quantized student) logits of one batch, on the CPU.
+
+        `x` moves to the victim's device (a no-op on the CPU); logits come back to the CPU,
+        where labels, scores and archives live.
+        """
+        on_device = x.to(self.device)
+        q_in = on_device if isinstance(self.qstudent, nn.Module) else x.cpu()
+        return (
+            self.teacher(on_device).cpu(),
+            self.student(on_device).cpu(),
+            self.qstudent(q_in).cpu(),
+        )
 
     @classmethod
     def from_models(
-        cls, teacher: nn.Module, student: nn.Module, data: ImageData, quant: QuantConfig
+        cls,
+        teacher: nn.Module,
+        student: nn.Module,
+        data: ImageData,
+        quant: QuantConfig,
+        device: torch.device | str = "cpu",
     ) -> Victim:
-        """Wrap models and data; the quantized copy (or real backend) is made here."""
+        """Wrap models and data; the quantized copy (or real backend) is made here.
+
+        The models move to `device`; a real int8 backend is built from the CPU student first.
+        """
+        device = torch.device(device)
         teacher, student = teacher.eval(), student.eval()
         _check_shape(student, data)
         _check_shape(teacher, data)
         qstudent: nn.Module | RealBackend
+        if quant.backend != "fake":
+            qstudent = real_backend(quant.backend, student, data.test.head(8))
+        teacher, student = teacher.to(device), student.to(device)
         if quant.backend == "fake":
-            qstudent = quantized_copy(student, quant).eval()
-        else:
-            qstudent = real_backend(quant.backend, student, data.test.x[:8])
-        return cls(teacher, student, qstudent, data, quant)
+            qstudent = quantized_copy(student, quant).eval()  # a copy on the student's device
+        return cls(teacher, student, qstudent, data, quant, device)
 
 
 def _check_shape(model: nn.Module, data: ImageData) -> None:
     """Fail early, with the shapes named, when a model cannot take the data's images."""
-    x = data.test.x[:2]
+    x = data.test.head(2)
     try:
         with torch.no_grad():
-            out = model.eval()(x)
+            out = model.eval()(x.to(module_device(model)))
     except RuntimeError as exc:
         raise CheckpointError(
             f"{type(model).__name__} cannot take {data.name} images shaped {tuple(x.shape[1:])}: "
@@ -81,7 +107,9 @@ def _check_shape(model: nn.Module, data: ImageData) -> None:
         )
 
 
-def load_victim(run_dir: str | os.PathLike[str], quant: QuantConfig) -> Victim:
+def load_victim(
+    run_dir: str | os.PathLike[str], quant: QuantConfig, device: torch.device | str = "cpu"
+) -> Victim:
     """Load the teacher and student of a `qrl.distill` run dir, with the same data split."""
     run_dir = Path(run_dir)
     for name in ("teacher.pt", "student.pt"):
@@ -93,7 +121,7 @@ def load_victim(run_dir: str | os.PathLike[str], quant: QuantConfig) -> Victim:
     data = instantiate(load_run_config(run_dir).data)
     teacher, _ = load_model(run_dir / "teacher.pt")
     student, _ = load_model(run_dir / "student.pt")
-    return Victim.from_models(teacher, student, data, quant)
+    return Victim.from_models(teacher, student, data, quant, device)
 
 
 def cache_dir() -> Path:
@@ -106,7 +134,9 @@ DEFAULT_VICTIM = "digits-cnn-s0"
 DEFAULT_DISTILL_OVERRIDES: tuple[str, ...] = ("data=digits", "model=cnn", "seed=0")
 
 
-def default_victim(quant: QuantConfig, progress: bool = True) -> Victim:
+def default_victim(
+    quant: QuantConfig, progress: bool = True, device: torch.device | str = "cpu"
+) -> Victim:
     """The default digits teacher and student: distilled once into the cache, then loaded.
 
     The first call runs `python -m qrl.distill data=digits seed=0` (about 45 s on two CPU
@@ -129,4 +159,4 @@ def default_victim(quant: QuantConfig, progress: bool = True) -> Victim:
                 f"progress={str(progress).lower()}",
             ]
             distill.run(load_config("distill", overrides))
-    return load_victim(run_dir, quant)
+    return load_victim(run_dir, quant, device)

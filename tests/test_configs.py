@@ -110,7 +110,9 @@ def test_every_sweep_preset_composes(name: str) -> None:
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("search", overrides=[f"+sweep={name}", "out=x"], return_hydra_config=True)
-    assert "agent" in cfg.hydra.sweeper.params
+    swept = list(cfg.hydra.sweeper.params)
+    assert swept and all(k == "seed" or k.split(".")[0] in cfg for k in swept), swept
+    assert any(k == "agent" or k.startswith("agent.") for k in swept)  # agents or their settings
 
 
 def test_configs_compose_inside_a_running_hydra_app() -> None:

@@ -191,3 +191,24 @@ def test_channels_last_tensors_are_converted() -> None:
     assert data.channels == 3 and data.image_size == (8, 8)
     first = data.test.x[0]  # (C, H, W): one of the originals, moved channels-first
     assert any(torch.equal(first, img.permute(2, 0, 1)) for img in x)
+
+
+def test_byte_images_stay_uint8_and_become_the_same_floats_per_batch(tmp_path: Path) -> None:
+    c10 = load_data("cifar10", root=write_cifar10(tmp_path / "c10", per_batch=40, n_test=20))
+    for split in (c10.train, c10.val, c10.test):
+        assert split.images.dtype == torch.uint8  # 1 byte a pixel: 4x less than float32
+        assert split.images.nbytes == len(split) * 3 * 32 * 32
+    # Per batch, exactly the floats the old loader kept: float32(byte) / 255 in float32.
+    expected = c10.train.images.numpy().astype(np.float32) / 255.0
+    x, _ = next(c10.train.batches(7))
+    assert x.dtype == torch.float32 and torch.equal(x, torch.from_numpy(expected[:7]))
+    assert torch.equal(c10.train.rows(torch.tensor([3, 1])), torch.from_numpy(expected[[3, 1]]))
+    assert torch.equal(c10.test.head(2), c10.test.x[:2])
+    # Normalization statistics from exact integer sums agree with the float computation.
+    ref = torch.from_numpy(expected)
+    assert c10.mean == pytest.approx(ref.mean(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    assert c10.std == pytest.approx(ref.std(dim=(0, 2, 3)).tolist(), abs=1e-6)
+    # User arrays of bytes stay bytes too; float data sets stay float (their numbers unchanged).
+    mine = from_tensors(torch.from_numpy(expected[:40] * 0).to(torch.uint8), torch.arange(40) % 4)
+    assert mine.train.images.dtype == torch.uint8
+    assert load_data("digits").train.images.dtype == torch.float32

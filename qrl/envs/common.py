@@ -77,7 +77,7 @@ def range_features(qmodel: nn.Module | Any, batch: int) -> np.ndarray:
         if layer.last_lo is None or layer.last_hi is None:
             cols.append(torch.zeros(batch))
             continue
-        width = (layer.last_hi - layer.last_lo).reshape(-1)
+        width = (layer.last_hi - layer.last_lo).reshape(-1).cpu()  # observations: numpy
         # per_sample ranges are per input; coarser ones (per tensor, per channel) are shared.
         cols.append(width if width.numel() == batch else width.mean().expand(batch))
     ranges = torch.stack(cols, dim=1)  # (B, L)

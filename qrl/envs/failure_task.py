@@ -151,9 +151,9 @@ class FailureTask:
         input_part, _ = self.split_action(action)
         if input_part is None or self.inputs is None:
             idx = torch.randint(0, len(self.pool), (n,), generator=generator)
-            return self.pool.x[idx], self.pool.y[idx], idx
+            return self.pool.rows(idx), self.pool.y[idx], idx
         idx = self.inputs.choose(self.pool, n, input_part, generator)
-        x = self.inputs.transform(self.pool.x[idx], input_part, generator)
+        x = self.inputs.transform(self.pool.rows(idx), input_part, generator)
         return x, self.pool.y[idx], idx
 
     @torch.no_grad()

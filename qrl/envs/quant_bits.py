@@ -21,6 +21,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvS
 from torch import Tensor, nn
 
 from qrl.data import ImageData
+from qrl.devices import module_device
 from qrl.envs.common import check_action, range_features, resolve_victim, torch_generator
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, BitsDecoder
@@ -49,7 +50,7 @@ def bits_observation(
     input (squashed into [0, 1)), all from one float pass of the quantized copy.
     """
     with float_path(qmodel):  # quantization off, ranges recorded
-        fp_logits = qmodel(x)
+        fp_logits = qmodel(x.to(module_device(qmodel))).cpu()  # the batch to the model's device
         ranges = range_features(qmodel, len(x))
     pooled = F.adaptive_avg_pool2d(x, side).flatten(1)  # (B, C*h*w)
     obs = torch.cat([pooled, fp_logits.softmax(dim=1), torch.from_numpy(ranges)], dim=1)
@@ -107,7 +108,7 @@ class BitsTask:
     def draw(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """`n` inputs and labels drawn uniformly from the split."""
         idx = torch.randint(0, len(self.pool), (n,), generator=generator)
-        return self.pool.x[idx], self.pool.y[idx]
+        return self.pool.rows(idx), self.pool.y[idx]
 
     @torch.no_grad()
     def observe(self, x: Tensor, y: Tensor) -> tuple[np.ndarray, Tensor, Tensor]:
@@ -117,7 +118,8 @@ class BitsTask:
         student's class probabilities, and its per-layer activation ranges (squashed).
         """
         obs, fp_logits = bits_observation(self.qstudent, x, self.side)
-        return obs, correct(self.victim.teacher(x), y), correct(fp_logits, y)
+        teacher = self.victim.teacher
+        return obs, correct(teacher(x.to(module_device(teacher))).cpu(), y), correct(fp_logits, y)
 
     @torch.no_grad()
     def score(
@@ -140,7 +142,7 @@ class BitsTask:
     def _quantized_logits(self, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray]:
         bits = self.decoder.decode(actions)  # (B, L): every input at its own bit-widths
         with using_bits(self.qstudent, torch.from_numpy(bits)):
-            return self.qstudent(x), bits
+            return self.qstudent(x.to(module_device(self.qstudent))).cpu(), bits
 
     def _rewards(self, teacher_right: Tensor, q_right: Tensor) -> np.ndarray:
         pays = failed(teacher_right, q_right) if self.reward_mode == "detrimental" else q_right

@@ -258,7 +258,7 @@ class InputDistribution:
         exactly in expectation even when one class dominates it.
         """
         idx = self.choose(pool, n, action, generator)
-        return self.transform(pool.x[idx], action, generator), pool.y[idx]
+        return self.transform(pool.rows(idx), action, generator), pool.y[idx]
 
     def choose(self, pool: Split, n: int, action: np.ndarray, generator: torch.Generator) -> Tensor:
         """Indices into `pool` of `n` i.i.d. draws under the action's class mixture."""

@@ -82,7 +82,7 @@ class TorchAOBackend:
     def __call__(self, x: Tensor) -> Tensor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return self.module(x)
+            return self.module(x.cpu())  # fbgemm kernels: CPU only
 
 
 class OnnxRuntimeBackend:
@@ -190,6 +190,9 @@ def real_backend(
     default is what `quantize_dynamic` users get. `mirror_preset` names the simulator preset
     that models each.
     """
+    # Real int8 kernels run on the CPU: a model on a GPU is exported from a CPU copy.
+    model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
+    example = example.cpu()
     if name == "torch_ao":
         return TorchAOBackend(model)
     if name == "onnxruntime":

@@ -181,7 +181,7 @@ def per_input_bits(bits: Bits, x: Tensor) -> Bits:
             f"per-input bits hold {tuple(bits.shape)} entries but the batch has {x.shape[0]} "
             "inputs: call set_bits_ with a (batch, layers) tensor for this batch"
         )
-    return bits.reshape(-1, *([1] * (x.ndim - 1)))
+    return bits.reshape(-1, *([1] * (x.ndim - 1))).to(x.device)  # bits may be drawn on the CPU
 
 
 def quantize_activation(
