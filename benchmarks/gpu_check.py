@@ -4,7 +4,9 @@
 
 1. The fake quantizer (float, uniform 4-bit, per-input bits) on ResNet-18 (3x32x32, batch 256)
    and the small CNN (1x8x8, batch 512): median forward time on the CPU and on the device.
-2. A reduced pipeline through the real CLI, once per device: `qrl.distill` of a CIFAR-shaped
+2. A reduced `python -m qrl.reproduce` (digits: stages A, B, C and the search, fewer epochs,
+   rounds and evaluations), once per device: wall time and the pairs' drops.
+3. A heavier pipeline through the real CLI, once per device: `qrl.distill` of a CIFAR-shaped
    synthetic set with ResNet-18 (a few epochs), then `qrl.search` (PPO) on that victim; wall
    times and the results of both (a GPU run computes the same things, not the same bits).
 
@@ -30,7 +32,16 @@ from qrl.models import ResNet18, SmallCNN
 from qrl.quant import QuantConfig, layer_names, quantized_copy, set_bits_
 from qrl.tables import format_table
 
-# The reduced pipeline: CIFAR-shaped synthetic data, so that the check needs no files.
+# The reduced `make demo`: the same stages, fewer epochs, rounds and evaluations.
+REPRODUCE = [
+    "+distill.teacher.epochs=5",
+    "+distill.student.epochs=5",
+    "+pairs.train.rounds=10",
+    "search.evaluations=64",
+    "search.agents=[ppo]",
+    "progress=false",
+]
+# The heavier pipeline: CIFAR-shaped synthetic data, so that the check needs no files.
 DISTILL = [
     "data=synthetic",
     "data.n=4000",
@@ -144,6 +155,20 @@ def pipeline(device: str, run: Path, quick: bool = False) -> dict[str, float]:
     }
 
 
+def reproduce(device: str, run: Path, quick: bool = False) -> dict[str, float]:
+    """A reduced `qrl.reproduce` on `device` into `run`; wall time and the pairs' drops."""
+    size = ["+pairs.train.rounds=2", "+distill.teacher.epochs=1", "+distill.student.epochs=1"]
+    chosen = {a.split("=")[0]: a for a in [*REPRODUCE, *(size if quick else [])]}  # quick wins
+    args = [*chosen.values(), f"device={device}", f"hydra.run.dir={run}"]
+    seconds = _cli("reproduce", args)
+    results = json.loads((run / "results.json").read_text())
+    return {
+        "reproduce_s": seconds,
+        "detrimental drop": results["detrimental"]["drop"],
+        "robust drop": results["robust"]["drop"],
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda", help="the device to compare with the CPU")
@@ -152,6 +177,7 @@ def main() -> int:
         "--out", default="runs/gpu_check", help="where the pipeline runs go (a fresh dir)"
     )
     parser.add_argument("--skip-pipeline", action="store_true", help="the quantizer only")
+    parser.add_argument("--skip-quantizer", action="store_true", help="the pipelines only")
     parser.add_argument("--quick", action="store_true", help="a tiny pipeline (checks the script)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -160,23 +186,28 @@ def main() -> int:
         return 0
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"torch {torch.__version__}; {device} = {name}; CPU threads {torch.get_num_threads()}")
-    header = ["quantizer forward", "CPU ms", f"{device} ms", f"{device}/CPU"]
-    print(format_table(header, quantizer_rows(device, args.repeats)))
+    if not args.skip_quantizer:
+        header = ["quantizer forward", "CPU ms", f"{device} ms", f"{device}/CPU"]
+        print(format_table(header, quantizer_rows(device, args.repeats)))
     if args.skip_pipeline:
         return 0
     out = Path(args.out)
-    cpu = pipeline("cpu", out / "cpu", args.quick)
-    dev = pipeline(str(device), out / "device", args.quick)
+    cpu = reproduce("cpu", out / "reproduce-cpu", args.quick)
+    dev = reproduce(str(device), out / "reproduce-device", args.quick)
+    cpu.update(pipeline("cpu", out / "cpu", args.quick))
+    dev.update(pipeline(str(device), out / "device", args.quick))
     rows = [
         [
             key,
             f"{cpu[key]:.4g}",
             f"{dev[key]:.4g}",
-            f"{dev[key] / cpu[key]:.3f}" if "_s" in key else "",
+            f"{dev[key] / cpu[key]:.3f}" if key.endswith("_s") else "",
         ]
         for key in cpu
     ]
-    print(format_table(["reduced pipeline (distill + search)", "CPU", str(device), "ratio"], rows))
+    print(
+        format_table(["reduced reproduce; ResNet-18 pipeline", "CPU", str(device), "ratio"], rows)
+    )
     return 0
 
 

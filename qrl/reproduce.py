@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from qrl import distill, pairs, search
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, instantiate, load_config
+from qrl.devices import task_device
 from qrl.errors import ConfigError
 from qrl.pair_eval import (
     cross_evaluation,
@@ -57,7 +58,12 @@ def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values:
 
 def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     """Stages A, B and C for one seed; returns this seed's numbers and the cross-evaluation."""
-    common = {"seed": seed, "progress": bool(cfg.progress), "overwrite": bool(cfg.overwrite)}
+    common = {
+        "seed": seed,
+        "progress": bool(cfg.progress),
+        "overwrite": bool(cfg.overwrite),
+        "device": str(cfg.get("device", "auto")),
+    }
     # --- A: teacher and distilled student -------------------------------------------------
     print(f"\n== seed {seed}: A. teacher and distilled student (python -m qrl.distill)")
     distill_dir = root / "distill"
@@ -123,6 +129,7 @@ def run_search(cfg: DictConfig, victim_run: Path, root: Path) -> list[dict[str, 
                 "seed": int(cfg.seeds[0]),
                 "progress": bool(cfg.progress),
                 "overwrite": bool(cfg.overwrite),
+                "device": str(cfg.get("device", "auto")),
             },
         )
         assert isinstance(merged, DictConfig)
@@ -336,6 +343,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
     # every stage's values checked before any dir is touched
+    task_device(cfg)  # device=cuda without a GPU: one clear error
     distill.check_config(stage_config("distill", cfg, cfg.distill))
     pair_cfg = stage_config("pairs", cfg, cfg.pairs)
     pairs.check_config(pair_cfg)

@@ -6,8 +6,9 @@ every launcher (basic, joblib, Ray, submitit) marks it failed; the sweeper has b
 other jobs of the batch. At the end `report_sweep_failures` names the failed jobs and the
 command exits non-zero.
 
-Run dirs of one config are not changed by a failed job: `overrides.yaml` is written at the
-start only into a dir without a finished run, and rewritten only after a success.
+Run dirs of one config are not changed by a failed job: `overrides.yaml` is written at the start
+of a sweep's job only into a dir without a finished run, and otherwise only after a success (a
+single run that fails leaves none).
 """
 
 from __future__ import annotations
@@ -129,8 +130,8 @@ def run_job(run: Callable[[DictConfig], Any], cfg: DictConfig, job: Job) -> Any:
     """
     if job.multirun:
         _share_cpus()
-    if not (job.out / METRICS_FILE).is_file():
-        write_overrides(job.out, job.overrides)
+        if not (job.out / METRICS_FILE).is_file():  # a job that dies still shows what it was
+            write_overrides(job.out, job.overrides)
     try:
         result = run(cfg)
     except Exception as exc:

@@ -89,6 +89,11 @@ def test_device_cuda_on_a_cpu_machine_is_one_line_and_writes_nothing(tmp_path) -
 
         pairs.run(load_config("pairs", ["device=cuda", f"out={tmp_path / 'p'}"]))
     assert not (tmp_path / "p").exists()
+    with pytest.raises(ConfigError, match="device=cuda but torch"):
+        from qrl import reproduce
+
+        reproduce.run(load_config("reproduce", ["device=cuda", f"out={tmp_path / 'r'}"]))
+    assert not (tmp_path / "r").exists()
 
 
 def test_auto_on_this_cpu_machine_gives_the_numbers_of_cpu(tmp_path) -> None:

@@ -99,3 +99,24 @@ def _value(overrides: list[str] | None, key: str) -> str | None:
         if name == key:
             return value
     return None
+
+
+def test_a_single_run_records_its_overrides_only_when_it_finishes(
+    victim: Path, tmp_path: Path
+) -> None:
+    def single(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        where = [f"victim.run={victim}", f"hydra.run.dir={out}"]
+        return subprocess.run(
+            [sys.executable, "-m", "qrl.search", *where, *TINY_SEARCH, *args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    bad = single(tmp_path / "bad", "eval.samples=0")
+    assert bad.returncode == 2 and "eval.samples must be >= 1" in bad.stderr
+    assert not (tmp_path / "bad" / OVERRIDES_FILE).exists()  # no record of a run that was not
+    assert not (tmp_path / "bad" / FAILURE_FILE).exists()  # a single run says why on stderr
+    good = single(tmp_path / "good", "seed=3")
+    assert good.returncode == 0, good.stderr[-2000:]
+    assert _value(read_overrides(tmp_path / "good"), "seed") == "3"
