@@ -4,7 +4,7 @@ From Python:
 
     import qrl
 
-    result = qrl.audit(model, (x, y), quant="int4_dynamic", space="input", agent="ppo")
+    result = qrl.audit(model, (x, y), quant="int4_dynamic", space="input", agent="es")
     print(result.gap, result.gap_ci, result.description)
 
 From the command line (a qrl checkpoint, a TorchScript file, or a state dict plus its spec):
@@ -158,7 +158,7 @@ def audit(
     *,
     quant: str | QuantConfig | Mapping[str, Any] = "int4_dynamic",
     space: str | Mapping[str, Any] = "input",
-    agent: str | Mapping[str, Any] = "ppo",
+    agent: str | Mapping[str, Any] = "es",
     evaluations: int = 1000,
     seed: int = 0,
     out: str | Path | None = None,
@@ -175,8 +175,9 @@ def audit(
             precision. The search ranks policies by the drop unless the overrides say
             `env.reference=teacher`.
         quant, space, agent: preset names as on the command line (`int4_dynamic`, `input`,
-            `ppo`) or config objects (`QuantConfig` / mappings of the same keys). `space` says
-            what the search controls: `input`, `bits` or `joint`.
+            `es`) or config objects (`QuantConfig` / mappings of the same keys). `space` says
+            what the search controls: `input`, `bits` or `joint`. The default agent, CMA-ES,
+            is the one `python -m qrl.bench` measures best (experiments/README.md).
         evaluations: the search budget (environment evaluations).
         seed: seeds the data split, the agent and the evaluation.
         out: the run dir (default `runs/audit/<timestamp>`).

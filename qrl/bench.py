@@ -234,7 +234,7 @@ def plot_curves(
     ax.set_xlim(1, budget)
     ax.set_ylim(0, 1)
     ax.set_xlabel("evaluations")
-    ax.set_ylabel("fraction of (member, seed) runs that found the region")
+    ax.set_ylabel("found fraction of (member, seed) runs")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

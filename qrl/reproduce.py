@@ -315,7 +315,7 @@ def _search_table(runs: list[dict[str, Any]]) -> str:
                 f"{100 * r['eval/gap']:.2f}",
                 f"{100 * r['eval/drop_fp']:.2f}",
                 f"{100 * r['baseline/gap']:.2f}",
-                r["search/evaluations"],
+                r.get("evaluations", r["search/evaluations"]),  # search + selection
                 r.get("policy/description", ""),
             ]
         )
