@@ -54,6 +54,11 @@ def suggest(name: str, trial: optuna.Trial) -> dict[str, Any]:
             "gamma": trial.suggest_categorical("gamma", [0.0, 0.5, 0.9]),
             "tau": trial.suggest_float("tau", 0.005, 0.05, log=True),
             "gradient_steps": trial.suggest_categorical("gradient_steps", [1, 2]),
+            # SB3's SAC starts its Gaussian at std exp(-3); wider starts explore the action cube.
+            "policy_kwargs": {
+                "net_arch": [64, 64],
+                "log_std_init": trial.suggest_float("log_std_init", -3.0, 0.0),
+            },
         }
     raise SystemExit(f"tuning is defined for ppo and sac, not {name}")
 
@@ -135,6 +140,8 @@ def _default_params(name: str, model: Any) -> dict[str, Any]:
         params["clip_range"] = model.get("clip_range", 0.2)
         params["ent_coef"] = max(float(model.get("ent_coef", 0.0)), 1e-5)
         params["log_std_init"] = float(model.policy_kwargs.get("log_std_init", 0.0))
+    if name == "sac":
+        params["log_std_init"] = float(model.policy_kwargs.get("log_std_init", -3.0))  # SB3's
     return params
 
 
