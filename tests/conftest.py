@@ -38,3 +38,24 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("digits-distill")
     distill.run(load_config("distill", [f"out={out}", "progress=false"]))
     return out
+
+
+# A search small enough to run many times in tests (a random agent, small batches, no kernels).
+FAST_SEARCH = [
+    "env.batch_size=32",
+    "eval.samples=64",
+    "eval.bootstrap=50",
+    "progress=false",
+    "confirm.backends=[]",
+    "agent=random",
+]
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny distillation (`QUICK`) run once, the victim of the fast search tests."""
+    from qrl import distill
+
+    out = tmp_path_factory.mktemp("quick-distill")
+    distill.run(load_config("distill", [*QUICK, f"out={out}"]))
+    return out

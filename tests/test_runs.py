@@ -13,23 +13,12 @@ from qrl import distill, quant_eval, search
 from qrl.config import load_config
 from qrl.errors import ConfigError
 from qrl.runs import CONFIG_FILE, METRICS_FILE, start_run, write_metrics
-from tests.conftest import QUICK
-
-FAST_SEARCH = [
-    "env.batch_size=32",
-    "eval.samples=64",
-    "eval.bootstrap=50",
-    "progress=false",
-    "confirm.backends=[]",
-    "agent=random",
-]
+from tests.conftest import FAST_SEARCH, QUICK
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tiny-distill")
-    distill.run(load_config("distill", [*QUICK, f"out={out}"]))
-    return out
+@pytest.fixture
+def tiny_run(quick_run: Path) -> Path:
+    return quick_run
 
 
 def _finished(tmp_path: Path, **values: object) -> tuple[Path, object]:

@@ -9,29 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from qrl import distill, report
-from qrl.config import load_config
+from qrl import report
 from qrl.runs import CONFIG_FILE, METRICS_FILE
 from qrl.sweeps import FAILURE_FILE, OVERRIDES_FILE, read_overrides
-from tests.conftest import QUICK
+from tests.conftest import FAST_SEARCH
 
 # A search small enough for a sweep of three jobs in a test.
-TINY_SEARCH = [
-    "agent=random",
-    "budget.evaluations=8",
-    "env.batch_size=32",
-    "eval.samples=64",
-    "eval.bootstrap=50",
-    "confirm.backends=[]",
-    "progress=false",
-]
+TINY_SEARCH = [*FAST_SEARCH, "budget.evaluations=8"]
 
 
-@pytest.fixture(scope="module")
-def victim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("sweep-victim")
-    distill.run(load_config("distill", [*QUICK, f"out={out}"]))
-    return out
+@pytest.fixture
+def victim(quick_run: Path) -> Path:
+    return quick_run
 
 
 def sweep(victim: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
