@@ -176,19 +176,29 @@ class Fidelity:
     agree_batch: float
     max_diff_batch: float
 
-    def problems(
-        self, points: float = POINTS, agreement: float = AGREEMENT, floor: float = KERNEL_FLOOR
-    ) -> list[str]:
+    def problems(self) -> list[str]:
         """What misses the fidelity targets; empty when the preset models the kernel."""
-        out = []
-        for how in ("image", "batch"):
-            sim, kernel = getattr(self, f"acc_sim_{how}"), getattr(self, f"acc_kernel_{how}")
-            agree = getattr(self, f"agree_{how}")
-            if abs(sim - kernel) > points + 1e-9:
-                out.append(f"per {how}: accuracy {100 * sim:.1f} vs kernel {100 * kernel:.1f}")
-            if kernel >= floor and agree < agreement:
-                out.append(f"per {how}: argmax agreement {100 * agree:.1f}%")
-        return out
+        return [
+            f"per {how}: {problem}"
+            for how in ("image", "batch")
+            for problem in mismatches(
+                getattr(self, f"acc_sim_{how}"),
+                getattr(self, f"acc_kernel_{how}"),
+                getattr(self, f"agree_{how}"),
+            )
+        ]
+
+
+def mismatches(sim_acc: float, kernel_acc: float, agree: float) -> list[str]:
+    """Where a simulator misses the fidelity targets against a kernel on the same inputs:
+    accuracy more than `POINTS` apart, or argmax agreement below `AGREEMENT` wherever the
+    kernel keeps at least `KERNEL_FLOOR` accuracy."""
+    out = []
+    if abs(sim_acc - kernel_acc) > POINTS + 1e-9:
+        out.append(f"accuracy {100 * sim_acc:.2f}% vs kernel {100 * kernel_acc:.2f}%")
+    if kernel_acc >= KERNEL_FLOOR and agree < AGREEMENT:
+        out.append(f"argmax agreement {100 * agree:.2f}%")
+    return out
 
 
 Logits = tuple[Tensor, Tensor]  # (per image, whole batch)

@@ -24,7 +24,7 @@ from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, checked_number
 from qrl.devices import task_device
 from qrl.errors import ConfigError
-from qrl.fidelity import AGREEMENT, KERNEL_FLOOR, POINTS
+from qrl.fidelity import mismatches
 from qrl.loggers import RunLogger
 from qrl.quant import as_quant_config, preset, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, mirror_preset, real_backend
@@ -119,13 +119,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         simulator = predict_logits(quantized_copy(victim.student, preset(mirror)).eval(), x, bs)
         record(f"{name} int8", logits, f"confirm/{name}", simulator)
         metrics[f"confirm/{name}/simulator"] = mirror
-        sim_acc, kernel_acc = accuracy(simulator, y), accuracy(logits, y)
-        agree = agreement(simulator, logits)
-        if abs(sim_acc - kernel_acc) > POINTS or (kernel_acc >= KERNEL_FLOOR and agree < AGREEMENT):
+        problems = mismatches(
+            accuracy(simulator, y), accuracy(logits, y), agreement(simulator, logits)
+        )
+        if problems:
             warnings.append(
-                f"{mirror} does not predict {name} int8 on this model (accuracy "
-                f"{100 * sim_acc:.2f}% vs {100 * kernel_acc:.2f}%, argmax agreement "
-                f"{100 * agree:.2f}%): searches with it steer by the wrong numbers"
+                f"{mirror} does not predict {name} int8 on this model ({'; '.join(problems)}): "
+                "searches with it steer by the wrong numbers"
             )
     metrics["confirm/warnings"] = warnings
 
