@@ -31,13 +31,19 @@ BATCH = 512
 
 
 @torch.no_grad()
-def quantized_right(qnet: nn.Module, x: Tensor, y: Tensor, bits: BitsFn | Tensor) -> Tensor:
-    """Per-input correctness of `qnet` under per-input bits (a function of x, or (N, L) / (L,))."""
+def quantized_right(
+    qnet: nn.Module, x: Tensor, y: Tensor, bits: BitsFn | Tensor, batch: int = BATCH
+) -> Tensor:
+    """Per-input correctness of `qnet` under per-input bits (a function of x, or (N, L) / (L,)).
+
+    `batch` inputs go through at once; it matters only to per-tensor and per-channel activation
+    ranges, which the inputs of one batch share.
+    """
     parts = []
-    for i in range(0, len(x), BATCH):
-        xb = x[i : i + BATCH]
+    for i in range(0, len(x), batch):
+        xb = x[i : i + batch]
         with using_bits(qnet, _bits_for(bits, xb, i)):
-            parts.append(correct(qnet(xb), y[i : i + BATCH]))
+            parts.append(correct(qnet(xb), y[i : i + batch]))
     return torch.cat(parts)
 
 

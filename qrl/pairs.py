@@ -56,7 +56,7 @@ from qrl.quant.modules import float_model, float_path
 from qrl.runs import atomic_torch_save, atomic_write, start_run, write_metrics
 from qrl.scoring import accuracy_drop, correct, rate
 from qrl.training import Trainer
-from qrl.victim import DEFAULT_VICTIM, Victim, cache_dir, default_victim, load_victim
+from qrl.victim import Victim, default_victim, load_victim, victim_dir
 
 KINDS = ("detrimental", "robust")
 PAIR_FILE, NETWORK_FILE, POLICY_FILE = "pair.json", "network.pt", "policy.zip"
@@ -210,6 +210,7 @@ def check_config(cfg: DictConfig) -> None:
     if cfg.eval.split not in SPLITS:
         raise ConfigError(f"eval.split must be one of {list(SPLITS)}, got {cfg.eval.split!r}")
     BitsDecoder(1, list(cfg.bits.set), float(cfg.bits.budget))  # raises on a bad set or budget
+    victim_dir(str(cfg.victim.model))  # raises on an unknown model
 
 
 def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]]:
@@ -217,8 +218,9 @@ def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]
     device = task_device(cfg)
     run = Path(cfg.victim.run) if cfg.victim.run else None
     if run is None:
-        victim = default_victim(quant, progress=bool(cfg.progress), device=device)
-        run = cache_dir() / "victims" / DEFAULT_VICTIM
+        model = str(cfg.victim.model)
+        victim = default_victim(quant, progress=bool(cfg.progress), device=device, model=model)
+        run = victim_dir(model)
     else:
         victim = load_victim(run, quant, device)
     _, record = load_model(run / "student.pt")

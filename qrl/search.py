@@ -42,7 +42,7 @@ from qrl.report import failure_grid, search_curve, write_archive
 from qrl.runs import start_run, write_metrics
 from qrl.selection import Selection, distinct_top, reserved_evaluations, select_best
 from qrl.tables import format_table
-from qrl.victim import Victim, default_victim, load_victim
+from qrl.victim import DEFAULT_MODEL, Victim, default_victim, load_victim, victim_dir
 
 HELD_OUT_SEED_OFFSET = 10_000  # held-out draws never share a seed with the search batches
 SELECT_SEED_OFFSET = 20_000  # nor do the selection's fresh batches
@@ -82,6 +82,7 @@ def check_settings(cfg: DictConfig) -> None:
         "select.candidates",
     ):
         checked_number(OmegaConf.select(cfg, key), key, int, low=1)
+    victim_dir(str(OmegaConf.select(cfg, "victim.model", default=DEFAULT_MODEL)))  # a known model
     if int(cfg.budget.evaluations) < 2:
         raise ConfigError(
             f"budget.evaluations must be >= 2 (at least one to search and one to re-score the "
@@ -398,7 +399,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.victim.run:
         victim = load_victim(cfg.victim.run, quant, device)
     else:
-        victim = default_victim(quant, device=device)
+        victim = default_victim(quant, device=device, model=str(cfg.victim.model))
     out, started = start_run(cfg)
     return search_victim(victim, cfg, out, started)
 

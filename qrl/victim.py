@@ -13,7 +13,7 @@ from qrl.checkpoints import load_model
 from qrl.config import instantiate
 from qrl.data import ImageData
 from qrl.devices import module_device
-from qrl.errors import CheckpointError, DataError
+from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, quantized_copy
 from qrl.quant.backends import RealBackend, real_backend
 from qrl.runs import load_run_config
@@ -132,31 +132,43 @@ def cache_dir() -> Path:
 DEFAULT_VICTIM = "digits-cnn-s0"
 # The distillation that makes the default victim: `python -m qrl.distill` with its defaults.
 DEFAULT_DISTILL_OVERRIDES: tuple[str, ...] = ("data=digits", "model=cnn", "seed=0")
+DEFAULT_MODEL = "cnn"
+VICTIM_MODELS = ("cnn", "mlp", "resnet18")  # conf/model/*.yaml
+
+
+def victim_dir(model: str = DEFAULT_MODEL) -> Path:
+    """Where the cached digits victim of `model` lives (`victim.model` in the configs)."""
+    if model not in VICTIM_MODELS:
+        raise ConfigError(f"victim.model must be one of {list(VICTIM_MODELS)}, got {model!r}")
+    name = DEFAULT_VICTIM if model == DEFAULT_MODEL else f"digits-{model}-s0"
+    return cache_dir() / "victims" / name
 
 
 def default_victim(
-    quant: QuantConfig, progress: bool = True, device: torch.device | str = "cpu"
+    quant: QuantConfig,
+    progress: bool = True,
+    device: torch.device | str = "cpu",
+    model: str = DEFAULT_MODEL,
 ) -> Victim:
-    """The default digits teacher and student: distilled once into the cache, then loaded.
+    """A digits teacher and student of `model`: distilled once into the cache, then loaded.
 
-    The first call runs `python -m qrl.distill data=digits seed=0` (about 45 s on two CPU
-    cores) under a file lock, so concurrent processes train it only once.
+    The first call runs `python -m qrl.distill data=digits model=<model> seed=0` (about 45 s
+    for the CNN on two CPU cores) under a file lock, so concurrent processes train it only once.
     """
     import fcntl
 
     from qrl import distill
     from qrl.config import load_config
 
-    run_dir = cache_dir() / "victims" / DEFAULT_VICTIM
+    run_dir = victim_dir(model)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run_dir / "metrics.json").is_file():
-            print(f"qrl: distilling the default digits teacher and student into {run_dir} (once)")
-            overrides = [
-                *DEFAULT_DISTILL_OVERRIDES,
-                f"out={run_dir}",
-                f"progress={str(progress).lower()}",
-            ]
+            print(f"qrl: distilling the digits {model} teacher and student into {run_dir} (once)")
+            recipe = list(DEFAULT_DISTILL_OVERRIDES)
+            if model != DEFAULT_MODEL:
+                recipe = [o for o in recipe if not o.startswith("model=")] + [f"model={model}"]
+            overrides = [*recipe, f"out={run_dir}", f"progress={str(progress).lower()}"]
             distill.run(load_config("distill", overrides))
     return load_victim(run_dir, quant, device)

@@ -14,10 +14,10 @@ from qrl import distill, pairs
 from qrl.checkpoints import load_model
 from qrl.config import instantiate, load_config
 from qrl.errors import CheckpointError, ConfigError
-from qrl.pair_eval import cross_evaluation, fixed_patterns, vulnerability
+from qrl.pair_eval import cross_evaluation, fixed_patterns, quantized_right, vulnerability
 from qrl.pairs import load_pair
 from qrl.policies import BitsDecoder
-from qrl.quant import QuantConfig, using_bits
+from qrl.quant import QuantConfig, quantized_copy, using_bits
 from qrl.quant.functional import quantize_activation
 from qrl.runs import load_run_config
 from qrl.scoring import predict_logits
@@ -192,6 +192,9 @@ def test_bad_pair_inputs_get_one_clear_error(tiny_distill, tmp_path) -> None:
         pairs.run(
             _pair_cfg(tiny_distill, tmp_path / "b", "robust", "quant.act_granularity=per_tensor")
         )
+    with pytest.raises(ConfigError, match=r"victim\.model must be one of \['cnn', 'mlp'"):
+        pairs.run(load_config("pairs", [f"out={tmp_path / 'c'}", "victim.model=vgg"]))
+    assert not (tmp_path / "c").exists()
     with pytest.raises(CheckpointError, match="point to a finished"):
         load_pair(tmp_path)
     (tmp_path / "pair.json").write_text("{not json")
@@ -277,3 +280,19 @@ def test_a_pair_of_another_student_is_not_resumed(tiny_pairs, tiny_distill, tmp_
     with pytest.raises(ConfigError, match=r"victim\.student_sha256"):
         pairs.run(_pair_cfg(moved, out, "robust"))
     assert (out / "metrics.json").is_file()  # the finished run is left as it was
+
+
+def test_quantized_right_batches_matter_only_to_shared_ranges() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
+    x = torch.rand(12, 1, 4, 4)
+    x[0] *= 1000.0  # one input whose range, when shared, leaves the others no grid steps
+    per_sample = quantized_copy(net, QuantConfig(act_bits=2)).eval()
+    y = per_sample(x).argmax(dim=1)  # the labels: what each input gets quantized on its own
+    for batch in (1, 5, 12):
+        assert quantized_right(per_sample, x, y, torch.tensor(2), batch=batch).all()
+    shared = quantized_copy(net, QuantConfig(act_bits=2, act_granularity="per_tensor")).eval()
+    alone = quantized_right(shared, x, y, torch.tensor(2), batch=1)
+    together = quantized_right(shared, x, y, torch.tensor(2), batch=12)
+    assert alone.all()  # a batch of one: its own range, the same as per-sample
+    assert not together.all()  # the outlier's range flattens the others

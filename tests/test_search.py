@@ -254,6 +254,7 @@ def test_search_config_errors_are_clear(tmp_path: Path) -> None:
         ("budget.evaluations=1", "budget.evaluations must be >= 2"),
         ("select.fraction=1.5", "select.fraction"),
         ("select.split=holdout", "select.split must be train, val or test"),
+        ("victim.model=vgg", r"victim\.model must be one of \['cnn', 'mlp', 'resnet18'\]"),
     ],
 )
 def test_selection_settings_are_checked_before_work(
