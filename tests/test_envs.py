@@ -225,6 +225,21 @@ def test_first_use_trains_and_caches_the_victim(
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
 
 
+def test_each_victim_model_has_its_own_cache_entry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QRL_CACHE", str(tmp_path))
+    quick = ("data=synthetic", "teacher.epochs=1", "student.epochs=1", "model=cnn")
+    monkeypatch.setattr(victim_module, "DEFAULT_DISTILL_OVERRIDES", quick)
+    mlp = victim_module.default_victim(preset("int8_dynamic"), progress=False, model="mlp")
+    assert type(mlp.student).__name__ == "MLP"
+    assert victim_module.victim_dir("mlp") == tmp_path / "victims" / "digits-mlp-s0"
+    assert (victim_module.victim_dir("mlp") / "metrics.json").is_file()
+    assert not victim_module.victim_dir("cnn").exists()  # the default victim is left alone
+    with pytest.raises(ConfigError, match=r"victim\.model must be one of"):
+        victim_module.victim_dir("vgg")
+
+
 def test_student_reference_measures_quantization_alone(victim: Victim) -> None:
     env = QuantFailureEnv(victim, mode="input", batch_size=128, reference="student")
     env.reset(seed=0)
