@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).with_name("README.md")
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-BLACK_BOX = ("es", "optuna")  # the black-box baselines PPO and SAC are held against
+import common
+
+from qrl.bench import BLACK_BOX  # the black-box baselines PPO and SAC are held against
 
 
 def targets(metrics: dict[str, object], default_agent: str) -> list[str]:
@@ -40,14 +39,26 @@ def targets(metrics: dict[str, object], default_agent: str) -> list[str]:
     for agent in ("ppo", "sac"):
         ok_found = found(agent) >= 0.8
         ok_speed = median(agent) <= 2 * median(best_bb)
+        ratio = f"bench/{agent}/median_ratio_vs_{best_bb}"
+        paired = ""
+        if ratio in metrics:
+            low, high = (metrics.get(f"{ratio}_ci_{end}") for end in ("low", "high"))
+            paired = (
+                f"; ratio {_num(metrics[ratio])}, 95% paired bootstrap [{_num(low)}, {_num(high)}]"
+            )
         lines.append(
             f"- {agent}: found {found(agent):.2f} (>= 0.80: {'yes' if ok_found else 'no'}), "
             f"median evaluations to failure {median(agent):.0f} vs best black-box "
-            f"({best_bb}) {median(best_bb):.0f} (within 2x: {'yes' if ok_speed else 'no'}) -> "
-            f"**{'met' if ok_found and ok_speed else 'not met'}**"
+            f"({best_bb}) {median(best_bb):.0f} (within 2x: {'yes' if ok_speed else 'no'}"
+            f"{paired}) -> **{'met' if ok_found and ok_speed else 'not met'}**"
         )
     lines.append(f"- random, the floor: found {found('random'):.2f}, median {median('random'):.0f}")
     return lines
+
+
+def _num(value: object) -> str:
+    """A ratio from metrics.json, where an infinite one was stored as null."""
+    return "inf" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
 
 
 def section(out: Path, command: str, default_agent: str) -> str:
@@ -57,12 +68,13 @@ def section(out: Path, command: str, default_agent: str) -> str:
     sizes = ", ".join(f"{m['name']} {m['volume']:.3f}" for m in members)
     return "\n".join(
         [
-            START,
             "## Search speed on planted failures (`python -m qrl.bench`)",
             "",
             "```bash",
             command,
             "```",
+            "",
+            common.stamp(),
             "",
             "Each member of `qrl.planted.family` (held-out seeds, never used for tuning) is a "
             "digits MLP or CNN whose float outputs are exact and whose dynamic-quantized copy "
@@ -82,7 +94,6 @@ def section(out: Path, command: str, default_agent: str) -> str:
             *targets(metrics, default_agent),
             "",
             f"Curves: `{out}/curves.png`; every run: `{out}/runs.csv`.",
-            END,
         ]
     )
 
@@ -101,17 +112,10 @@ def main() -> int:
         "progress=false",
         *args.overrides,
     ]
-    shown = " ".join(["python", *command[1:]])
-    print(shown)
-    subprocess.run(command, check=True)
-    text = README.read_text()
-    new = section(Path(args.out), shown, args.default_agent)
-    if START in text and END in text:
-        text = text[: text.index(START)] + new + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + new + "\n"
-    README.write_text(text)
-    print(f"updated {README}")
+    common.run(command, sweep=False)
+    common.update_readme(
+        "bench", section(Path(args.out), common.shown(command), args.default_agent)
+    )
     return 0
 
 

@@ -43,7 +43,7 @@ def main() -> int:
     parser.add_argument("--out", default="runs/experiments/simulator_fidelity")
     args = parser.parse_args()
     tables = Path(args.out) / "fidelity.md"
-    common.run([sys.executable, str(BENCHMARK), "--out", str(tables)])
+    common.run([sys.executable, str(BENCHMARK), "--out", str(tables)], sweep=False)
     text = tables.read_text().strip().replace("\n### ", "\n#### ")
     section = "\n".join(
         [

@@ -42,6 +42,8 @@ from qrl.planted.family import Member, held_out_members, tuning_members
 from qrl.runs import atomic_write, start_run, write_metrics
 from qrl.tables import format_table
 
+BLACK_BOX = ("es", "optuna")  # the black-box baselines the learning agents are held against
+
 
 @dataclass(frozen=True)
 class RunResult:
@@ -145,6 +147,55 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+def found_table(runs: Sequence[RunResult]) -> np.ndarray:
+    """Evaluations-to-failure as a (members, seeds) array, members and seeds sorted by name
+    (so two agents' tables line up); inf where a run never found the region."""
+    members = sorted({r.member for r in runs})
+    seeds = sorted({r.seed for r in runs})
+    table = np.full((len(members), len(seeds)), np.inf)
+    for r in runs:
+        found = np.inf if r.found_at is None else r.found_at
+        table[members.index(r.member), seeds.index(r.seed)] = found
+    return table
+
+
+def median_ratio_interval(
+    agent: np.ndarray,
+    baseline: np.ndarray,
+    *,
+    resamples: int,
+    level: float,
+    seed: int = 0,
+) -> tuple[float, tuple[float, float]]:
+    """median(agent) / median(baseline) of evaluations-to-failure, with a paired bootstrap
+    interval: each resample draws the same members and seeds for both agents, so the spread
+    between members (some regions are easy for every agent) does not count twice.
+
+    A median that is infinite (half the runs or more never found the region) makes the ratio
+    infinite (or 0); resamples where both are infinite say nothing and are left out.
+    """
+    if agent.shape != baseline.shape:
+        raise ValueError(f"tables differ in shape: {agent.shape} vs {baseline.shape}")
+
+    def ratio(a: np.ndarray, b: np.ndarray) -> float:
+        ma, mb = median_to_failure(a), median_to_failure(b)
+        if np.isinf(ma) and np.isinf(mb):
+            return float("nan")
+        return float(ma / mb) if np.isfinite(mb) else 0.0
+
+    rng = np.random.default_rng(seed)
+    m, s = agent.shape
+    stats = np.empty(resamples)
+    for i in range(resamples):
+        rows = rng.integers(0, m, size=(m, 1))
+        cols = rng.integers(0, s, size=(m, s))
+        stats[i] = ratio(agent[rows, cols], baseline[rows, cols])
+    stats = stats[~np.isnan(stats)]
+    alpha = (1 - level) / 2
+    low, high = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
+    return ratio(agent, baseline), (float(low), float(high))
+
+
 def median_to_failure(found_at: np.ndarray) -> float:
     """The (lower) median of evaluations-to-failure; infinite when half or more never found."""
     return float(np.quantile(found_at, 0.5, method="inverted_cdf"))
@@ -167,14 +218,9 @@ def summarize(
     out: dict[str, dict[str, Any]] = {}
     for agent in sorted({r.agent for r in results}):
         runs = [r for r in results if r.agent == agent]
-        members = sorted({r.member for r in runs})
-        seeds = sorted({r.seed for r in runs})
-        table = np.full((len(members), len(seeds)), np.inf)
-        for r in runs:
-            table[members.index(r.member), seeds.index(r.seed)] = (
-                np.inf if r.found_at is None else r.found_at
-            )
-        row: dict[str, Any] = {"runs": len(runs), "members": len(members), "seeds": len(seeds)}
+        table = found_table(runs)
+        members, seeds = table.shape
+        row: dict[str, Any] = {"runs": len(runs), "members": members, "seeds": seeds}
         for e in grid:
             row[f"found@{e}"] = found_fraction(table, e)
             row[f"found@{e}_ci"] = bootstrap_interval(
@@ -213,6 +259,41 @@ def summary_table(summary: dict[str, dict[str, Any]], grid: Sequence[int], budge
             f"[{_fmt_count(lo, budget)}, {_fmt_count(hi, budget)}]"
         )
         rows.append(cells)
+    return format_table(header, rows, markdown=True)
+
+
+def median_ratios(
+    results: Sequence[RunResult], *, resamples: int, level: float
+) -> dict[tuple[str, str], tuple[float, tuple[float, float]]]:
+    """(agent, black-box baseline) -> median ratio and paired interval, for every agent that
+    is not a black-box baseline, against every baseline in `results` run on the same members
+    and seeds."""
+    tables = {
+        a: found_table([r for r in results if r.agent == a]) for a in {r.agent for r in results}
+    }
+    keys = {a: sorted({(r.member, r.seed) for r in results if r.agent == a}) for a in tables}
+    out = {}
+    for agent in sorted(set(tables) - set(BLACK_BOX)):
+        for baseline in [b for b in BLACK_BOX if b in tables and keys[b] == keys[agent]]:
+            out[agent, baseline] = median_ratio_interval(
+                tables[agent], tables[baseline], resamples=resamples, level=level
+            )
+    return out
+
+
+def ratio_table(
+    ratios: dict[tuple[str, str], tuple[float, tuple[float, float]]], level: float
+) -> str:
+    """Markdown: each agent's median evaluations-to-failure over a black-box baseline's."""
+    rows = [
+        [agent, baseline, f"{value:.2f} [{low:.2f}, {high:.2f}]"]
+        for (agent, baseline), (value, (low, high)) in ratios.items()
+    ]
+    header = [
+        "agent",
+        "black-box baseline",
+        f"median evals to failure, agent / baseline [{100 * level:.0f}% paired bootstrap]",
+    ]
     return format_table(header, rows, markdown=True)
 
 
@@ -334,6 +415,9 @@ def write_results(
         f"{list(cfg.seeds)}, {budget} evaluations; [{100 * level:.0f}% percentile bootstrap "
         f"over members and seeds]"
     )
+    ratios = median_ratios(results, resamples=resamples, level=level)
+    if ratios:
+        table += "\n\n" + ratio_table(ratios, level)
     atomic_write(out / "summary.md", lambda tmp: tmp.write_text(f"{header}\n\n{table}\n"))
     atomic_write(out / "curves.json", lambda tmp: tmp.write_text(json.dumps(curve) + "\n"))
     _write_runs_csv(out / "runs.csv", results)
@@ -347,6 +431,10 @@ def write_results(
         median = row["median_to_failure"]
         metrics[f"bench/{agent}/median_to_failure"] = median if np.isfinite(median) else None
         metrics[f"bench/{agent}/runs"] = row["runs"]
+    for (agent, baseline), (value, (low, high)) in ratios.items():
+        key = f"bench/{agent}/median_ratio_vs_{baseline}"
+        for suffix, v in (("", value), ("_ci_low", low), ("_ci_high", high)):
+            metrics[key + suffix] = v if np.isfinite(v) else None
     print(header)
     print(table)
     print(f"wrote {out}/summary.md, curves.png, runs.csv, metrics.json")

@@ -42,6 +42,9 @@ def test_a_tiny_benchmark_counts_evaluations_to_the_region(tmp_path: Path) -> No
     assert low <= expected <= high
     for name in ("summary.md", "curves.png", "runs.csv", "curves.json"):
         assert (tmp_path / name).stat().st_size > 0
+    # Random (not a black-box baseline) is held against the black-box baseline, paired.
+    assert "bench/random/median_ratio_vs_optuna_ci_low" in metrics
+    assert "random | optuna" in (tmp_path / "summary.md").read_text()
     # A rerun of the same config resumes: no run is repeated.
     bench.run(cfg)
     assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 8
@@ -59,6 +62,20 @@ def test_the_bootstrap_resamples_members_and_seeds() -> None:
         same, lambda v: bench.found_fraction(v, 100), resamples=50, level=0.9
     ) == (1.0, 1.0)
 
+
+
+def test_the_median_ratio_is_paired_over_members_and_seeds() -> None:
+    # Member 0 is easy for both agents, member 1 hard for both; the agent is always 2x slower.
+    baseline = np.array([[4.0, 4.0, 4.0], [100.0, 100.0, 100.0], [10.0, 10.0, 10.0]])
+    agent = 2 * baseline
+    value, (low, high) = bench.median_ratio_interval(agent, baseline, resamples=300, level=0.9)
+    # Paired: every resample keeps the 2x, although each median alone spans 4..100.
+    assert value == 2.0 and low == 2.0 and high == 2.0
+    never = np.full_like(baseline, np.inf)
+    value, (low, high) = bench.median_ratio_interval(never, baseline, resamples=50, level=0.9)
+    assert np.isinf(value) and np.isinf(low)
+    with pytest.raises(ValueError, match="shape"):
+        bench.median_ratio_interval(agent[:2], baseline, resamples=10, level=0.9)
 
 def test_a_search_log_stops_at_the_first_accepted_trial() -> None:
     log = SearchLog(budget=10, stop_when=lambda t: t.reward > 0.5)
