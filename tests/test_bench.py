@@ -63,7 +63,6 @@ def test_the_bootstrap_resamples_members_and_seeds() -> None:
     ) == (1.0, 1.0)
 
 
-
 def test_the_median_ratio_is_paired_over_members_and_seeds() -> None:
     # Member 0 is easy for both agents, member 1 hard for both; the agent is always 2x slower.
     baseline = np.array([[4.0, 4.0, 4.0], [100.0, 100.0, 100.0], [10.0, 10.0, 10.0]])
@@ -76,6 +75,7 @@ def test_the_median_ratio_is_paired_over_members_and_seeds() -> None:
     assert np.isinf(value) and np.isinf(low)
     with pytest.raises(ValueError, match="shape"):
         bench.median_ratio_interval(agent[:2], baseline, resamples=10, level=0.9)
+
 
 def test_a_search_log_stops_at_the_first_accepted_trial() -> None:
     log = SearchLog(budget=10, stop_when=lambda t: t.reward > 0.5)

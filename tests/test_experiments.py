@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import subprocess
 import sys
 from pathlib import Path
 
@@ -50,14 +49,18 @@ def test_runs_are_picked_by_their_overrides_and_the_machine_is_named() -> None:
 
 @pytest.mark.parametrize(
     "script",
-    sorted(p.name for p in EXPERIMENTS.glob("*.py") if p.name != "common.py"),
+    sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.name != "common.py"),
 )
-def test_every_experiment_script_starts(script: str) -> None:
-    result = subprocess.run(
-        [sys.executable, str(EXPERIMENTS / script), "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("usage:")
+def test_every_experiment_script_starts(
+    script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(EXPERIMENTS))  # how `python experiments/x.py` finds common
+    spec = importlib.util.spec_from_file_location(script, EXPERIMENTS / f"{script}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
+    with pytest.raises(SystemExit) as stopped:
+        module.main()
+    assert stopped.value.code == 0
+    assert capsys.readouterr().out.startswith("usage:")
