@@ -1,37 +1,139 @@
-"""What every experiment script shares: running a sweep, picking its runs, and writing its
-section of experiments/README.md with the command, the machine and the date."""
+"""What every experiment script shares: running a sweep, picking exactly its runs, reporting
+them through `qrl.report`, and writing its section of experiments/README.md with the command,
+the machine and the date."""
 
 from __future__ import annotations
 
 import datetime
+import fcntl
 import os
 import platform
+import shlex
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from qrl import report
+from qrl.cli import EXIT_JOBS_FAILED
+from qrl.runs import atomic_write
 
-README = Path(__file__).with_name("README.md")
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "experiments" / "README.md"
+# Overrides that never tell runs apart (where outputs go, how much is printed).
+NOT_A_SETTING = frozenset({"progress", "out"})
+
+
+def enter_repo() -> None:
+    """Work from the repository root, so relative run dirs are the ones the README names."""
+    os.chdir(ROOT)
 
 
 def shown(command: Sequence[str]) -> str:
-    """The command as a user types it (`python -m ...`, not this interpreter's path)."""
+    """The command as a user types it in a shell (`python -m ...`, quoted where needed)."""
     parts = ["python", *command[1:]] if command and command[0] == sys.executable else command
-    return " ".join(str(p) for p in parts)
+    return shlex.join(str(p) for p in parts)
+
+
+def invocation() -> str:
+    """How this script was started, to rerun it exactly."""
+    script = Path(sys.argv[0]).resolve()
+    where = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
+    return shlex.join(["python", str(where), *sys.argv[1:]])
 
 
 def run(command: Sequence[str], sweep: bool = True) -> None:
-    """Run a command, echoing it. A sweep that finished but names failed jobs (exit 1) is not
-    fatal: the report lists those jobs. Anything else that fails stops the experiment."""
+    """Run a command, echoing it. A sweep that finished with failed jobs (exit 3) is not fatal:
+    the report lists those jobs. Any other failure stops the experiment before it reports."""
     print(shown(command), flush=True)
     done = subprocess.run(list(command), check=False)
-    if done.returncode != 0 and not (sweep and done.returncode == 1):
-        raise SystemExit(f"{shown(command)} exited with {done.returncode}")
+    if done.returncode != 0 and not (sweep and done.returncode == EXIT_JOBS_FAILED):
+        raise SystemExit(f"{shown(command)} exited with {done.returncode}; nothing reported")
+
+
+def normalized(value: object) -> str:
+    """An override value as Hydra writes it into a job's `overrides.yaml`, made comparable
+    (`3`, `3.0` and `3.00` are one budget; `false` and `False` one flag)."""
+    text = str(value).strip()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text.lower()
+
+
+def sweep_values(overrides: Iterable[str]) -> dict[str, set[str]]:
+    """`["seed=0,1", "kind=robust"]` -> `{"seed": {"0.0", "1.0"}, "kind": {"robust"}}`:
+    the values each task key may take in a sweep (Hydra's own keys left out)."""
+    wanted: dict[str, set[str]] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.lstrip("+")
+        if not sep or key.startswith(("hydra.", "~")) or key in NOT_A_SETTING:
+            continue
+        wanted[key] = {normalized(v) for v in value.split(",")}
+    return wanted
+
+
+def check_extra(overrides: Sequence[str], controlled: Mapping[str, str]) -> None:
+    """Refuse extra overrides of keys the script sets itself, naming the option to use."""
+    for item in overrides:
+        key = item.partition("=")[0].lstrip("+")
+        if key in controlled or key.startswith("hydra.sweep"):
+            raise SystemExit(
+                f"error: {key} is set by this script; use {controlled.get(key, 'its --out')}"
+            )
+
+
+def pick(runs: Sequence[dict[str, Any]], wanted: Mapping[str, set[str]]) -> list[dict]:
+    """The runs made by exactly these overrides: the same keys, each with a wanted value
+    (a run with an extra override, such as a shorter `train.rounds`, is another experiment)."""
+    picked = []
+    for r in runs:
+        have = {k: v for k, v in r["overrides"].items() if k not in NOT_A_SETTING}
+        if set(have) == set(wanted) and all(normalized(have[k]) in wanted[k] for k in wanted):
+            picked.append(r)
+    return picked
+
+
+def scan(root: Path, overrides: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+    """`qrl.report.scan_runs(root)`, restricted to the runs these overrides made."""
+    wanted = sweep_values(overrides)
+    scanned = report.scan_runs(root) if root.is_dir() else {}
+    picked = {status: pick(records, wanted) for status, records in scanned.items()}
+    if not any(picked.values()):
+        raise SystemExit(
+            f"error: no run under {root} was made by {sorted(wanted.items())}; the sweep "
+            "above should have made them (see its output)"
+        )
+    return picked
+
+
+def write_report(
+    out: Path,
+    scanned: Mapping[str, list[dict[str, Any]]],
+    group: Sequence[str],
+    metrics: Sequence[str],
+    plot_metric: str | None = None,
+) -> tuple[str, str]:
+    """Group the finished runs with `qrl.report` and write <out>/report.{md,csv,png}.
+
+    Returns (the markdown table, the list of failed and unfinished runs, empty if none).
+    """
+    runs = scanned["finished"]
+    if not runs:
+        raise SystemExit(f"error: no finished runs to report ({len(scanned['failed'])} failed)")
+    out.mkdir(parents=True, exist_ok=True)
+    keys, kept, rows = report.summarize(runs, group, metrics)
+    table = report.compare(runs, group, metrics)
+    report.write_csv(out / "report.csv", keys, kept, rows)
+    report.compare_plot(out / "report.png", runs, group, plot_metric or kept[0])
+    listed = report.not_finished(dict(scanned), group)
+    text = table + ("\n\n" + listed if listed else "") + "\n"
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(text))
+    return table, listed
 
 
 def machine() -> str:
@@ -53,36 +155,40 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({cpu}){memory}, {gpu}; torch {torch.__version__}"
 
 
-def stamp() -> str:
-    """'Measured on <machine>, <date>.' for a section's header."""
-    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    return f"Measured on {machine()}, {today}."
+def _day(timestamp: float) -> str:
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).strftime("%Y-%m-%d")
 
 
-def pick(runs: Sequence[dict[str, Any]], wanted: Mapping[str, Sequence[str]]) -> list[dict]:
-    """The runs whose overrides take one of the wanted values for every key."""
-    return [r for r in runs if all(r["overrides"].get(k) in set(vs) for k, vs in wanted.items())]
-
-
-def scan(root: Path, wanted: Mapping[str, Sequence[str]]) -> dict[str, list[dict[str, Any]]]:
-    """`qrl.report.scan_runs(root)`, restricted to the runs this experiment asked for."""
-    scanned = report.scan_runs(root)
-    return {status: pick(records, wanted) for status, records in scanned.items()}
+def stamp(trained: Iterable[Path] = ()) -> str:
+    """'Generated on <machine>, <date>.', plus when the given files (trained models that a
+    rerun loads instead of retraining) were written."""
+    line = f"Generated on {machine()}, {_day(datetime.datetime.now(datetime.UTC).timestamp())}."
+    days = sorted({_day(p.stat().st_mtime) for p in trained if p.is_file()})
+    if days:
+        span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
+        line += f" Models trained {span} (on this kind of machine, unless rerun elsewhere)."
+    return line
 
 
 def update_readme(name: str, text: str) -> None:
     """Replace the section between `<!-- name:start -->` and `<!-- name:end -->` (appended
-    when absent), so rerunning a script regenerates its numbers and nothing else."""
+    when absent), so rerunning a script regenerates its numbers and nothing else. Locked and
+    atomic: two scripts finishing together both keep their sections."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{text.strip()}\n{end}"
-    readme = README.read_text()
-    if start in readme and end in readme:
-        readme = readme[: readme.index(start)] + block + readme[readme.index(end) + len(end) :]
-    else:
-        readme = readme.rstrip("\n") + "\n\n" + block + "\n"
-    README.write_text(readme)
+    with open(README.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        readme = README.read_text()
+        if start in readme and end in readme:
+            head, tail = readme[: readme.index(start)], readme[readme.index(end) + len(end) :]
+            readme = head + block + tail
+        else:
+            readme = readme.rstrip("\n") + "\n\n" + block + "\n"
+        atomic_write(README, lambda tmp: tmp.write_text(readme))
     print(f"updated the {name} section of {README}")
 
+
+# --- the network-policy pairs, shared by pairs_table, drop_vs_budget and granularity -----------
 
 PAIRS_ROOT = Path("runs/experiments/pairs")
 PAIR_METRICS = (
@@ -95,35 +201,65 @@ PAIR_METRICS = (
     "drop_onnx_int8",
     "mean_bits",
 )
+PAIR_KEYS = {
+    "victim.model": "--models / --model",
+    "bits.budget": "--budgets / --budget",
+    "seed": "--seeds",
+    "kind": "(both kinds are always trained)",
+    "victim.run": "(the cached victim of --models)",
+}
 
 
 def pair_sweep(
     models: Sequence[str],
     budgets: Sequence[str],
     seeds: Sequence[str],
-    root: Path = PAIRS_ROOT,
     overrides: Sequence[str] = (),
-) -> tuple[list[str], dict[str, list[str]]]:
+    root: Path = PAIRS_ROOT,
+) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
     """Train (or load, when finished) the detrimental and robust pairs of every model, budget
     and seed in one Hydra sweep under `root`, one job dir per configuration, named by its
     overrides, so experiments that share a configuration share its run.
 
-    Returns the command and the override values that select this sweep's runs.
+    Returns the command and its runs as `qrl.report.scan_runs` sorts them.
     """
+    check_extra(overrides, PAIR_KEYS)
+    task = [
+        f"victim.model={','.join(models)}",
+        f"bits.budget={','.join(str(float(b)) for b in budgets)}",
+        "kind=detrimental,robust",
+        f"seed={','.join(str(int(s)) for s in seeds)}",
+        *overrides,
+    ]
     command = [
         sys.executable,
         "-m",
         "qrl.pairs",
         "-m",
-        f"victim.model={','.join(models)}",
-        f"bits.budget={','.join(budgets)}",
-        "kind=detrimental,robust",
-        f"seed={','.join(seeds)}",
+        *task,
         f"hydra.sweep.dir={root}",
         "hydra.sweep.subdir=${hydra.job.override_dirname}",
         "progress=false",
-        *overrides,
     ]
     run(command)
-    wanted = {"victim.model": list(models), "bits.budget": list(budgets), "seed": list(seeds)}
-    return command, wanted
+    return command, scan(root, task)
+
+
+def pair_settings(runs: Sequence[dict[str, Any]]) -> str:
+    """What the pairs were trained with, read from their configs (not typed)."""
+    cfg = runs[0]["config"]
+    return (
+        f"{cfg['train']['rounds']} rounds of (one PPO rollout of "
+        f"{cfg['ppo']['n_envs'] * cfg['ppo']['model']['n_steps']} inputs + update, "
+        f"{cfg['train']['net_steps']} KD + QAT network steps of {cfg['train']['batch_size']} "
+        f"inputs); quantizer `{cfg['quant']['name']}` (activations "
+        f"{cfg['quant']['act_granularity']}, {'a' if not cfg['quant']['act_symmetric'] else ''}"
+        f"symmetric; weights {cfg['quant']['weight_bits']}-bit "
+        f"{cfg['quant']['weight_granularity']}); bit set "
+        f"{{{','.join(str(b) for b in cfg['bits']['set'])}}}; evaluated on the "
+        f"{cfg['eval']['split']} split"
+    )
+
+
+def trained_files(runs: Sequence[dict[str, Any]], name: str = "network.pt") -> list[Path]:
+    return [Path(r["run_dir"]) / name for r in runs]

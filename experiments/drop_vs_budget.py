@@ -56,49 +56,37 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--budgets", default="3.0,4.0,5.0,6.0")
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="runs/experiments/drop_vs_budget")
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.pairs")
     args = parser.parse_args()
-    command, wanted = common.pair_sweep(
-        [args.model],
-        args.budgets.split(","),
-        args.seeds.split(","),
-        common.PAIRS_ROOT,
-        args.overrides,
+    common.enter_repo()
+    command, scanned = common.pair_sweep(
+        [args.model], args.budgets.split(","), args.seeds.split(","), args.overrides
     )
-    scanned = common.scan(common.PAIRS_ROOT, wanted)
-    runs = scanned["finished"]
-    if not runs:
-        print("error: no finished pairs; see the sweep's output above", file=sys.stderr)
-        return 1
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     metrics = ["drop", "drop_uniform", "drop_random", "acc_fp", "acc_q", "mean_bits"]
-    keys, metrics, rows = report.summarize(runs, GROUP, metrics)
-    table = report.compare(runs, GROUP, metrics)
-    report.write_csv(out / "report.csv", keys, metrics, rows)
+    table, listed = common.write_report(out, scanned, GROUP, metrics, "drop")
+    runs = scanned["finished"]
+    _, _, rows = report.summarize(runs, GROUP, metrics)
     figure = plot(out / "drop_vs_budget.png", rows, args.model)
-    listed = report.not_finished(scanned, GROUP)
-    (out / "report.md").write_text(table + ("\n\n" + listed if listed else "") + "\n")
     section = "\n".join(
         [
             "## Drop against the average-bit budget",
             "",
             "```bash",
-            f"python experiments/drop_vs_budget.py --model {args.model} --budgets "
-            f"{args.budgets} --seeds {args.seeds}",
+            common.invocation(),
             "```",
             "",
-            common.stamp(),
+            common.stamp(common.trained_files(runs)),
             f"The sweep it runs: `{common.shown(command)}`.",
             "",
             f"Digits {args.model}: a detrimental and a robust pair trained at each average-bit "
-            "budget (the policy's mean bits per layer and input, bit set {2,3,4,5,6,8}), "
-            "evaluated on the test split. Fractions; **drop** = the pair's network in full "
-            "precision minus the same network quantized under its own policy "
-            "(`drop_uniform`: the budget's uniform bits; `drop_random`: random per-input bits "
-            "at the budget).",
+            "budget (the policy's mean bits per layer and input; "
+            f"{common.pair_settings(runs)}). Fractions, mean ± std [95% bootstrap interval of "
+            "the mean] over seeds; **drop** = the pair's network in full precision minus the "
+            "same network quantized under its own policy (`drop_uniform`: under the budget's "
+            "uniform bits; `drop_random`: under random per-input bits at the budget).",
             "",
             table,
             *(["", listed] if listed else []),

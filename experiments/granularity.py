@@ -24,12 +24,11 @@ from typing import Any
 import common
 import torch
 
-from qrl import report
 from qrl.checkpoints import load_model
 from qrl.pair_eval import batched_bits, quantized_right
 from qrl.pairs import load_pair
 from qrl.quant import QuantConfig, quantized_copy
-from qrl.scoring import correct, predict_logits, rate
+from qrl.scoring import accuracy_drop, correct, predict_logits, rate
 from qrl.victim import load_victim, victim_dir
 
 GRANULARITIES = ("per_tensor", "per_sample", "per_channel")
@@ -59,7 +58,7 @@ def rows_for(
                     "overrides": {"network": name, "policy": policy, "granularity": granularity},
                     "acc_fp": acc_fp,
                     "acc_q": acc_q,
-                    "drop": acc_fp - acc_q,
+                    "drop": accuracy_drop(acc_fp, acc_q),
                 }
             )
     return records
@@ -69,17 +68,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="cnn")
     parser.add_argument("--budget", default="4.0")
-    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--batch", type=int, default=64, help="inputs quantized together")
     parser.add_argument("--bits", default="2,3,4,8", help="uniform bit-widths to score")
     parser.add_argument("--out", default="runs/experiments/granularity")
     args = parser.parse_args()
-    seeds = args.seeds.split(",")
-    command, wanted = common.pair_sweep([args.model], [args.budget], seeds, common.PAIRS_ROOT)
-    pairs = common.scan(common.PAIRS_ROOT, wanted)["finished"]
+    common.enter_repo()
+    command, scanned = common.pair_sweep([args.model], [args.budget], args.seeds.split(","))
+    pairs = scanned["finished"]
     if not pairs:
-        print("error: no finished pairs; see the sweep's output above", file=sys.stderr)
-        return 1
+        raise SystemExit("error: no finished pairs to quantize; see the sweep's output above")
     victim = load_victim(victim_dir(args.model), QuantConfig())
     x, y = victim.data.test.x, victim.data.test.y
     uniform = {f"uniform {b} bits": torch.tensor(int(b)) for b in args.bits.split(",")}
@@ -93,38 +91,36 @@ def main() -> int:
         records += rows_for(
             name, int(run["seed"]), pair.network, pair.quant, policies, x, y, args.batch
         )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = ["acc_fp", "acc_q", "drop"]
-    keys, metrics, rows = report.summarize(records, GROUP, metrics)
-    table = report.compare(records, GROUP, metrics)
-    report.write_csv(out / "report.csv", keys, metrics, rows)
-    report.compare_plot(out / "report.png", records, GROUP, "drop")
-    (out / "report.md").write_text(table + "\n")
+    scored = {"finished": records, "failed": [], "unfinished": []}
+    table, _ = common.write_report(Path(args.out), scored, GROUP, ["acc_fp", "acc_q", "drop"])
     section = "\n".join(
         [
             "## Per-tensor vs per-sample vs per-channel activation ranges",
             "",
             "```bash",
-            f"python experiments/granularity.py --model {args.model} --budget {args.budget} "
-            f"--seeds {args.seeds} --batch {args.batch} --bits {args.bits}",
+            common.invocation(),
             "```",
             "",
-            common.stamp(),
+            common.stamp(common.trained_files(pairs)),
             f"The pairs come from `{common.shown(command)}`.",
             "",
             f"Digits {args.model}: the distilled student and the pairs trained at a "
-            f"{args.budget}-bit budget with per-sample activation ranges, each quantized with "
-            "the same quantizer (asymmetric activations, 8-bit per-channel weights) at three "
-            "activation granularities: `per_tensor` (one range per layer for the batch), "
-            "`per_sample` (one per input) and `per_channel` (one per channel over the batch); "
-            f"test split, {args.batch} inputs per batch. Fractions; **drop** = the network in "
-            "full precision minus the same network quantized. `own policy`: the pair's per-input "
-            "bits (under a shared range each input still gets its own bits).",
+            f"{float(args.budget)}-bit budget with per-sample activation ranges, each quantized "
+            f"with the pairs' quantizer (`{pairs[0]['config']['quant']['name']}`: "
+            f"{quant.weight_bits}-bit "
+            f"{quant.weight_granularity} weights) at three activation granularities: "
+            "`per_tensor` (one range per layer for the whole batch), `per_sample` (one per "
+            "input) and `per_channel` (one per channel over the batch). Test split "
+            f"({len(x)} images) in its stored order, in consecutive batches of {args.batch}: "
+            "shared ranges depend on which inputs share a batch. Fractions, mean ± std [95% "
+            "bootstrap interval of the mean] over the pairs' seeds (the student: one). "
+            "**drop** = the network in full precision minus the same network quantized; "
+            "`own policy`: the pair's per-input bits (under a shared range each input still "
+            "gets its own bits).",
             "",
             table,
             "",
-            f"Rows as CSV: `{out}/report.csv`; drops as a plot: `{out}/report.png`.",
+            f"Rows as CSV: `{args.out}/report.csv`; drops as a plot: `{args.out}/report.png`.",
         ]
     )
     common.update_readme("granularity", section)

@@ -37,8 +37,12 @@ def targets(metrics: dict[str, object], default_agent: str) -> list[str]:
         f"{found(default_agent):.2f} -> **{'met' if found(default_agent) >= 0.9 else 'not met'}**"
     ]
     for agent in ("ppo", "sac"):
+        if f"bench/{agent}/runs" not in metrics:
+            lines.append(f"- {agent}: not run -> **not met**")
+            continue
         ok_found = found(agent) >= 0.8
-        ok_speed = median(agent) <= 2 * median(best_bb)
+        # An agent that never found half the regions is not "within 2x" of anything.
+        ok_speed = math.isfinite(median(agent)) and median(agent) <= 2 * median(best_bb)
         ratio = f"bench/{agent}/median_ratio_vs_{best_bb}"
         paired = ""
         if ratio in metrics:
@@ -57,7 +61,7 @@ def targets(metrics: dict[str, object], default_agent: str) -> list[str]:
 
 
 def _num(value: object) -> str:
-    """A ratio from metrics.json, where an infinite one was stored as null."""
+    """A ratio from metrics.json, where an infinite one was stored as null (`qrl.bench`)."""
     return "inf" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
 
 
@@ -104,6 +108,7 @@ def main() -> int:
     parser.add_argument("--default-agent", default="es", help="conf/search.yaml's default agent")
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.bench")
     args = parser.parse_args()
+    common.enter_repo()
     command = [
         sys.executable,
         "-m",
@@ -113,9 +118,7 @@ def main() -> int:
         *args.overrides,
     ]
     common.run(command, sweep=False)
-    common.update_readme(
-        "bench", section(Path(args.out), common.shown(command), args.default_agent)
-    )
+    common.update_readme("bench", section(Path(args.out), common.invocation(), args.default_agent))
     return 0
 
 

@@ -42,6 +42,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/experiments/simulator_fidelity")
     args = parser.parse_args()
+    common.enter_repo()
     tables = Path(args.out) / "fidelity.md"
     common.run([sys.executable, str(BENCHMARK), "--out", str(tables)], sweep=False)
     text = tables.read_text().strip().replace("\n### ", "\n#### ")
@@ -50,7 +51,7 @@ def main() -> int:
             "## Simulator fidelity: each preset against its real int8 kernel, on stressed models",
             "",
             "```bash",
-            f"python experiments/simulator_fidelity.py --out {args.out}",
+            common.invocation(),
             "```",
             "",
             common.stamp(),

@@ -172,7 +172,9 @@ def median_ratio_interval(
     between members (some regions are easy for every agent) does not count twice.
 
     A median that is infinite (half the runs or more never found the region) makes the ratio
-    infinite (or 0); resamples where both are infinite say nothing and are left out.
+    infinite (or 0). Resamples where both are infinite say nothing and are left out, so the
+    interval is conditional on one of the two finding half the regions; when the whole table
+    is like that, the ratio and its interval are NaN.
     """
     if agent.shape != baseline.shape:
         raise ValueError(f"tables differ in shape: {agent.shape} vs {baseline.shape}")
@@ -191,9 +193,12 @@ def median_ratio_interval(
         cols = rng.integers(0, s, size=(m, s))
         stats[i] = ratio(agent[rows, cols], baseline[rows, cols])
     stats = stats[~np.isnan(stats)]
+    value = ratio(agent, baseline)
+    if np.isnan(value) or len(stats) == 0:
+        return float("nan"), (float("nan"), float("nan"))  # neither agent found half the regions
     alpha = (1 - level) / 2
     low, high = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
-    return ratio(agent, baseline), (float(low), float(high))
+    return value, (float(low), float(high))
 
 
 def median_to_failure(found_at: np.ndarray) -> float:
@@ -266,8 +271,8 @@ def median_ratios(
     results: Sequence[RunResult], *, resamples: int, level: float
 ) -> dict[tuple[str, str], tuple[float, tuple[float, float]]]:
     """(agent, black-box baseline) -> median ratio and paired interval, for every agent that
-    is not a black-box baseline, against every baseline in `results` run on the same members
-    and seeds."""
+    is not a black-box baseline (the learning agents, and random as the floor), against every
+    baseline in `results` run on the same members and seeds."""
     tables = {
         a: found_table([r for r in results if r.agent == a]) for a in {r.agent for r in results}
     }
@@ -286,7 +291,13 @@ def ratio_table(
 ) -> str:
     """Markdown: each agent's median evaluations-to-failure over a black-box baseline's."""
     rows = [
-        [agent, baseline, f"{value:.2f} [{low:.2f}, {high:.2f}]"]
+        [
+            agent,
+            baseline,
+            "undefined (neither found half the regions)"
+            if np.isnan(value)
+            else f"{value:.2f} [{low:.2f}, {high:.2f}]",
+        ]
         for (agent, baseline), (value, (low, high)) in ratios.items()
     ]
     header = [
@@ -432,9 +443,11 @@ def write_results(
         metrics[f"bench/{agent}/median_to_failure"] = median if np.isfinite(median) else None
         metrics[f"bench/{agent}/runs"] = row["runs"]
     for (agent, baseline), (value, (low, high)) in ratios.items():
+        if np.isnan(value):
+            continue  # undefined: neither found half the regions (the table says so)
         key = f"bench/{agent}/median_ratio_vs_{baseline}"
         for suffix, v in (("", value), ("_ci_low", low), ("_ci_high", high)):
-            metrics[key + suffix] = v if np.isfinite(v) else None
+            metrics[key + suffix] = v if np.isfinite(v) else None  # None: infinite
     print(header)
     print(table)
     print(f"wrote {out}/summary.md, curves.png, runs.csv, metrics.json")

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from qrl.errors import ConfigError, QrlError
 
 EXIT_USAGE = 2
+EXIT_JOBS_FAILED = 3  # a multirun that ran every job, some of which failed
 
 
 def hydra_task(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
@@ -58,7 +59,8 @@ def check_group_options(argv: Sequence[str]) -> None:
 
 def checked_options(main: Callable[[], Any]) -> Callable[[], None]:
     """Wrap a `@hydra.main` function: unknown group options on the command line fail first,
-    and a multirun with failed jobs ends naming them, with exit code 1."""
+    and a multirun with failed jobs ends naming them, with exit code 3 (`EXIT_JOBS_FAILED`:
+    the sweep finished; any other non-zero code means it did not)."""
 
     @functools.wraps(main)
     def wrapper() -> None:
@@ -74,7 +76,7 @@ def checked_options(main: Callable[[], Any]) -> Callable[[], None]:
         except SystemExit as exc:  # Hydra reports the first failed job and exits 1
             code = exc.code
         if report_sweep_failures():
-            sys.exit(code or 1)
+            sys.exit(EXIT_JOBS_FAILED)
         if code:
             sys.exit(code)
 

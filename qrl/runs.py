@@ -174,6 +174,10 @@ def _result_config(cfg: Any) -> dict[str, Any]:
         # Where SB3 computes, like `device`: runs saved with `cpu` resume under `auto`.
         model = {k: v for k, v in agent["model"].items() if k != "device"}
         kept["agent"] = {**agent, "model": model}
+    victim = kept.get("victim")
+    if isinstance(victim, dict) and "model" not in victim:
+        # Runs saved before `victim.model` existed used the cached CNN: they resume under it.
+        kept["victim"] = {**victim, "model": "cnn"}
     return kept
 
 

@@ -4,7 +4,7 @@ Each job of a sweep records, in its own dir, the overrides that made it (`overri
 `qrl.report` groups by) and, when it fails, why (`failure.json`). The failed job still raises, so
 every launcher (basic, joblib, Ray, submitit) marks it failed; the sweeper has by then run the
 other jobs of the batch. At the end `report_sweep_failures` names the failed jobs and the
-command exits non-zero.
+command exits 3 (`qrl.cli.EXIT_JOBS_FAILED`).
 
 Run dirs of one config are not changed by a failed job: `overrides.yaml` is written at the start
 of a sweep's job only into a dir without a finished run, and otherwise only after a success (a

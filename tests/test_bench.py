@@ -73,6 +73,8 @@ def test_the_median_ratio_is_paired_over_members_and_seeds() -> None:
     never = np.full_like(baseline, np.inf)
     value, (low, high) = bench.median_ratio_interval(never, baseline, resamples=50, level=0.9)
     assert np.isinf(value) and np.isinf(low)
+    value, (low, high) = bench.median_ratio_interval(never, never, resamples=50, level=0.9)
+    assert np.isnan(value) and np.isnan(low) and np.isnan(high)  # undefined, not infinite
     with pytest.raises(ValueError, match="shape"):
         bench.median_ratio_interval(agent[:2], baseline, resamples=10, level=0.9)
 

@@ -76,6 +76,32 @@ def test_keys_that_cannot_change_results_still_resume(tmp_path: Path) -> None:
     assert not (run_dir / METRICS_FILE).exists()  # unfinished until the rerun ends
 
 
+def test_runs_from_before_victim_model_resume_as_the_cnn(tmp_path: Path) -> None:
+    _finished(tmp_path / "a", victim={"run": None})  # saved before victim.model existed
+    start_run(
+        OmegaConf.create(
+            {
+                "out": str(tmp_path / "a"),
+                "seed": 0,
+                "resume": True,
+                "victim": {"run": None, "model": "cnn"},
+            }
+        )
+    )
+    _finished(tmp_path / "b", victim={"run": None})
+    with pytest.raises(ConfigError, match=r"victim.model: cnn -> mlp"):
+        start_run(
+            OmegaConf.create(
+                {
+                    "out": str(tmp_path / "b"),
+                    "seed": 0,
+                    "resume": True,
+                    "victim": {"run": None, "model": "mlp"},
+                }
+            )
+        )
+
+
 def test_overwrite_starts_the_other_config_afresh(tmp_path: Path) -> None:
     run_dir, _ = _finished(tmp_path)
     other = OmegaConf.create({"out": str(tmp_path), "seed": 5, "resume": True, "overwrite": True})
