@@ -166,7 +166,7 @@ def stamp(trained: Iterable[Path] = ()) -> str:
     days = sorted({_day(p.stat().st_mtime) for p in trained if p.is_file()})
     if days:
         span = days[0] if len(days) == 1 else f"{days[0]} to {days[-1]}"
-        line += f" Models trained {span} (on this kind of machine, unless rerun elsewhere)."
+        line += f" Models trained {span}: a rerun loads finished ones rather than retraining."
     return line
 
 

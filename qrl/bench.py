@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,17 @@ def run_one(
 # --- intervals ---------------------------------------------------------------------------------
 
 
+def _resamples(
+    shape: tuple[int, ...], resamples: int, seed: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Index pairs that draw members with replacement, then each drawn member's seeds with
+    replacement, from a (members, seeds) table: `table[idx]` is one resample."""
+    rng = np.random.default_rng(seed)
+    m, s = shape
+    for _ in range(resamples):
+        yield rng.integers(0, m, size=(m, 1)), rng.integers(0, s, size=(m, s))
+
+
 def bootstrap_interval(
     values: np.ndarray,
     statistic: Callable[[np.ndarray], float],
@@ -134,13 +145,7 @@ def bootstrap_interval(
     replacement: the interval covers the spread over members (the family) and over seeds
     (the agent's own randomness).
     """
-    rng = np.random.default_rng(seed)
-    m, s = values.shape
-    stats = np.empty(resamples)
-    for b in range(resamples):
-        rows = rng.integers(0, m, size=(m, 1))
-        cols = rng.integers(0, s, size=(m, s))
-        stats[b] = statistic(values[rows, cols])
+    stats = np.array([statistic(values[idx]) for idx in _resamples(values.shape, resamples, seed)])
     alpha = (1 - level) / 2
     # No interpolation between order statistics: runs that never found are infinite.
     low, high = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
@@ -185,13 +190,9 @@ def median_ratio_interval(
             return float("nan")
         return float(ma / mb) if np.isfinite(mb) else 0.0
 
-    rng = np.random.default_rng(seed)
-    m, s = agent.shape
-    stats = np.empty(resamples)
-    for i in range(resamples):
-        rows = rng.integers(0, m, size=(m, 1))
-        cols = rng.integers(0, s, size=(m, s))
-        stats[i] = ratio(agent[rows, cols], baseline[rows, cols])
+    stats = np.array(
+        [ratio(agent[idx], baseline[idx]) for idx in _resamples(agent.shape, resamples, seed)]
+    )
     stats = stats[~np.isnan(stats)]
     value = ratio(agent, baseline)
     if np.isnan(value) or len(stats) == 0:
