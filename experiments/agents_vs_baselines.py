@@ -46,9 +46,12 @@ def against_floor(runs: list[dict[str, Any]], name: str, floor: str = "random") 
     """Each agent's mean held-out value minus the floor's, with a 95% bootstrap interval that
     resamples each agent's seeds (with 3 seeds a rough interval: descriptive, not a test)."""
     values: dict[str, list[float]] = {}
+    valid: dict[str, int] = {}
     for r in runs:
         if "eval/gap" in r:
-            values.setdefault(str(r["overrides"]["agent"]), []).append(float(r["eval/gap"]))
+            agent = str(r["overrides"]["agent"])
+            values.setdefault(agent, []).append(float(r["eval/gap"]))
+            valid[agent] = valid.get(agent, 0) + int(bool(r.get("eval/valid", True)))
     if floor not in values:
         return [f"(`{floor}` was not run: nothing to hold the agents against)"]
     rng = np.random.default_rng(0)
@@ -63,7 +66,8 @@ def against_floor(runs: list[dict[str, Any]], name: str, floor: str = "random") 
         low, high = np.quantile(means(values[agent]) - means(values[floor]), [0.025, 0.975])
         lines.append(
             f"- `{agent}` - `{floor}`: held-out {name} {diff:+.3f} [{low:+.3f}, {high:+.3f}] "
-            f"({len(values[agent])} vs {len(values[floor])} seeds)"
+            f"({len(values[agent])} vs {len(values[floor])} seeds; valid on "
+            f"{valid[agent]}/{len(values[agent])} vs {valid[floor]}/{len(values[floor])})"
         )
     return lines
 
@@ -75,6 +79,9 @@ def main() -> int:
     parser.add_argument("--agents", default="ppo,sac,es,optuna,random")
     parser.add_argument("--reference", default="student", choices=["student", "teacher"])
     parser.add_argument("--out", help="default: runs/experiments/agents_vs_baselines_<reference>")
+    parser.add_argument(
+        "--report-only", action="store_true", help="report the runs already in --out; search none"
+    )
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.search")
     args = parser.parse_args()
     common.enter_repo()
@@ -98,7 +105,8 @@ def main() -> int:
         "hydra.sweep.subdir=${hydra.job.override_dirname}",
         "progress=false",
     ]
-    common.run(command)
+    if not args.report_only:
+        common.run(command)
     scanned = common.scan(out, task)
     table, listed = common.write_report(out, scanned, ["agent"], METRICS, "eval/gap")
     runs = scanned["finished"]
@@ -150,6 +158,10 @@ def main() -> int:
             f"{name}s, [95% bootstrap over seeds]):",
             "",
             *against_floor(runs, name),
+            "",
+            "A run whose `eval/valid` is 0 chose a distribution on which the teacher falls below "
+            "its validity floor on the held-out draws: its drop is real, but on inputs the "
+            "environment counts as invalid.",
             "",
             f"Rows as CSV: `{out}/report.csv`; every run's `eval/gap` as a plot: "
             f"`{out}/report.png`.",

@@ -39,10 +39,12 @@ def shown(command: Sequence[str]) -> str:
 
 
 def invocation() -> str:
-    """How this script was started, to rerun it exactly."""
+    """How this script was started, to rerun it exactly (`--report-only`, which reports runs
+    an earlier invocation made, left out)."""
     script = Path(sys.argv[0]).resolve()
     where = script.relative_to(ROOT) if script.is_relative_to(ROOT) else script
-    return shlex.join(["python", str(where), *sys.argv[1:]])
+    args = [a for a in sys.argv[1:] if a != "--report-only"]
+    return shlex.join(["python", str(where), *args])
 
 
 def run(command: Sequence[str], sweep: bool = True) -> None:
