@@ -11,7 +11,7 @@ DEMO_DIR ?= runs/demo
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-slow lint format bench clean
+.PHONY: demo test test-slow lint format bench experiments clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done
+
+# Regenerates every generated section of experiments/README.md (about 1.5 h on 2 cores from
+# scratch; finished pairs and benchmark runs are loaded, not redone; the searches run again).
+EXPERIMENTS := pairs_table drop_vs_budget granularity agents_vs_baselines simulator_fidelity
+experiments: $(STAMP)
+	@for e in $(EXPERIMENTS); do echo "== $$e"; $(PY) experiments/$$e.py || exit 1; done
+	$(PY) experiments/search_benchmark.py members.count=20
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
