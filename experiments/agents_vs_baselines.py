@@ -126,14 +126,9 @@ def main() -> int:
         )
     section = "\n".join(
         [
-            f"## Agents against baselines on the distilled digits student ({name})",
-            "",
-            "```bash",
-            common.invocation(),
-            "```",
-            "",
-            common.stamp(),
-            f"The sweep it runs: `{common.shown(command)}`.",
+            *common.heading(
+                f"Agents against baselines on the distilled digits student ({name})", command
+            ),
             "",
             f"Input-distribution search (`space.mode={cfg['space']['mode']}`) against the "
             f"student's `{cfg['quant']['name']}` dynamic-quantized copy, {args.evaluations} "

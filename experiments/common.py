@@ -172,6 +172,20 @@ def stamp(trained: Iterable[Path] = ()) -> str:
     return line
 
 
+def heading(
+    title: str,
+    command: Sequence[str] | None = None,
+    trained: Iterable[Path] = (),
+    ran: str = "The sweep it runs",
+) -> list[str]:
+    """A section's first lines: its title, how to regenerate it, where and when, and the
+    command it ran (when it ran one worth naming)."""
+    lines = ["## " + title, "", "```bash", invocation(), "```", "", stamp(trained)]
+    if command is not None:
+        lines.append(f"{ran}: `{shown(command)}`.")
+    return lines
+
+
 def update_readme(name: str, text: str) -> None:
     """Replace the section between `<!-- name:start -->` and `<!-- name:end -->` (appended
     when absent), so rerunning a script regenerates its numbers and nothing else. Locked and

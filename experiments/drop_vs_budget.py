@@ -72,14 +72,9 @@ def main() -> int:
     figure = plot(out / "drop_vs_budget.png", rows, args.model)
     section = "\n".join(
         [
-            "## Drop against the average-bit budget",
-            "",
-            "```bash",
-            common.invocation(),
-            "```",
-            "",
-            common.stamp(common.trained_files(runs)),
-            f"The sweep it runs: `{common.shown(command)}`.",
+            *common.heading(
+                "Drop against the average-bit budget", command, common.trained_files(runs)
+            ),
             "",
             f"Digits {args.model}: a detrimental and a robust pair trained at each average-bit "
             "budget (the policy's mean bits per layer and input; "

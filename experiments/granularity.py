@@ -95,14 +95,11 @@ def main() -> int:
     table, _ = common.write_report(Path(args.out), scored, GROUP, ["acc_fp", "acc_q", "drop"])
     section = "\n".join(
         [
-            "## Per-tensor vs per-sample vs per-channel activation ranges",
-            "",
-            "```bash",
-            common.invocation(),
-            "```",
-            "",
-            common.stamp(common.trained_files(pairs)),
-            f"The pairs come from `{common.shown(command)}`.",
+            *common.heading(
+                "Per-tensor vs per-sample vs per-channel activation ranges",
+                command,
+                common.trained_files(pairs),
+            ),
             "",
             f"Digits {args.model}: the distilled student and the pairs trained at a "
             f"{float(args.budget)}-bit budget with per-sample activation ranges, each quantized "

@@ -36,14 +36,11 @@ def main() -> int:
     runs = scanned["finished"]
     section = "\n".join(
         [
-            "## Network-policy pairs across models and bit budgets",
-            "",
-            "```bash",
-            common.invocation(),
-            "```",
-            "",
-            common.stamp(common.trained_files(runs)),
-            f"The sweep it runs: `{common.shown(command)}`.",
+            *common.heading(
+                "Network-policy pairs across models and bit budgets",
+                command,
+                common.trained_files(runs),
+            ),
             "",
             "Each row: pairs trained from the model's distilled digits student (Stage B: a PPO "
             "bit-width policy and the network, by KD + QAT, trained together; "

@@ -65,20 +65,16 @@ def _num(value: object) -> str:
     return "inf" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
 
 
-def section(out: Path, command: str, default_agent: str) -> str:
+def section(out: Path, command: list[str], default_agent: str) -> str:
     summary = (out / "summary.md").read_text().strip()
     metrics = json.loads((out / "metrics.json").read_text())
     members = json.loads((out / "members.json").read_text())
     sizes = ", ".join(f"{m['name']} {m['volume']:.3f}" for m in members)
     return "\n".join(
         [
-            "## Search speed on planted failures (`python -m qrl.bench`)",
-            "",
-            "```bash",
-            command,
-            "```",
-            "",
-            common.stamp(),
+            *common.heading(
+                "Search speed on planted failures (`python -m qrl.bench`)", command, ran="It runs"
+            ),
             "",
             "Each member of `qrl.planted.family` (held-out seeds, never used for tuning) is a "
             "digits MLP or CNN whose float outputs are exact and whose dynamic-quantized copy "
@@ -118,7 +114,7 @@ def main() -> int:
         *args.overrides,
     ]
     common.run(command, sweep=False)
-    common.update_readme("bench", section(Path(args.out), common.invocation(), args.default_agent))
+    common.update_readme("bench", section(Path(args.out), command, args.default_agent))
     return 0
 
 

@@ -48,13 +48,9 @@ def main() -> int:
     text = tables.read_text().strip().replace("\n### ", "\n#### ")
     section = "\n".join(
         [
-            "## Simulator fidelity: each preset against its real int8 kernel, on stressed models",
-            "",
-            "```bash",
-            common.invocation(),
-            "```",
-            "",
-            common.stamp(),
+            *common.heading(
+                "Simulator fidelity: each preset against its real int8 kernel, on stressed models"
+            ),
             "",
             ABOUT,
             "",

@@ -77,29 +77,15 @@ def test_keys_that_cannot_change_results_still_resume(tmp_path: Path) -> None:
 
 
 def test_runs_from_before_victim_model_resume_as_the_cnn(tmp_path: Path) -> None:
-    _finished(tmp_path / "a", victim={"run": None})  # saved before victim.model existed
-    start_run(
-        OmegaConf.create(
-            {
-                "out": str(tmp_path / "a"),
-                "seed": 0,
-                "resume": True,
-                "victim": {"run": None, "model": "cnn"},
-            }
-        )
-    )
-    _finished(tmp_path / "b", victim={"run": None})
+    def rerun(out: Path, model: str) -> None:
+        victim = {"run": None, "model": model}
+        start_run(OmegaConf.create({"out": str(out), "seed": 0, "resume": True, "victim": victim}))
+
+    for name in ("a", "b"):
+        _finished(tmp_path / name, victim={"run": None})  # saved before victim.model existed
+    rerun(tmp_path / "a", "cnn")  # the same run: resumed
     with pytest.raises(ConfigError, match=r"victim.model: cnn -> mlp"):
-        start_run(
-            OmegaConf.create(
-                {
-                    "out": str(tmp_path / "b"),
-                    "seed": 0,
-                    "resume": True,
-                    "victim": {"run": None, "model": "mlp"},
-                }
-            )
-        )
+        rerun(tmp_path / "b", "mlp")
 
 
 def test_overwrite_starts_the_other_config_afresh(tmp_path: Path) -> None:
