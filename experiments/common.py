@@ -23,6 +23,7 @@ from qrl.runs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "experiments" / "README.md"
+README_LOCK = ROOT / "runs" / "experiments" / ".readme.lock"  # runs/ is not tracked
 # Overrides that never tell runs apart (where outputs go, how much is printed).
 NOT_A_SETTING = frozenset({"progress", "out"})
 
@@ -192,7 +193,8 @@ def update_readme(name: str, text: str) -> None:
     atomic: two scripts finishing together both keep their sections."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{text.strip()}\n{end}"
-    with open(README.with_suffix(".lock"), "w") as lock:
+    README_LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(README_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         readme = README.read_text()
         if start in readme and end in readme:

@@ -28,6 +28,7 @@ def test_a_section_is_replaced_in_place_and_the_rest_kept(tmp_path, monkeypatch)
     readme = tmp_path / "README.md"
     readme.write_text("# Experiments\n\nhand-written\n")
     monkeypatch.setattr(common, "README", readme)
+    monkeypatch.setattr(common, "README_LOCK", tmp_path / "readme.lock")
     common.update_readme("claim", "first numbers")
     common.update_readme("other", "other numbers")
     common.update_readme("claim", "second numbers")
