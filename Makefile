@@ -44,6 +44,7 @@ bench: $(STAMP)
 EXPERIMENTS := pairs_table drop_vs_budget granularity agents_vs_baselines simulator_fidelity
 experiments: $(STAMP)
 	@for e in $(EXPERIMENTS); do echo "== $$e"; $(PY) experiments/$$e.py || exit 1; done
+	$(PY) experiments/honest_selection.py --out runs/experiments/agents_vs_baselines_student --report-only
 	$(PY) experiments/search_benchmark.py members.count=20
 
 clean:

@@ -24,13 +24,6 @@ import numpy as np
 
 from qrl import report
 
-CONTROLLED = {
-    "agent": "--agents",
-    "seed": "--seeds",
-    "budget.evaluations": "--evaluations",
-    "env.reference": "--reference",
-    "experiment": "(always digits_int4)",
-}
 METRICS = [
     "eval/gap",
     "eval/teacher_gap",
@@ -85,45 +78,22 @@ def main() -> int:
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.search")
     args = parser.parse_args()
     common.enter_repo()
-    common.check_extra(args.overrides, CONTROLLED)
     out = Path(args.out or f"runs/experiments/agents_vs_baselines_{args.reference}")
-    task = [
-        "+experiment=digits_int4",
-        f"agent={args.agents}",
-        f"seed={args.seeds}",
-        f"budget.evaluations={args.evaluations}",
-        f"env.reference={args.reference}",
-        *args.overrides,
-    ]
-    command = [
-        sys.executable,
-        "-m",
-        "qrl.search",
-        "-m",
-        *task,
-        f"hydra.sweep.dir={out}",
-        "hydra.sweep.subdir=${hydra.job.override_dirname}",
-        "progress=false",
-    ]
-    if not args.report_only:
-        common.run(command)
-    scanned = common.scan(out, task)
+    command, scanned = common.search_sweep(
+        args.agents,
+        args.seeds,
+        args.evaluations,
+        args.reference,
+        out,
+        args.overrides,
+        args.report_only,
+    )
     table, listed = common.write_report(out, scanned, ["agent"], METRICS, "eval/gap")
     runs = scanned["finished"]
     seeds = report.per_seed(runs, ["agent"], "eval/gap")
     cfg = runs[0]["config"]
-    if args.reference == "student":
-        name = "drop"
-        what = (
-            "`eval/gap`, `select/gap`, `search/best_batch_gap` and `confirm/gap` are **drops**: "
-            "the full-precision student's accuracy minus its quantized copy's on the same inputs"
-        )
-    else:
-        name = "gap to the teacher"
-        what = (
-            "`eval/gap`, `select/gap`, `search/best_batch_gap` and `confirm/gap` are **gaps to "
-            "the teacher**: the teacher's accuracy minus the quantized student's"
-        )
+    name, words = common.gap_words(args.reference)
+    what = f"`eval/gap`, `select/gap`, `search/best_batch_gap` and `confirm/gap` are {words}"
     section = "\n".join(
         [
             *common.heading(

@@ -206,6 +206,67 @@ def update_readme(name: str, text: str) -> None:
     print(f"updated the {name} section of {README}")
 
 
+# --- searches of the distilled digits student, shared by agents_vs_baselines and honest_selection
+
+SEARCH_KEYS = {
+    "agent": "--agents",
+    "seed": "--seeds",
+    "budget.evaluations": "--evaluations",
+    "env.reference": "--reference",
+    "experiment": "(always digits_int4)",
+}
+
+
+def search_sweep(
+    agents: str,
+    seeds: str,
+    evaluations: int,
+    reference: str,
+    out: Path,
+    overrides: Sequence[str] = (),
+    report_only: bool = False,
+) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """Search the default digits student's 4-bit copy (`+experiment=digits_int4`) with every
+    agent and seed at the same budget, one job dir per configuration under `out`.
+
+    Returns the command and its runs (`report_only`: the runs already there; none searched).
+    """
+    check_extra(overrides, SEARCH_KEYS)
+    task = [
+        "+experiment=digits_int4",
+        f"agent={agents}",
+        f"seed={seeds}",
+        f"budget.evaluations={evaluations}",
+        f"env.reference={reference}",
+        *overrides,
+    ]
+    command = [
+        sys.executable,
+        "-m",
+        "qrl.search",
+        "-m",
+        *task,
+        f"hydra.sweep.dir={out}",
+        "hydra.sweep.subdir=${hydra.job.override_dirname}",
+        "progress=false",
+    ]
+    if not report_only:
+        run(command)
+    return command, scan(out, task)
+
+
+def gap_words(reference: str) -> tuple[str, str]:
+    """(short name, definition) of what a search's gaps are, by its reference."""
+    if reference == "student":
+        return "drop", (
+            "**drops**: the full-precision student's accuracy minus its quantized copy's on the "
+            "same inputs"
+        )
+    return "gap to the teacher", (
+        "**gaps to the teacher**: the teacher's accuracy minus the quantized student's"
+    )
+
+
 # --- the network-policy pairs, shared by pairs_table, drop_vs_budget and granularity -----------
 
 PAIRS_ROOT = Path("runs/experiments/pairs")
