@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import common
@@ -67,27 +66,9 @@ def against_floor(runs: list[dict[str, Any]], name: str, floor: str = "random") 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--evaluations", type=int, default=1000)
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--agents", default="ppo,sac,es,optuna,random")
-    parser.add_argument("--reference", default="student", choices=["student", "teacher"])
-    parser.add_argument("--out", help="default: runs/experiments/agents_vs_baselines_<reference>")
-    parser.add_argument(
-        "--report-only", action="store_true", help="report the runs already in --out; search none"
-    )
-    parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.search")
+    common.search_arguments(parser, agents="ppo,sac,es,optuna,random", name="agents_vs_baselines")
     args = parser.parse_args()
-    common.enter_repo()
-    out = Path(args.out or f"runs/experiments/agents_vs_baselines_{args.reference}")
-    command, scanned = common.search_sweep(
-        args.agents,
-        args.seeds,
-        args.evaluations,
-        args.reference,
-        out,
-        args.overrides,
-        args.report_only,
-    )
+    out, command, scanned = common.search_from(args, "agents_vs_baselines")
     table, listed = common.write_report(out, scanned, ["agent"], METRICS, "eval/gap")
     runs = scanned["finished"]
     seeds = report.per_seed(runs, ["agent"], "eval/gap")

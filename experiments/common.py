@@ -4,6 +4,7 @@ the machine and the date."""
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import fcntl
 import os
@@ -253,6 +254,37 @@ def search_sweep(
     if not report_only:
         run(command)
     return command, scan(out, task)
+
+
+def search_arguments(parser: argparse.ArgumentParser, agents: str, name: str) -> None:
+    """The options of an experiment over `search_sweep` (runs under runs/experiments/<name>_*)."""
+    parser.add_argument("--agents", default=agents)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--evaluations", type=int, default=1000)
+    parser.add_argument("--reference", default="student", choices=["student", "teacher"])
+    parser.add_argument("--out", help=f"default: runs/experiments/{name}_<reference>")
+    parser.add_argument(
+        "--report-only", action="store_true", help="report the runs already in --out; search none"
+    )
+    parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.search")
+
+
+def search_from(
+    args: argparse.Namespace, name: str
+) -> tuple[Path, list[str], dict[str, list[dict[str, Any]]]]:
+    """`search_sweep` with the options of `search_arguments`: (out dir, command, runs)."""
+    enter_repo()
+    out = Path(args.out or f"runs/experiments/{name}_{args.reference}")
+    command, scanned = search_sweep(
+        args.agents,
+        args.seeds,
+        args.evaluations,
+        args.reference,
+        out,
+        args.overrides,
+        args.report_only,
+    )
+    return out, command, scanned
 
 
 def gap_words(reference: str) -> tuple[str, str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 import common
@@ -66,27 +65,9 @@ def per_run(runs: list[dict[str, Any]]) -> tuple[str, int, int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", default="es,ppo")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--evaluations", type=int, default=1000)
-    parser.add_argument("--reference", default="student", choices=["student", "teacher"])
-    parser.add_argument("--out", help="default: runs/experiments/honest_selection_<reference>")
-    parser.add_argument(
-        "--report-only", action="store_true", help="report the runs already in --out; search none"
-    )
-    parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.search")
+    common.search_arguments(parser, agents="es,ppo", name="honest_selection")
     args = parser.parse_args()
-    common.enter_repo()
-    out = Path(args.out or f"runs/experiments/honest_selection_{args.reference}")
-    command, scanned = common.search_sweep(
-        args.agents,
-        args.seeds,
-        args.evaluations,
-        args.reference,
-        out,
-        args.overrides,
-        args.report_only,
-    )
+    out, command, scanned = common.search_from(args, "honest_selection")
     _, listed = common.write_report(out, scanned, ["agent"], METRICS, "eval/gap")
     runs = scanned["finished"]
     table, inside, valid = per_run(runs)
