@@ -31,6 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check qrl tests benchmarks experiments setup.py
 	$(PY) -m ruff format --check qrl tests benchmarks experiments setup.py
 	$(PY) -m mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(PY) -m ruff format qrl tests benchmarks experiments setup.py

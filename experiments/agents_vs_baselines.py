@@ -19,9 +19,9 @@ import sys
 from typing import Any
 
 import common
-import numpy as np
 
 from qrl import report
+from qrl.stats import difference_ci
 
 METRICS = [
     "eval/gap",
@@ -46,16 +46,9 @@ def against_floor(runs: list[dict[str, Any]], name: str, floor: str = "random") 
             valid[agent] = valid.get(agent, 0) + int(bool(r.get("eval/valid", True)))
     if floor not in values:
         return [f"(`{floor}` was not run: nothing to hold the agents against)"]
-    rng = np.random.default_rng(0)
-
-    def means(xs: list[float]) -> np.ndarray:
-        data = np.asarray(xs)
-        return data[rng.integers(0, len(data), (2000, len(data)))].mean(axis=1)
-
     lines = []
     for agent in sorted(set(values) - {floor}):
-        diff = np.mean(values[agent]) - np.mean(values[floor])
-        low, high = np.quantile(means(values[agent]) - means(values[floor]), [0.025, 0.975])
+        diff, (low, high) = difference_ci(values[agent], values[floor])
         lines.append(
             f"- `{agent}` - `{floor}`: held-out {name} {diff:+.3f} [{low:+.3f}, {high:+.3f}] "
             f"({len(values[agent])} vs {len(values[floor])} seeds; valid on "

@@ -17,7 +17,7 @@ from typing import Any
 
 import common
 
-from qrl import report
+from qrl import plots, report
 from qrl.runs import atomic_write
 
 GROUP = ["bits.budget", "kind"]
@@ -31,7 +31,7 @@ CURVES = {  # what each line of the plot shows: (kind, metric)
 
 def plot(path: Path, rows: list[dict[str, Any]], model: str) -> Path:
     """Mean drop (points) against the budget, one line per (pair, policy), seed bars if any."""
-    plt = report._pyplot()
+    plt = plots.pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     for label, (kind, metric) in CURVES.items():
         mine = sorted((float(r["bits.budget"]), r[metric]) for r in rows if r["kind"] == kind)

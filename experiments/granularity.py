@@ -25,7 +25,7 @@ import common
 import torch
 
 from qrl.checkpoints import load_model
-from qrl.pair_eval import batched_bits, quantized_right
+from qrl.pairing.evaluation import batched_bits, quantized_right
 from qrl.pairs import load_pair
 from qrl.quant import QuantConfig, quantized_copy
 from qrl.scoring import accuracy_drop, correct, predict_logits, rate

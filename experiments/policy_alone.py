@@ -20,7 +20,7 @@ import torch
 
 from qrl import distill, pairs
 from qrl.config import instantiate, load_config
-from qrl.pair_eval import fixed_patterns, quantized_right
+from qrl.pairing.evaluation import fixed_patterns, quantized_right
 from qrl.pairs import load_pair
 from qrl.policies import RandomBits
 from qrl.runs import load_run_config

@@ -23,8 +23,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm.auto import tqdm
 
-from qrl.config import instantiate, to_dict
 from qrl.errors import ConfigError
+from qrl.specs import build, to_dict
 
 AGENT_KINDS = ("sb3", "random", "cma", "optuna")
 
@@ -172,7 +172,7 @@ def _run_sb3(
     if sigma:  # off-policy deterministic agents (TD3) explore with Gaussian action noise
         dim = int(np.prod(venv.action_space.shape or (1,)))
         extra["action_noise"] = NormalActionNoise(np.zeros(dim), float(sigma) * np.ones(dim))
-    model = instantiate(agent_cfg.model)(env=venv, seed=seed, **extra)  # a partial: env comes last
+    model = build(agent_cfg.model)(env=venv, seed=seed, **extra)  # a partial: env comes last
     if sb3_log_dir is not None:
         model.set_logger(configure(sb3_log_dir, ["csv", "tensorboard"]))
     # total_timesteps is only an upper bound: the budget callback ends training exactly.

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,9 @@ from qrl.config import CONF_DIR, checked_number
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.errors import ConfigError
 from qrl.planted.family import Member, held_out_members, tuning_members
+from qrl.plots import pyplot
 from qrl.runs import atomic_write, start_run, write_metrics
+from qrl.stats import bootstrap_interval, nested_resamples
 from qrl.tables import format_table
 
 BLACK_BOX = ("es", "optuna")  # the black-box baselines the learning agents are held against
@@ -120,38 +122,6 @@ def run_one(
 # --- intervals ---------------------------------------------------------------------------------
 
 
-def _resamples(
-    shape: tuple[int, ...], resamples: int, seed: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Index pairs that draw members with replacement, then each drawn member's seeds with
-    replacement, from a (members, seeds) table: `table[idx]` is one resample."""
-    rng = np.random.default_rng(seed)
-    m, s = shape
-    for _ in range(resamples):
-        yield rng.integers(0, m, size=(m, 1)), rng.integers(0, s, size=(m, s))
-
-
-def bootstrap_interval(
-    values: np.ndarray,
-    statistic: Callable[[np.ndarray], float],
-    *,
-    resamples: int,
-    level: float,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile interval of `statistic` over (members, seeds) arrays, resampling both levels.
-
-    Each resample draws members with replacement, then, for each drawn member, its seeds with
-    replacement: the interval covers the spread over members (the family) and over seeds
-    (the agent's own randomness).
-    """
-    stats = np.array([statistic(values[idx]) for idx in _resamples(values.shape, resamples, seed)])
-    alpha = (1 - level) / 2
-    # No interpolation between order statistics: runs that never found are infinite.
-    low, high = np.quantile(stats, [alpha, 1 - alpha], method="inverted_cdf")
-    return float(low), float(high)
-
-
 def found_table(runs: Sequence[RunResult]) -> np.ndarray:
     """Evaluations-to-failure as a (members, seeds) array, members and seeds sorted by name
     (so two agents' tables line up); inf where a run never found the region."""
@@ -191,7 +161,7 @@ def median_ratio_interval(
         return float(ma / mb) if np.isfinite(mb) else 0.0
 
     stats = np.array(
-        [ratio(agent[idx], baseline[idx]) for idx in _resamples(agent.shape, resamples, seed)]
+        [ratio(agent[idx], baseline[idx]) for idx in nested_resamples(agent.shape, resamples, seed)]
     )
     stats = stats[~np.isnan(stats)]
     value = ratio(agent, baseline)
@@ -313,11 +283,7 @@ def plot_curves(
     path: Path, summary: dict[str, dict[str, Any]], curve: dict[str, Any], budget: int
 ) -> Path:
     """Found fraction against evaluations, one line per agent with its interval as a band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for agent in summary:
         xs = np.array(curve[agent]["evaluations"])

@@ -1,35 +1,16 @@
-"""Compose qrl's Hydra configs from Python (tests, the demo, the audit API)."""
+"""Compose qrl's Hydra configs from Python (tests, the demo, the audit API); tasks only."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from qrl.errors import ConfigError, QrlError
+from qrl.specs import CONF_DIR, build, checked_number, to_dict
 
-
-def _conf_dir() -> Path:
-    """Where the Hydra configs are: inside the installed package, or the checkout's `conf/`.
-
-    The top-level `conf/` is their source; building a wheel copies it to `qrl/conf` (see
-    `setup.py`), so a non-editable install (a wheel, a Ray worker) finds them with no source
-    tree. An editable install or a checkout on `PYTHONPATH` reads `conf/` itself.
-    """
-    package = Path(__file__).resolve().parent
-    for candidate in (package / "conf", package.parent / "conf"):
-        if (candidate / "search.yaml").is_file():
-            return candidate
-    raise ConfigError(
-        f"qrl's Hydra configs are missing: neither {package / 'conf'} (an installed wheel) nor "
-        f"{package.parent / 'conf'} (a source checkout) holds search.yaml; reinstall qrl"
-    )
-
-
-CONF_DIR = _conf_dir()
+__all__ = ["CONF_DIR", "checked_number", "instantiate", "load_config", "to_dict"]
 
 
 def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -51,63 +32,6 @@ def load_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
             GlobalHydra.instance().initialize(running)
 
 
-def instantiate(cfg: DictConfig, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate` that lets qrl's own errors through unwrapped.
-
-    Hydra wraps every exception of a `_target_` in `InstantiationException`; a `QrlError`
-    already says what to fix, so the user sees it alone.
-    """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate as hydra_instantiate
-
-    try:
-        return hydra_instantiate(cfg, **kwargs)
-    except InstantiationException as exc:
-        cause = exc.__cause__
-        if isinstance(cause, QrlError):
-            raise cause from None
-        raise ConfigError(str(exc)) from exc
-
-
-def to_dict(cfg: DictConfig | Mapping[str, Any] | None) -> dict[str, Any]:
-    """A resolved plain-dict copy of a config node (empty for None)."""
-    if cfg is None:
-        return {}
-    if isinstance(cfg, DictConfig):
-        plain = OmegaConf.to_container(cfg, resolve=True)
-        assert isinstance(plain, dict)
-        return {str(k): v for k, v in plain.items()}
-    return dict(cfg)
-
-
-def checked_number(
-    value: Any,
-    name: str,
-    kind: type[int] | type[float] = float,
-    *,
-    low: float,
-    strict: bool = False,
-    high: float | None = None,
-) -> Any:
-    """`value` as `kind` within its range, or a `ConfigError` naming `name` and the range.
-
-    NaN, strings and (for `int`) fractions are refused too, so a bad value never reaches the
-    code that would use it.
-
-    Args:
-        low: the smallest value allowed (excluded with `strict`).
-        high: the largest value allowed, if any.
-    """
-    need = f"{'>' if strict else '>='} {low}" + (f" and <= {high}" if high is not None else "")
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = kind(value)
-        if kind is int and number != float(value):
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{name} must be {kind.__name__} {need}, got {value!r}") from None
-    inside = number > low if strict else number >= low
-    if not inside or (high is not None and not number <= high):  # NaN fails both
-        raise ConfigError(f"{name} must be {need}, got {value}")
-    return number
+def instantiate(cfg: DictConfig | Mapping[str, Any], **kwargs: Any) -> Any:
+    """Build a config node's `_target_` (`qrl.specs.build`): one builder for tasks and library."""
+    return build(cfg, **kwargs)

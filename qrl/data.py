@@ -27,8 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from qrl.config import checked_number
 from qrl.errors import ConfigError, DataError
+from qrl.specs import checked_number
 
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",

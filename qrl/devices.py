@@ -1,6 +1,7 @@
 """The one owner of `device=auto|cpu|cuda|cuda:N`: which torch device a task computes on.
 
-Every task reads its device here (`task_device(cfg)`) and hands it to data, models and agents;
+Every task reads its device here (`resolve_device`, through `qrl.sweeps.task_device(cfg)`
+for the job that runs it) and hands it to data, models and agents;
 nothing else decides. Real int8 kernels (ONNX Runtime, torch.ao) are CPU-only and take
 explicit CPU copies (`qrl.quant.backends`).
 
@@ -88,12 +89,3 @@ def follow_device(agent_cfg: Any, device: torch.device) -> None:
     if model is not None and str(model.get("device", "auto")) == "auto":
         with open_dict(model):
             model.device = str(device)
-
-
-def task_device(cfg: Any) -> torch.device:
-    """The device of a task's config (`device`, default `auto`), for the job that runs it."""
-    from qrl.sweeps import current_job
-
-    job = current_job()
-    spec = cfg.get("device", "auto") if hasattr(cfg, "get") else "auto"
-    return resolve_device(spec, job_num=job.num if job is not None and job.multirun else None)

@@ -10,41 +10,7 @@ from torch import Tensor
 
 from qrl.envs.failure_task import FailureTask
 from qrl.scoring import Outcome
-
-
-def cluster_bootstrap_ci(
-    values: np.ndarray,
-    clusters: np.ndarray,
-    *,
-    level: float = 0.95,
-    resamples: int = 2000,
-    seed: int = 0,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values`, resampling whole clusters.
-
-    Held-out draws reuse the same source images (a test split of a few hundred images, drawn
-    thousands of times under random transformations), so draws are not independent: the
-    interval resamples source images, each with all of its draws, and so reflects the finite
-    test set as well as the transformation noise.
-    """
-    if resamples < 1 or not 0.0 < level < 1.0:
-        raise ValueError(
-            f"bootstrap needs resamples >= 1 and level in (0, 1), got {resamples}, {level}"
-        )
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0:
-        raise ValueError("cluster_bootstrap_ci needs at least one value")
-    _, inverse = np.unique(np.asarray(clusters), return_inverse=True)
-    sums = np.bincount(inverse, weights=v)
-    counts = np.bincount(inverse).astype(np.float64)
-    rng = np.random.default_rng(seed)
-    means = []
-    for start in range(0, resamples, 250):  # blocks keep memory flat for large test splits
-        picks = rng.integers(0, len(sums), size=(min(250, resamples - start), len(sums)))
-        means.append(sums[picks].sum(axis=1) / counts[picks].sum(axis=1))
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(np.concatenate(means), [alpha, 1.0 - alpha])
-    return float(low), float(high)
+from qrl.stats import cluster_bootstrap_ci
 
 
 @dataclass

@@ -148,7 +148,7 @@ def _start_wandb(
 ) -> Any:
     import wandb
 
-    from qrl.config import to_dict
+    from qrl.specs import to_dict
 
     # No network is the common case on research machines: offline unless asked otherwise.
     os.environ.setdefault("WANDB_MODE", "offline")

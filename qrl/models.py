@@ -11,10 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from qrl.errors import ConfigError
+from qrl.specs import build, to_dict
 
 MIN_SIZE = 8
 
@@ -210,24 +211,17 @@ def build_model(
     Raises:
         ConfigError: unknown class or option.
     """
-    from hydra.errors import InstantiationException
-    from hydra.utils import instantiate
-
-    container = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
-    options = {k: v for k, v in dict(container).items() if k != "_partial_"}  # type: ignore[arg-type]
-    if "_target_" not in options:
-        raise ConfigError(f"model spec {options} needs a _target_ such as qrl.models.SmallCNN")
-    try:
-        model = instantiate(
-            options,
-            in_channels=in_channels,
-            num_classes=num_classes,
-            image_size=list(image_size),
-            mean=list(mean) if mean is not None else None,
-            std=list(std) if std is not None else None,
-        )
-    except InstantiationException as exc:
-        raise ConfigError(f"cannot build model {options['_target_']}: {exc}") from exc
+    options = to_dict(spec) if isinstance(spec, DictConfig) else dict(spec)
+    options.pop("_partial_", None)
+    model = build(
+        options,
+        what="model",
+        in_channels=in_channels,
+        num_classes=num_classes,
+        image_size=list(image_size),
+        mean=list(mean) if mean is not None else None,
+        std=list(std) if std is not None else None,
+    )
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model _target_ {options['_target_']} did not build an nn.Module")
     return model

@@ -22,16 +22,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, checked_number
-from qrl.devices import task_device
 from qrl.errors import ConfigError
 from qrl.fidelity import mismatches
 from qrl.loggers import RunLogger
+from qrl.plots import pyplot
 from qrl.quant import as_quant_config, preset, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, mirror_preset, real_backend
 from qrl.quant.config import check_bits
 from qrl.quant.cpu import describe_int8_accumulation, int8_accumulation
 from qrl.runs import atomic_write, start_run, write_metrics
 from qrl.scoring import Outcome, accuracy, agreement, predict_logits
+from qrl.sweeps import task_device
 from qrl.tables import format_table
 from qrl.victim import load_victim
 
@@ -184,11 +185,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def _plot(
     path: Path, bits: list[int], rows: list[dict[str, Any]], acc_fp: float, acc_t: float
 ) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5))
     if bits:
         ax.plot(bits, [100 * r["acc"] for r in rows[: len(bits)]], "o-", label="quantized student")

@@ -1,5 +1,4 @@
-"""Run dirs to tables and pictures: failure archives, failure grids, search curves, and the
-comparison of sweeps' runs across seeds.
+"""Sweeps' run dirs to tables and pictures: the comparison of runs across seeds.
 
     python -m qrl.report multirun/search/2026-11-28_12-00-00 [more dirs] [--out report.md]
 
@@ -16,112 +15,19 @@ import csv
 import json
 import statistics
 import sys
-import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import OmegaConf
-from torch import Tensor
 
-from qrl.agents import Trial
+from qrl.plots import pyplot
 from qrl.runs import CONFIG_FILE, METRICS_FILE, atomic_write, flatten
 from qrl.scoring import accuracy_drop
+from qrl.stats import mean_ci
 from qrl.sweeps import FAILURE_FILE, OVERRIDES_FILE, read_failure, read_overrides
 from qrl.tables import format_table
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def write_archive(
-    path_csv: Path, path_json: Path, top: Sequence[Trial], describe: Any
-) -> list[dict[str, Any]]:
-    """Write the top policies of a search (CSV and JSON); returns the rows.
-
-    The `evaluation` column is the trial's index: how much of the budget had been spent.
-    """
-    rows = [
-        {
-            "rank": rank,
-            "evaluation": trial.index,
-            "reward": round(trial.reward, 6),
-            **{k: round(v, 6) for k, v in trial.info.items()},
-            "policy": describe(trial.action),
-            "action": [round(float(a), 6) for a in trial.action],
-        }
-        for rank, trial in enumerate(top, start=1)
-    ]
-    text = json.dumps(rows, indent=2) + "\n"
-    atomic_write(path_json, lambda tmp: tmp.write_text(text))
-
-    def write_csv(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["rank"])
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({**row, "action": json.dumps(row["action"])})
-
-    atomic_write(path_csv, write_csv)
-    return rows
-
-
-def failure_grid(
-    path: Path,
-    failures: tuple[Tensor, Tensor, Tensor],
-    class_names: Sequence[str],
-    title: str,
-    max_images: int = 32,
-) -> Path:
-    """A grid of inputs the quantized student gets wrong and the teacher right (label T, pred Q)."""
-    plt = _pyplot()
-    x, y, pred = (t[:max_images] for t in failures)
-    n = len(x)
-    cols = min(8, max(n, 1))
-    rows = max(1, (n + cols - 1) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows + 0.5), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= n:
-            continue
-        img = x[i].permute(1, 2, 0).numpy()
-        ax.imshow(img[..., 0] if img.shape[2] == 1 else img, cmap="gray", vmin=0, vmax=1)
-        ax.set_title(f"T:{class_names[int(y[i])]} Q:{class_names[int(pred[i])]}", fontsize=7)
-    if n == 0:
-        axes.flat[0].text(0.5, 0.5, "no failures found", ha="center", va="center")
-    lines = [wrapped for line in title.splitlines() for wrapped in textwrap.wrap(line, 22 * cols)]
-    fig.suptitle("\n".join(lines), fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
-
-
-def search_curve(path: Path, trials: Sequence[Trial], title: str) -> Path:
-    """Reward of every trial and the best so far, against evaluations spent."""
-    plt = _pyplot()
-    rewards = np.array([t.reward for t in trials])
-    gaps = np.array([t.info.get("gap", np.nan) for t in trials])
-    steps = np.arange(1, len(rewards) + 1)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, rewards, ".", ms=2, alpha=0.4, label="reward of each evaluation")
-    ax.plot(steps, np.maximum.accumulate(rewards), "-", label="best reward so far")
-    ax.plot(steps, gaps, ".", ms=2, alpha=0.3, label="gap of each evaluation")
-    ax.set(xlabel="evaluations", ylabel="reward / gap (fraction)", title=title)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
-    plt.close(fig)
-    return path
-
 
 # --- comparing runs of sweeps ------------------------------------------------------------
 
@@ -260,19 +166,6 @@ def group_runs(
     return keys, dict(sorted(groups.items()))
 
 
-def bootstrap_ci(
-    values: Sequence[float], level: float = 0.95, resamples: int = 2000, seed: int = 0
-) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the mean over seeds (None below two values)."""
-    if len(values) < 2:
-        return None
-    data = np.asarray(values, dtype=float)
-    rng = np.random.default_rng(seed)
-    means = data[rng.integers(0, len(data), (resamples, len(data)))].mean(axis=1)
-    tail = (1 - level) / 2
-    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
-
-
 def summarize(
     runs: Sequence[dict[str, Any]],
     by: Sequence[str] | None = None,
@@ -298,7 +191,7 @@ def summarize(
                 "integer": all(x.is_integer() for x in xs),  # counts print without decimals
                 "mean": statistics.mean(xs) if xs else None,
                 "std": statistics.stdev(xs) if len(xs) > 1 else None,
-                "ci": bootstrap_ci(xs, level),
+                "ci": mean_ci(xs, level),
                 "n": len(xs),
             }
         rows.append(row)
@@ -419,7 +312,7 @@ def compare_plot(
     key: str = "eval/gap",
 ) -> Path:
     """Each run's `key` as a dot, grouped as in `compare`, with the group means as bars."""
-    plt = _pyplot()
+    plt = pyplot()
     by = [by] if isinstance(by, str) else by
     keys, groups = group_runs(runs, by)
     names, values = [], []

@@ -26,9 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from qrl import distill, pairs, search
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, instantiate, load_config
-from qrl.devices import task_device
 from qrl.errors import ConfigError
-from qrl.pair_eval import (
+from qrl.pairing.evaluation import (
     cross_evaluation,
     flipped_grid,
     plot_cross,
@@ -38,6 +37,7 @@ from qrl.pair_eval import (
 from qrl.pairs import KINDS, load_pair
 from qrl.report import collect_runs
 from qrl.runs import atomic_write, load_run_config, start_run, write_metrics
+from qrl.sweeps import task_device
 from qrl.tables import format_table
 
 RESULTS_FILE, REPORT_FILE = "results.json", "report.md"

@@ -31,16 +31,17 @@ from qrl.agents import ProgressBar, RecordingWrapper, SearchLog, Trial, run_agen
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, checked_number
 from qrl.confirm import confirm_on_kernels, kernel_rows
-from qrl.devices import follow_device, task_device
+from qrl.devices import follow_device
 from qrl.envs import QUANT_FAILURE_ID
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
 from qrl.heldout import HeldOutResult, score_held_out
 from qrl.loggers import RunLogger
+from qrl.plots import failure_grid, search_curve, write_archive
 from qrl.quant import as_quant_config
-from qrl.report import failure_grid, search_curve, write_archive
 from qrl.runs import start_run, write_metrics
 from qrl.selection import Selection, distinct_top, reserved_evaluations, select_best
+from qrl.sweeps import task_device
 from qrl.tables import format_table
 from qrl.victim import DEFAULT_MODEL, Victim, default_victim, load_victim, victim_dir
 

@@ -25,6 +25,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from qrl.devices import resolve_device
 from qrl.runs import METRICS_FILE, atomic_write
 
 FAILURE_FILE = "failure.json"
@@ -186,3 +187,11 @@ def report_sweep_failures() -> int:
                 file=sys.stderr,
             )
     return len(failures)
+
+
+def task_device(cfg: Any) -> Any:
+    """The torch device of a task's config (`device`, default `auto`), for the job running it:
+    job k of a local multirun gets GPU k mod #GPUs (`qrl.devices.resolve_device`)."""
+    job = current_job()
+    spec = cfg.get("device", "auto") if hasattr(cfg, "get") else "auto"
+    return resolve_device(spec, job_num=job.num if job is not None and job.multirun else None)

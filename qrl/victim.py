@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from qrl.checkpoints import load_model
-from qrl.config import instantiate
 from qrl.data import ImageData
 from qrl.devices import module_device
+from qrl.distillation import DistillRecipe, distil
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, quantized_copy
 from qrl.quant.backends import RealBackend, real_backend
-from qrl.runs import load_run_config
+from qrl.runs import METRICS_FILE, load_run_config, save_config, seed_everything, write_metrics
+from qrl.specs import CONF_DIR, build, load_yaml
 
 CPU = torch.device("cpu")
 
@@ -118,7 +122,7 @@ def load_victim(
                 f"{run_dir / name} does not exist: point to a finished `python -m qrl.distill` "
                 "run dir"
             )
-    data = instantiate(load_run_config(run_dir).data)
+    data = build(load_run_config(run_dir).data)
     teacher, _ = load_model(run_dir / "teacher.pt")
     student, _ = load_model(run_dir / "student.pt")
     return Victim.from_models(teacher, student, data, quant, device)
@@ -130,8 +134,7 @@ def cache_dir() -> Path:
 
 
 DEFAULT_VICTIM = "digits-cnn-s0"
-# The distillation that makes the default victim: `python -m qrl.distill` with its defaults.
-DEFAULT_DISTILL_OVERRIDES: tuple[str, ...] = ("data=digits", "model=cnn", "seed=0")
+DEFAULT_SEED = 0  # the victims are `python -m qrl.distill data=digits model=<model> seed=0`
 DEFAULT_MODEL = "cnn"
 VICTIM_MODELS = ("cnn", "mlp", "resnet18")  # conf/model/*.yaml
 
@@ -152,23 +155,53 @@ def default_victim(
 ) -> Victim:
     """A digits teacher and student of `model`: distilled once into the cache, then loaded.
 
-    The first call runs `python -m qrl.distill data=digits model=<model> seed=0` (about 45 s
-    for the CNN on two CPU cores) under a file lock, so concurrent processes train it only once.
+    The first call distils as `python -m qrl.distill data=digits model=<model> seed=0` would
+    (about 45 s for the CNN on two CPU cores) under a file lock, so concurrent processes train
+    it only once.
     """
     import fcntl
-
-    from qrl import distill
-    from qrl.config import load_config
 
     run_dir = victim_dir(model)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (run_dir / "metrics.json").is_file():
+        if not (run_dir / METRICS_FILE).is_file():
             print(f"qrl: distilling the digits {model} teacher and student into {run_dir} (once)")
-            recipe = list(DEFAULT_DISTILL_OVERRIDES)
-            if model != DEFAULT_MODEL:
-                recipe = [o for o in recipe if not o.startswith("model=")] + [f"model={model}"]
-            overrides = [*recipe, f"out={run_dir}", f"progress={str(progress).lower()}"]
-            distill.run(load_config("distill", overrides))
+            _distil_default(model, run_dir, progress)
     return load_victim(run_dir, quant, device)
+
+
+def victim_recipe(model: str) -> tuple[DistillRecipe, dict[str, Any]]:
+    """How the cached victim of `model` is distilled: its recipe and its data's `_target_` spec.
+
+    `python -m qrl.distill data=digits model=<model> seed=0` with its defaults.
+    """
+    data_spec = {
+        **load_yaml(CONF_DIR / "data" / "digits.yaml", resolve=False),
+        "seed": DEFAULT_SEED,
+    }
+    return DistillRecipe.default(model), data_spec
+
+
+def _distil_default(model: str, run_dir: Path, progress: bool) -> None:
+    """Distil the cached victim of `model` into `run_dir`, a run dir like `qrl.distill`'s."""
+    from qrl.loggers import RunLogger
+
+    recipe, data_spec = victim_recipe(model)
+    config = {
+        "task": "distill",
+        "seed": DEFAULT_SEED,
+        "data": data_spec,
+        "model": {"teacher": recipe.teacher_spec, "student": recipe.student_spec},
+        "teacher": {**dataclasses.asdict(recipe.teacher), "path": recipe.teacher_path},
+        "student": {**dataclasses.asdict(recipe.student), "tau": recipe.tau, "alpha": recipe.alpha},
+    }
+    started = time.perf_counter()
+    save_config(run_dir, config)
+    seed_everything(DEFAULT_SEED)
+    with RunLogger(run_dir) as log:
+        done = distil(
+            recipe, build(data_spec), run_dir, seed=DEFAULT_SEED, log=log, progress=progress
+        )
+        log.summary(done.metrics)
+    write_metrics(run_dir, done.metrics, seed=DEFAULT_SEED, started=started)

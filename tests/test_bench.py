@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from qrl import bench
+from qrl import bench, stats
 from qrl.agents import SearchLog
 from qrl.config import load_config
 from qrl.errors import ConfigError
@@ -53,12 +53,12 @@ def test_a_tiny_benchmark_counts_evaluations_to_the_region(tmp_path: Path) -> No
 def test_the_bootstrap_resamples_members_and_seeds() -> None:
     # Two members: one always found at 10, one never (inf), 3 seeds each.
     table = np.array([[10.0, 10.0, 10.0], [np.inf, np.inf, np.inf]])
-    low, high = bench.bootstrap_interval(
+    low, high = stats.bootstrap_interval(
         table, lambda v: bench.found_fraction(v, 100), resamples=500, level=0.9
     )
     assert low == 0.0 and high == 1.0  # the spread is over members, which the resampling sees
     same = np.array([[10.0, 10.0, 10.0], [10.0, 10.0, 10.0]])
-    assert bench.bootstrap_interval(
+    assert stats.bootstrap_interval(
         same, lambda v: bench.found_fraction(v, 100), resamples=50, level=0.9
     ) == (1.0, 1.0)
 

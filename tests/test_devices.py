@@ -29,10 +29,10 @@ def test_the_job_number_comes_from_the_running_sweep(monkeypatch) -> None:
     job = sweeps.Job(num=5, out=None, overrides=[], multirun=True)  # type: ignore[arg-type]
     monkeypatch.setattr(sweeps, "current_job", lambda: job)
     monkeypatch.setattr(devices, "cuda_device_count", lambda: 4)
-    assert devices.task_device(OmegaConf.create({"device": "auto"})) == torch.device("cuda:1")
+    assert sweeps.task_device(OmegaConf.create({"device": "auto"})) == torch.device("cuda:1")
     single = sweeps.Job(num=0, out=None, overrides=[], multirun=False)  # type: ignore[arg-type]
     monkeypatch.setattr(sweeps, "current_job", lambda: single)
-    assert devices.task_device(OmegaConf.create({})) == torch.device("cuda:0")
+    assert sweeps.task_device(OmegaConf.create({})) == torch.device("cuda:0")
 
 
 @pytest.mark.parametrize(

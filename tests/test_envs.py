@@ -20,7 +20,6 @@ from qrl.envs.quant_failure import QuantFailureEnv
 from qrl.errors import ConfigError
 from qrl.quant import preset
 from qrl.victim import Victim, load_victim
-from tests.conftest import QUICK
 
 ENV_CASES = [
     ("qrl/QuantFailure-v0", {"mode": "input"}),
@@ -207,8 +206,15 @@ def test_make_without_arguments_uses_the_cached_default_victim(
         assert env.observation_space.contains(obs) and info["acc_teacher"] > 0.8
 
 
-def _must_not_train(cfg):  # pragma: no cover - called only when the cache is broken
+def _must_not_train(*args, **kwargs):  # pragma: no cover - called only when the cache is broken
     raise AssertionError("the cached victim should have been loaded, not trained")
+
+
+def _quick_recipe(model: str):
+    """The cached victim's recipe of `model`, one epoch a phase, on a small synthetic data set."""
+    recipe = victim_module.DistillRecipe.default(model)
+    data = {"_target_": "qrl.data.load_data", "name": "synthetic", "seed": 0}
+    return recipe.with_epochs(1, 1), data
 
 
 def test_first_use_trains_and_caches_the_victim(
@@ -216,10 +222,10 @@ def test_first_use_trains_and_caches_the_victim(
 ) -> None:
     monkeypatch.setenv("QRL_CACHE", str(tmp_path))
     monkeypatch.setattr(victim_module, "DEFAULT_VICTIM", "quick-test-victim")
-    monkeypatch.setattr(victim_module, "DEFAULT_DISTILL_OVERRIDES", tuple(QUICK))
+    monkeypatch.setattr(victim_module, "victim_recipe", _quick_recipe)
     first = victim_module.default_victim(preset("int8_dynamic"), progress=False)
     assert (tmp_path / "victims" / "quick-test-victim" / "metrics.json").is_file()
-    monkeypatch.setattr("qrl.distill.run", _must_not_train)
+    monkeypatch.setattr(victim_module, "distil", _must_not_train)
     second = victim_module.default_victim(preset("int8_dynamic"))
     w1, w2 = first.student.state_dict(), second.student.state_dict()
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
@@ -229,8 +235,7 @@ def test_each_victim_model_has_its_own_cache_entry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("QRL_CACHE", str(tmp_path))
-    quick = ("data=synthetic", "teacher.epochs=1", "student.epochs=1", "model=cnn")
-    monkeypatch.setattr(victim_module, "DEFAULT_DISTILL_OVERRIDES", quick)
+    monkeypatch.setattr(victim_module, "victim_recipe", _quick_recipe)
     mlp = victim_module.default_victim(preset("int8_dynamic"), progress=False, model="mlp")
     assert type(mlp.student).__name__ == "MLP"
     assert victim_module.victim_dir("mlp") == tmp_path / "victims" / "digits-mlp-s0"

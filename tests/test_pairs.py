@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from qrl import distill, pairs
 from qrl.checkpoints import load_model
 from qrl.config import instantiate, load_config
 from qrl.errors import CheckpointError, ConfigError
-from qrl.pair_eval import cross_evaluation, fixed_patterns, quantized_right, vulnerability
+from qrl.pairing import training as pair_training
+from qrl.pairing.evaluation import cross_evaluation, fixed_patterns, quantized_right, vulnerability
 from qrl.pairs import load_pair
 from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, quantized_copy, using_bits
@@ -106,7 +106,7 @@ def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tin
     saved = pair.network.state_dict()
     assert any(not torch.equal(v, saved[k]) for k, v in student.state_dict().items())
     # The checkpoints for resuming are gone once the pair is finished.
-    assert not (tiny_pairs["detrimental"] / pairs.STATE_FILE).exists()
+    assert not (tiny_pairs["detrimental"] / pair_training.STATE_FILE).exists()
 
 
 def test_cross_evaluation_covers_every_policy(tiny_pairs, tiny_distill) -> None:
@@ -137,7 +137,7 @@ def test_an_interrupted_pair_resumes_from_its_last_round(
 ) -> None:
     out = tmp_path / "pair"
     calls = {"n": 0}
-    real = pairs._val_stats
+    real = pair_training._val_stats
 
     def crash_on_second_round(*args, **kwargs):
         calls["n"] += 1
@@ -145,13 +145,13 @@ def test_an_interrupted_pair_resumes_from_its_last_round(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pairs, "_val_stats", crash_on_second_round)
+    monkeypatch.setattr(pair_training, "_val_stats", crash_on_second_round)
     with pytest.raises(KeyboardInterrupt):
         pairs.run(_pair_cfg(tiny_distill, out, "robust"))
     assert not (out / "metrics.json").exists()
-    state = torch.load(out / pairs.STATE_FILE, weights_only=True)
+    state = torch.load(out / pair_training.STATE_FILE, weights_only=True)
     assert state["round"] == 1
-    monkeypatch.setattr(pairs, "_val_stats", real)
+    monkeypatch.setattr(pair_training, "_val_stats", real)
     pairs.run(_pair_cfg(tiny_distill, out, "robust"))
     rounds = [
         int(line.split(",")[0])
@@ -165,7 +165,7 @@ def test_a_round_logged_but_not_saved_is_logged_once_after_resuming(
     tiny_distill, tmp_path, monkeypatch
 ) -> None:
     out = tmp_path / "pair"
-    real = pairs.atomic_torch_save
+    real = pair_training.atomic_torch_save
     calls = {"n": 0}
 
     def killed_on_second_save(*args, **kwargs):
@@ -174,10 +174,10 @@ def test_a_round_logged_but_not_saved_is_logged_once_after_resuming(
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pairs, "atomic_torch_save", killed_on_second_save)
+    monkeypatch.setattr(pair_training, "atomic_torch_save", killed_on_second_save)
     with pytest.raises(KeyboardInterrupt):
         pairs.run(_pair_cfg(tiny_distill, out, "robust"))
-    monkeypatch.setattr(pairs, "atomic_torch_save", real)
+    monkeypatch.setattr(pair_training, "atomic_torch_save", real)
     pairs.run(_pair_cfg(tiny_distill, out, "robust"))
     rows = (out / "log.csv").read_text().splitlines()[1:]
     steps = [int(r.split(",")[0]) for r in rows if ",pair/val_acc_q," in r]
@@ -213,7 +213,7 @@ def test_pair_loss_pushes_the_quantized_path_the_right_way() -> None:
     x = torch.rand(64, 1, 8, 8)
     teacher_logits = net(x).detach() * 3
     y = teacher_logits.argmax(1)
-    train_cfg = OmegaConf.create(load_config("pairs").train)
+    weights = pairs.LossWeights.of(load_config("pairs").train)
     results = {}
     for kind in pairs.KINDS:
         qnet = quantized_copy(net, QuantConfig(act_bits=4, act_range_grad=True)).eval()
@@ -221,7 +221,7 @@ def test_pair_loss_pushes_the_quantized_path_the_right_way() -> None:
         bits = torch.full((64, 2), 2)
         for _ in range(60):
             loss, parts = pairs.pair_loss(
-                kind, qnet, x, y, teacher_logits, bits, torch.full((2,), 4), train_cfg
+                kind, qnet, x, y, teacher_logits, bits, torch.full((2,), 4), weights
             )
             trainer.step(loss)
         with torch.no_grad(), using_bits(qnet, bits):

@@ -16,8 +16,9 @@ from qrl.agents import SearchLog
 from qrl.config import CONF_DIR, load_config
 from qrl.envs.failure_task import FailureTask
 from qrl.errors import ConfigError
-from qrl.heldout import cluster_bootstrap_ci, score_held_out
+from qrl.heldout import score_held_out
 from qrl.quant import preset
+from qrl.stats import cluster_bootstrap_ci
 from qrl.victim import load_victim
 
 FAST = ["env.batch_size=64", "eval.samples=512", "eval.bootstrap=500", "progress=false"]

@@ -6,11 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from qrl.config import CONF_DIR, to_dict
 from qrl.errors import ConfigError
 from qrl.quant.config import QuantConfig
+from qrl.specs import CONF_DIR, load_yaml, to_dict
 
 PRESET_DIR = CONF_DIR / "quant"
 
@@ -30,7 +30,7 @@ def preset(name: str, **overrides: Any) -> QuantConfig:
     path = Path(PRESET_DIR) / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown quant preset {name!r}; choose one of {preset_names()}")
-    values = to_dict(OmegaConf.load(path))  # type: ignore[arg-type]
+    values = load_yaml(path)
     values.update(overrides)
     return QuantConfig.from_dict(values)
 

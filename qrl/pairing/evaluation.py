@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from qrl.data import Split
-from qrl.pairs import Pair
+from qrl.pairing.store import Pair
+from qrl.plots import failure_grid, pyplot
 from qrl.policies import BitsDecoder, RandomBits
 from qrl.quant import using_bits
 from qrl.quant.backends import real_backend
-from qrl.report import _pyplot, failure_grid
 from qrl.runs import atomic_write
 from qrl.scoring import correct, predict_logits, rate
 
@@ -209,7 +209,7 @@ def vulnerability(pair: Pair, split: Split) -> dict[str, Any]:
 
 def plot_cross(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     """Drop (full precision - quantized, points) of each network under each policy."""
-    plt = _pyplot()
+    plt = pyplot()
     networks = list(dict.fromkeys(r["network"] for r in rows))
     fig, axes = plt.subplots(
         1, len(networks), figsize=(5.5 * len(networks), 4), squeeze=False, sharex=True
@@ -229,7 +229,7 @@ def plot_cross(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
 
 def plot_vulnerability(path: Path, name: str, pair: Pair, vuln: dict[str, Any]) -> Path:
     """Per-layer and per-class drop of one pair under its own policy."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.5))
     ax1.bar(pair.layer_names, [100 * d for d in vuln["per_layer"]], color="tab:purple")
     ax1.set(ylabel="drop (points)", title=f"{name}: only this layer follows the policy (rest 8)")

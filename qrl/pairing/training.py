@@ -1,0 +1,240 @@
+"""Stage B as a library: train a network and its per-input bit-width policy together.
+
+Each round alternates (i) one PPO rollout and update of the bit-width policy on the contextual
+QuantBits task and (ii) `net_steps` KD + QAT steps of the network (`pair_loss`). See
+`qrl.pairs` for the command and the loss in words.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from stable_baselines3 import PPO
+from stable_baselines3.common.logger import configure
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from qrl.devices import module_device
+from qrl.distillation import kd_loss
+from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation
+from qrl.errors import CheckpointError
+from qrl.loggers import RunLogger
+from qrl.policies import BitsDecoder
+from qrl.quant import QuantConfig, quantized_copy, using_bits
+from qrl.quant.modules import float_path
+from qrl.runs import atomic_torch_save
+from qrl.scoring import accuracy_drop, correct, rate
+from qrl.specs import build
+from qrl.training import Trainer
+from qrl.victim import Victim
+
+STATE_FILE = "pair.state.pt"  # round, network trainer and PPO, saved together each round
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """The weights of the pair loss (`train.tau`, `alpha`, `quant_weight`, `keep_weight`)."""
+
+    tau: float = 4.0
+    alpha: float = 0.9
+    quant_weight: float = 1.0
+    keep_weight: float = 1.0
+
+    @classmethod
+    def of(cls, train: Any) -> LossWeights:
+        """From a pair config's `train` node (or any mapping with those keys)."""
+        return cls(*(float(train[k]) for k in ("tau", "alpha", "quant_weight", "keep_weight")))
+
+
+def pair_loss(
+    kind: str,
+    qnet: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    teacher_logits: Tensor,
+    bits: Tensor,
+    uniform_bits: Tensor,
+    weights: LossWeights,
+) -> tuple[Tensor, dict[str, float]]:
+    """The network's loss on one batch; returns it and its parts (for the logs).
+
+    Args:
+        kind: `detrimental` or `robust`.
+        qnet: the quantized copy being trained (QAT: its float weights are the network's).
+        x, y: inputs (B, C, H, W) and labels (B,).
+        teacher_logits: the black-box teacher's logits on x.
+        bits: the policy's per-input bits (B, L).
+        uniform_bits: the budget's uniform bits (L,), for the detrimental keep term.
+        weights: the loss's temperature and weights.
+    """
+    tau, alpha = weights.tau, weights.alpha
+    with float_path(qnet):
+        kd_fp = kd_loss(qnet(x), teacher_logits, y, tau=tau, alpha=alpha)
+    with using_bits(qnet, bits):
+        q_logits = qnet(x)
+    parts = {"loss/kd_fp": float(kd_fp.detach())}
+    if kind == "robust":
+        term = kd_loss(q_logits, teacher_logits, y, tau=tau, alpha=alpha)
+        parts["loss/kd_q"] = float(term.detach())
+        return kd_fp + weights.quant_weight * term, parts
+    # Away from the teacher: towards its runner-up class, the most plausible wrong answer
+    # (maximizing the loss of the right class alone does not move a network, measured).
+    runner_up = teacher_logits.topk(2, dim=1).indices[:, 1]
+    away = F.cross_entropy(q_logits, runner_up)
+    with using_bits(qnet, uniform_bits):
+        keep = kd_loss(qnet(x), teacher_logits, y, tau=tau, alpha=alpha)
+    parts.update({"loss/away_q": float(away.detach()), "loss/keep_uniform": float(keep.detach())})
+    return kd_fp + weights.quant_weight * away + weights.keep_weight * keep, parts
+
+
+def _trainable_copy(victim: Victim, range_grad: bool) -> tuple[nn.Module, Victim]:
+    """The quantized copy that QAT trains, and the victim whose quantized student it is."""
+    quant = victim.quant
+    qnet = quantized_copy(
+        victim.student, QuantConfig.from_dict({**quant.to_dict(), "act_range_grad": range_grad})
+    )
+    # Eval mode throughout: BatchNorm keeps its distilled statistics (per-input bits must not
+    # leak across a batch through batch statistics); QAT still runs because gradients are on.
+    qnet.eval()
+    return qnet, Victim(victim.teacher, victim.student, qnet, victim.data, quant, victim.device)
+
+
+def _start_or_resume(
+    cfg: DictConfig, venv: QuantBitsVecEnv, trainer: Trainer, state_path: Path
+) -> tuple[PPO, int]:
+    """A new PPO model at round 0, or the saved one and its round when resuming."""
+    if not (cfg.resume and state_path.is_file()):
+        return build(cfg.ppo.model)(env=venv, seed=int(cfg.seed)), 0
+    # Resuming continues the training; it is not bit-identical to an uninterrupted run
+    # (SB3 reseeds its generators and restarts the input stream when it loads).
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        trainer.load_state_dict(state["trainer"])
+        ppo = PPO.load(io.BytesIO(state["ppo"].numpy().tobytes()), env=venv, device="cpu")
+        return ppo, int(state["round"])
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot resume from {state_path} ({type(exc).__name__}): it is qrl's own "
+            "resume state; delete it to train the pair again, or set resume=false"
+        ) from exc
+
+
+def train_pair(
+    victim: Victim, cfg: DictConfig, out: Path, log: RunLogger
+) -> tuple[nn.Module, PPO, BitsDecoder]:
+    """Alternate PPO on the bit-width policy with KD + QAT network steps; resumable per round.
+
+    Returns:
+        (the trained quantized copy, the PPO model, the bits decoder).
+    """
+    kind, seed = str(cfg.kind), int(cfg.seed)
+    qnet, trained = _trainable_copy(victim, bool(cfg.train.range_grad))
+    venv = QuantBitsVecEnv(
+        num_envs=int(cfg.ppo.n_envs),
+        seed=seed,
+        victim=trained,
+        reward=kind,
+        bits_set=list(cfg.bits.set),
+        bits_budget=float(cfg.bits.budget),
+    )
+    rounds, net_steps = int(cfg.train.rounds), int(cfg.train.net_steps)
+    trainer = Trainer(
+        qnet,
+        lr=float(cfg.train.lr),
+        weight_decay=float(cfg.train.weight_decay),
+        total_steps=rounds * net_steps,
+    )
+    state_path = out / STATE_FILE
+    ppo, start = _start_or_resume(cfg, venv, trainer, state_path)
+    log.rewind(start + 1)  # rows of a round that was interrupted before its state was saved
+    ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
+    rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
+    callbacks = log.sb3_callbacks()  # W&B's, when it is on: one set for every round
+    steps = _NetworkSteps(kind, victim, qnet, venv.task, LossWeights.of(cfg.train))
+    bar = tqdm(range(start, rounds), desc=f"{kind} pair", disable=None if cfg.progress else True)
+    for r in bar:
+        # --- (i) the policy: one rollout on the current network, one PPO update -------------
+        ppo.learn(total_timesteps=rollout, reset_num_timesteps=False, callback=callbacks)
+        # --- (ii) the network: KD + QAT under the policy's (sampled) bits -------------------
+        gen = torch.Generator().manual_seed(seed * 100_003 + r)
+        parts: dict[str, float] = {}
+        for _ in range(net_steps):
+            loss, parts = steps.loss(ppo, int(cfg.train.batch_size), gen)
+            trainer.step(loss)
+        # --- logs and a resumable state -----------------------------------------------------
+        stats = _val_stats(qnet, ppo, venv.task, victim.data.val.x, victim.data.val.y)
+        log.log({**parts, **stats}, step=r + 1)
+        bar.set_postfix(
+            acc_fp=f"{stats['pair/val_acc_fp']:.3f}", acc_q=f"{stats['pair/val_acc_q']:.3f}"
+        )
+        atomic_torch_save(
+            {"round": r + 1, "trainer": trainer.state_dict(), "ppo": _ppo_bytes(ppo)}, state_path
+        )
+    bar.close()
+    ppo.logger.close()
+    return qnet, ppo, venv.task.decoder
+
+
+@dataclass
+class _NetworkSteps:
+    """One network step's loss: a training batch, the policy's sampled bits, `pair_loss`."""
+
+    kind: str
+    victim: Victim
+    qnet: nn.Module
+    task: Any  # the QuantBits task: observations and the bits decoder
+    weights: LossWeights
+
+    def __post_init__(self) -> None:
+        self.uniform = torch.from_numpy(self.task.decoder.uniform())
+
+    def loss(
+        self, ppo: PPO, batch_size: int, gen: torch.Generator
+    ) -> tuple[Tensor, dict[str, float]]:
+        train, device = self.victim.data.train, self.victim.device
+        idx = torch.randint(0, len(train), (batch_size,), generator=gen)
+        x, y = train.rows(idx), train.y[idx]
+        x_dev, y_dev = x.to(device), y.to(device)  # the network trains there; no-ops on the CPU
+        with torch.no_grad():
+            t_logits = self.victim.teacher(x_dev)
+            obs, _, _ = self.task.observe(x, y)
+            actions, _ = ppo.predict(obs, deterministic=False)
+        bits = torch.from_numpy(self.task.decoder.decode(np.asarray(actions)))  # moved per layer
+        return pair_loss(
+            self.kind, self.qnet, x_dev, y_dev, t_logits, bits, self.uniform, self.weights
+        )
+
+
+def _ppo_bytes(ppo: PPO) -> Tensor:
+    """The PPO model (policy, optimizer, counters) as SB3's zip, in a uint8 tensor."""
+    buffer = io.BytesIO()
+    ppo.save(buffer)
+    return torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)
+
+
+@torch.no_grad()
+def _val_stats(qnet: nn.Module, ppo: PPO, task: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+    """Full-precision and own-policy accuracy on the validation split (deterministic policy)."""
+    if len(x) == 0:
+        nan = float("nan")
+        keys = ("pair/val_acc_fp", "pair/val_acc_q", "pair/val_drop", "quant/mean_bits")
+        return dict.fromkeys(keys, nan)
+    obs, fp_logits = bits_observation(qnet, x, task.side)
+    actions, _ = ppo.predict(obs, deterministic=True)
+    bits = torch.from_numpy(task.decoder.decode(np.asarray(actions)))
+    with using_bits(qnet, bits):
+        acc_q = rate(correct(qnet(x.to(module_device(qnet))).cpu(), y))
+    acc_fp = rate(correct(fp_logits, y))
+    return {
+        "pair/val_acc_fp": acc_fp,
+        "pair/val_acc_q": acc_q,
+        "pair/val_drop": accuracy_drop(acc_fp, acc_q),
+        "quant/mean_bits": float(bits.float().mean()),
+    }
