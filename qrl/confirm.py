@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from torch import nn
 
 from qrl.envs.failure_task import FailureTask
 from qrl.heldout import HeldOutResult, score_held_out
-from qrl.quant import preset, quantized_copy
+from qrl.quant import QuantConfig, preset, quantized_copy
 from qrl.quant.backends import mirror_preset, real_backend
 from qrl.quant.cpu import describe_int8_accumulation
 from qrl.victim import Victim
@@ -67,64 +68,23 @@ def confirm_on_kernels(
     if not isinstance(victim.student, nn.Module):
         return {}
     input_part, _ = task.split_action(action)
-    modules = list(victim.student.modules())
-    linear_only = any(isinstance(m, nn.Linear) for m in modules) and not any(
-        isinstance(m, nn.Conv2d) for m in modules
+    cases = (
+        [("baseline", None)] if input_part is None else [("policy", input_part), ("baseline", None)]
     )
-    # The search's own numbers predict a kernel's only for an 8-bit search over inputs alone
-    # (an int4 or bit-width search is not meant to carry over to int8 kernels).
-    comparable = task.mode == "input" and victim.quant.act_bits == 8 == victim.quant.weight_bits
     metrics: dict[str, Any] = {}
     messages: list[str] = []
     for name in backends:
-        if name == victim.quant.backend or (name == "torch_ao" and not linear_only):
+        if name == victim.quant.backend or (
+            name == "torch_ao" and not _linear_only(victim.student)
+        ):
             continue
-        backend = real_backend(
-            name, victim.student, victim.data.test.head(8), onnx_reduce_range=onnx_reduce_range
-        )
-        mirror_name = mirror_preset(name, onnx_reduce_range=onnx_reduce_range)
-        mirror = preset(mirror_name)
-        on_kernel = _input_task(task, dataclasses.replace(victim, qstudent=backend))
-        on_mirror = _input_task(
-            task,
-            dataclasses.replace(
-                victim, qstudent=quantized_copy(victim.student, mirror).eval(), quant=mirror
-            ),
-        )
-        cases = [("baseline", np.zeros(on_kernel.action_space.shape, np.float32))]
-        if input_part is not None:
-            cases.insert(0, ("policy", input_part))
-        metrics[f"confirm/{name}/simulator"] = mirror_name
+        kernel = _KernelCheck.build(task, name, onnx_reduce_range)
+        metrics[f"confirm/{name}/simulator"] = kernel.mirror_name
         for case, case_action in cases:
-            real = score_held_out(on_kernel, case_action, **settings)
-            sim = score_held_out(on_mirror, case_action, **settings)
-            prefix = f"confirm/{name}" if case == "policy" else f"confirm/{name}/baseline"
-            metrics.update(real.metrics(prefix))
-            metrics.update(
-                {k.replace(prefix, f"{prefix}/sim"): v for k, v in sim.metrics(prefix).items()}
-            )
-            what = "the found policy" if case == "policy" else "the data's own distribution"
             searched = None if simulated is None else simulated[0 if case == "policy" else 1]
-            if (
-                comparable
-                and searched is not None
-                and victim.quant != mirror
-                and disagree(real, searched)
-            ):
-                messages.append(
-                    f"the search's quantizer does not carry over to {name} int8 for {what}: gap "
-                    f"{_gap(searched)} searched vs {_gap(real)} on the kernel; search with "
-                    f"quant={mirror_name} to steer by the kernel's numbers"
-                )
-            if disagree(real, sim):
-                messages.append(
-                    f"{mirror_name} does not predict {name} int8 on this model for {what}: gap "
-                    f"{100 * sim.gap:.2f} [{100 * sim.ci[0]:.2f}, {100 * sim.ci[1]:.2f}] on the "
-                    f"simulator vs {100 * real.gap:.2f} [{100 * real.ci[0]:.2f}, "
-                    f"{100 * real.ci[1]:.2f}] on the kernel (accuracy {100 * sim.acc_q:.1f}% vs "
-                    f"{100 * real.acc_q:.1f}%); trust the kernel's numbers. CPU: "
-                    f"{describe_int8_accumulation()}"
-                )
+            case_metrics, case_messages = kernel.score(case, case_action, searched, settings)
+            metrics.update(case_metrics)
+            messages += case_messages
         if input_part is not None and "confirm/gap" not in metrics:
             metrics["confirm/gap"] = metrics[f"confirm/{name}/gap"]
             metrics["confirm/backend"] = name
@@ -132,6 +92,83 @@ def confirm_on_kernels(
     for message in messages:
         warnings.warn(message, SimulatorMismatchWarning, stacklevel=2)
     return metrics
+
+
+def _linear_only(model: nn.Module) -> bool:
+    """A model of Linear layers without convolutions: the only kind torch.ao quantizes whole."""
+    modules = list(model.modules())
+    return any(isinstance(m, nn.Linear) for m in modules) and not any(
+        isinstance(m, nn.Conv2d) for m in modules
+    )
+
+
+@dataclass
+class _KernelCheck:
+    """One real backend beside the simulator preset that models it, on the same draws."""
+
+    name: str
+    mirror_name: str
+    mirror: QuantConfig
+    search_quant: QuantConfig
+    on_kernel: FailureTask
+    on_mirror: FailureTask
+    comparable: bool  # the search's own numbers predict the kernel's (8-bit, inputs alone)
+
+    @classmethod
+    def build(cls, task: FailureTask, name: str, onnx_reduce_range: bool) -> _KernelCheck:
+        victim = task.victim
+        backend = real_backend(
+            name, victim.student, victim.data.test.head(8), onnx_reduce_range=onnx_reduce_range
+        )
+        mirror_name = mirror_preset(name, onnx_reduce_range=onnx_reduce_range)
+        mirror = preset(mirror_name)
+        simulated = quantized_copy(victim.student, mirror).eval()
+        # An int4 or bit-width search is not meant to carry over to int8 kernels.
+        comparable = task.mode == "input" and victim.quant.act_bits == 8 == victim.quant.weight_bits
+        return cls(
+            name,
+            mirror_name,
+            mirror,
+            victim.quant,
+            _input_task(task, dataclasses.replace(victim, qstudent=backend)),
+            _input_task(task, dataclasses.replace(victim, qstudent=simulated, quant=mirror)),
+            comparable,
+        )
+
+    def score(
+        self,
+        case: str,
+        action: np.ndarray | None,
+        searched: HeldOutResult | None,
+        settings: dict[str, Any],
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The kernel's and its preset's held-out metrics for one case, and any warnings."""
+        if action is None:  # the data's own distribution: the identity action
+            action = np.zeros(self.on_kernel.action_space.shape, np.float32)
+        real = score_held_out(self.on_kernel, action, **settings)
+        sim = score_held_out(self.on_mirror, action, **settings)
+        prefix = f"confirm/{self.name}" if case == "policy" else f"confirm/{self.name}/baseline"
+        metrics = dict(real.metrics(prefix))
+        metrics.update(
+            {k.replace(prefix, f"{prefix}/sim"): v for k, v in sim.metrics(prefix).items()}
+        )
+        what = "the found policy" if case == "policy" else "the data's own distribution"
+        messages = []
+        carries = self.comparable and self.search_quant != self.mirror
+        if carries and searched is not None and disagree(real, searched):
+            messages.append(
+                f"the search's quantizer does not carry over to {self.name} int8 for {what}: "
+                f"gap {_gap(searched)} searched vs {_gap(real)} on the kernel; search with "
+                f"quant={self.mirror_name} to steer by the kernel's numbers"
+            )
+        if disagree(real, sim):
+            messages.append(
+                f"{self.mirror_name} does not predict {self.name} int8 on this model for {what}: "
+                f"gap {_gap(sim)} on the simulator vs {_gap(real)} on the kernel (accuracy "
+                f"{100 * sim.acc_q:.1f}% vs {100 * real.acc_q:.1f}%); trust the kernel's "
+                f"numbers. CPU: {describe_int8_accumulation()}"
+            )
+        return metrics, messages
 
 
 def _gap(result: HeldOutResult) -> str:

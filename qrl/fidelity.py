@@ -28,6 +28,7 @@ from qrl.models import MLP
 from qrl.planted import plant_brightness_outlier
 from qrl.quant import QuantConfig, preset, quantized_copy
 from qrl.quant.backends import OnnxRuntimeBackend, RealBackend, TorchAOBackend
+from qrl.scoring import accuracy, agreement
 from qrl.stress import check_preserved, rescale_channels, rescale_units
 from qrl.training import TrainSettings, fit
 
@@ -229,10 +230,7 @@ def compare(
     """The `Fidelity` record of simulator against kernel logits (`fp`: full-precision ones)."""
 
     def acc(logits: Tensor) -> float:
-        return float((logits.argmax(1) == y).float().mean())
-
-    def agree(a: Tensor, b: Tensor) -> float:
-        return float((a.argmax(1) == b.argmax(1)).float().mean())
+        return accuracy(logits, y)
 
     return Fidelity(
         member=member.name,
@@ -242,11 +240,11 @@ def compare(
         acc_fp=acc(fp),
         acc_sim_image=acc(sim[0]),
         acc_kernel_image=acc(real[0]),
-        agree_image=agree(sim[0], real[0]),
+        agree_image=agreement(sim[0], real[0]),
         max_diff_image=float((sim[0] - real[0]).abs().max()),
         acc_sim_batch=acc(sim[1]),
         acc_kernel_batch=acc(real[1]),
-        agree_batch=agree(sim[1], real[1]),
+        agree_batch=agreement(sim[1], real[1]),
         max_diff_batch=float((sim[1] - real[1]).abs().max()),
     )
 

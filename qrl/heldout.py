@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from qrl.envs.failure_task import FailureTask
-from qrl.scoring import Outcome
+from qrl.scoring import Outcome, accuracy_gap
 from qrl.stats import cluster_bootstrap_ci
 
 
@@ -44,7 +44,7 @@ class HeldOutResult:
             f"{prefix}/gap_ci_high": self.ci[1],
             f"{prefix}/drop_fp": self.drop_fp,
             # Beside the gap to whichever reference: the teacher's, always named as such.
-            f"{prefix}/teacher_gap": self.acc_teacher - self.acc_q,
+            f"{prefix}/teacher_gap": accuracy_gap(self.acc_teacher, self.acc_q),
             f"{prefix}/acc_teacher": self.acc_teacher,
             f"{prefix}/acc_fp": self.acc_fp,
             f"{prefix}/acc_q": self.acc_q,

@@ -85,6 +85,23 @@ def accuracy_drop(acc_fp: float, acc_q: float) -> float:
     return acc_fp - acc_q
 
 
+def accuracy_gap(acc_reference: float, acc_q: float) -> float:
+    """The gap from two accuracies already measured: acc(named reference) - acc(quantized)."""
+    return acc_reference - acc_q
+
+
+def is_valid(acc_teacher: float, validity_floor: float) -> bool:
+    """Whether a distribution keeps the images recognisable: the teacher's accuracy on its
+    batch reaches the floor (a search cannot win by destroying the images)."""
+    return acc_teacher >= validity_floor
+
+
+def search_reward(gap: float, acc_teacher: float, validity_floor: float, penalty: float) -> float:
+    """The reward of `qrl/QuantFailure-v0` for one batch: the gap, less `penalty` times the
+    teacher's shortfall below the validity floor."""
+    return gap - penalty * max(0.0, validity_floor - acc_teacher)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """Per-input correctness of the teacher, the full-precision network and its quantized copy.
@@ -140,7 +157,7 @@ class Outcome:
 
     def gap(self, reference: str = "teacher") -> float:
         """acc(reference) - acc(quantized)."""
-        return rate(self.reference_right(reference)) - self.acc_q
+        return accuracy_gap(rate(self.reference_right(reference)), self.acc_q)
 
     def gap_per_input(self, reference: str = "teacher") -> Tensor:
         """Per-input gap terms (float, (N,)): their mean is `gap(reference)`."""

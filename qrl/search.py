@@ -40,6 +40,7 @@ from qrl.loggers import RunLogger
 from qrl.plots import failure_grid, search_curve, write_archive
 from qrl.quant import as_quant_config
 from qrl.runs import start_run, write_metrics
+from qrl.scoring import is_valid
 from qrl.selection import Selection, distinct_top, reserved_evaluations, select_best
 from qrl.sweeps import task_device
 from qrl.tables import format_table
@@ -116,46 +117,17 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
     """Search, evaluate, confirm and write results for a ready victim (the CLI and `qrl.audit`)."""
     check_settings(cfg)
     follow_device(cfg.agent, victim.device)  # an SB3 agent with device auto: the victim's
-    seed = int(cfg.seed)
-    name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{seed}"
-    options = env_kwargs(cfg)
+    name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{int(cfg.seed)}"
     # A search does not resume mid-way, so a rerun's logs restart rather than append.
     shutil.rmtree(out / "sb3", ignore_errors=True)
     with RunLogger(out, cfg.logger, config=cfg, name=name, fresh=True) as log:
-        # --- build env and agent, learn until the search's part of the budget is spent -------
-        reserve = reserved_evaluations(int(cfg.budget.evaluations), float(cfg.select.fraction))
-        search_log = run_search(
-            victim,
-            cfg.agent,
-            options,
-            budget=int(cfg.budget.evaluations) - reserve,
-            seed=seed,
-            split=str(cfg.env.split),
-            n_envs=int(cfg.env.n_envs),
-            log=log,
-            sb3_log_dir=out / "sb3",
-            progress=bool(cfg.progress),
-        )
-
-        # --- choose: the top policies re-scored on fresh batches (the reserved evaluations) --
-        selection = select_best(
-            FailureTask(victim, split=str(cfg.select.split), **task_kwargs(cfg)),
-            search_log,
-            candidates=int(cfg.select.candidates),
-            evaluations=reserve,
-            batch_size=int(cfg.env.batch_size),
-            seed=seed + SELECT_SEED_OFFSET,
-            validity_floor=float(cfg.env.validity_floor),
-            penalty=float(cfg.env.penalty),
-            level=float(cfg.eval.ci_level),
-        )
+        # --- build env and agent, learn, then choose among the top policies -------------------
+        search_log, selection = search_and_select(victim, cfg, out, log)
         chosen = selection.chosen.trial
-
         # --- evaluate the chosen policy on held-out inputs ------------------------------------
         held_out = FailureTask(victim, split=str(cfg.eval.split), **task_kwargs(cfg))
         settings = held_out_settings(cfg)
         result, baseline = evaluate_best(held_out, chosen.action, **settings)
-
         # --- confirm on real int8 kernels (the input-distribution part of the policy) ---------
         confirm = confirm_on_kernels(
             held_out,
@@ -165,27 +137,64 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
             simulated=(result, baseline),
             **settings,
         )
-
         # --- write results ---------------------------------------------------------------------
-        metrics, archive = write_results(
-            out,
-            log,
+        metrics = search_metrics(
             search_log,
             selection,
             held_out,
-            result,
-            baseline,
+            (result, baseline),
             confirm,
-            agent=str(cfg.agent.name),
             validity_floor=float(cfg.env.validity_floor),
-            run_name=name,
             ci_level=float(cfg.eval.ci_level),
+        )
+        archive = write_results(
+            out,
+            log,
+            metrics,
+            search_log,
+            held_out,
+            result,
+            agent=str(cfg.agent.name),
+            run_name=name,
             top_k=int(cfg.archive.top_k),
             grid=int(cfg.archive.grid),
         )
-    record = write_metrics(out, metrics, seed=seed, started=started)  # last: the run is done
+    record = write_metrics(out, metrics, seed=int(cfg.seed), started=started)  # last: done
     _print_summary(cfg, metrics, archive, result, out)
     return record
+
+
+def search_and_select(
+    victim: Victim, cfg: DictConfig, out: Path, log: RunLogger
+) -> tuple[SearchLog, Selection]:
+    """Spend the search's part of the budget, then re-score its top policies on fresh batches
+    (the reserved evaluations) and choose the best re-scored one."""
+    seed = int(cfg.seed)
+    reserve = reserved_evaluations(int(cfg.budget.evaluations), float(cfg.select.fraction))
+    search_log = run_search(
+        victim,
+        cfg.agent,
+        env_kwargs(cfg),
+        budget=int(cfg.budget.evaluations) - reserve,
+        seed=seed,
+        split=str(cfg.env.split),
+        n_envs=int(cfg.env.n_envs),
+        log=log,
+        sb3_log_dir=out / "sb3",
+        progress=bool(cfg.progress),
+    )
+    selection = select_best(
+        FailureTask(victim, split=str(cfg.select.split), **task_kwargs(cfg)),
+        search_log,
+        candidates=int(cfg.select.candidates),
+        evaluations=reserve,
+        batch_size=int(cfg.env.batch_size),
+        seed=seed + SELECT_SEED_OFFSET,
+        validity_floor=float(cfg.env.validity_floor),
+        penalty=float(cfg.env.penalty),
+        level=float(cfg.eval.ci_level),
+    )
+    return search_log, selection
 
 
 def run_search(
@@ -257,44 +266,23 @@ def evaluate_best(
     return result, baseline
 
 
-def write_results(
-    out: Path,
-    log: RunLogger,
+def search_metrics(
     search_log: SearchLog,
     selection: Selection,
     task: FailureTask,
-    result: HeldOutResult,
-    baseline: HeldOutResult,
+    scored: tuple[HeldOutResult, HeldOutResult],
     confirm: dict[str, Any],
     *,
-    agent: str,
     validity_floor: float,
-    run_name: str,
     ci_level: float,
-    top_k: int,
-    grid: int,
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Write the archive, failure grid and search curve, and log them with the metrics.
-
-    Returns:
-        (the run's metrics, for the `metrics.json` the caller writes last; the archive's rows).
-    """
+) -> dict[str, Any]:
+    """The run's metrics: the search, the selection, the held-out result and its baseline
+    (`scored`: the policy's and the data's own distribution's), the kernels' confirmation."""
     best = search_log.best
     assert best is not None
+    result, baseline = scored
     chosen = selection.chosen.trial
-    description = task.describe(chosen.action)
-    archive = write_archive(
-        out / "archive.csv", out / "archive.json", distinct_top(search_log, top_k), task.describe
-    )
-    failure_grid(
-        out / "failures.png",
-        result.failures,
-        task.victim.data.class_names,
-        f"{agent}: {description}\nheld-out gap {100 * result.gap:.1f} points",
-        max_images=grid,
-    )
-    search_curve(out / "search_curve.png", search_log.trials, f"{agent} search")
-    metrics: dict[str, Any] = {
+    return {
         # The best single search batch: an upward-biased number, shown only as what it is.
         "search/best_batch_gap": best.info["gap"],
         "search/best_batch_reward": best.reward,
@@ -304,13 +292,41 @@ def write_results(
         "evaluations": search_log.count + selection.evaluations,
         **result.metrics("eval"),
         "eval/reference": task.reference,
-        "eval/valid": float(result.acc_teacher >= validity_floor),
+        "eval/valid": float(is_valid(result.acc_teacher, validity_floor)),
         "eval/ci_level": ci_level,
         **{k.replace("eval/", "baseline/"): v for k, v in baseline.metrics("eval").items()},
         **confirm,
-        "policy/description": description,
+        "policy/description": task.describe(chosen.action),
         "policy/action": [float(a) for a in chosen.action],
     }
+
+
+def write_results(
+    out: Path,
+    log: RunLogger,
+    metrics: dict[str, Any],
+    search_log: SearchLog,
+    task: FailureTask,
+    result: HeldOutResult,
+    *,
+    agent: str,
+    run_name: str,
+    top_k: int,
+    grid: int,
+) -> list[dict[str, Any]]:
+    """Write the archive, failure grid and search curve, and log them with the metrics
+    (`metrics.json` is the caller's, written last). Returns the archive's rows."""
+    archive = write_archive(
+        out / "archive.csv", out / "archive.json", distinct_top(search_log, top_k), task.describe
+    )
+    failure_grid(
+        out / "failures.png",
+        result.failures,
+        task.victim.data.class_names,
+        f"{agent}: {metrics['policy/description']}\nheld-out gap {100 * result.gap:.1f} points",
+        max_images=grid,
+    )
+    search_curve(out / "search_curve.png", search_log.trials, f"{agent} search")
     log.summary(metrics)
     log.log_image("failures", out / "failures.png")
     log.log_artifact(
@@ -318,7 +334,7 @@ def write_results(
         "failure-archive",
         [out / "archive.csv", out / "archive.json", out / "failures.png"],
     )
-    return metrics, archive
+    return archive
 
 
 _REFERENCE_NAMES = {
@@ -327,15 +343,16 @@ _REFERENCE_NAMES = {
 }
 
 
-def _print_summary(
-    cfg: DictConfig,
-    metrics: dict[str, Any],
-    archive: list[dict[str, Any]],
-    result: HeldOutResult,
-    out: Path,
-) -> None:
-    pct = lambda v: f"{100 * v:.2f}"  # noqa: E731
-    rows = [
+def _pct(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _summary_rows(
+    cfg: DictConfig, metrics: dict[str, Any], result: HeldOutResult
+) -> list[list[str]]:
+    """The summary table's rows: what the search found, what was chosen, what held out."""
+    pct, level = _pct, f"{int(100 * cfg.eval.ci_level)}% CI"
+    return [
         [
             "search: best single-batch gap (biased up)",
             pct(metrics["search/best_batch_gap"]),
@@ -349,13 +366,12 @@ def _print_summary(
         [
             f"chosen policy: re-scored gap, fresh {cfg.select.split} batches",
             pct(metrics["select/gap"]),
-            f"[{pct(metrics['select/gap_ci_low'])}, {pct(metrics['select/gap_ci_high'])}]"
-            f" {int(100 * cfg.eval.ci_level)}% CI",
+            f"[{pct(metrics['select/gap_ci_low'])}, {pct(metrics['select/gap_ci_high'])}] {level}",
         ],
         [
             f"chosen policy: held-out gap, {_REFERENCE_NAMES[metrics['eval/reference']]}",
             pct(result.gap),
-            f"[{pct(result.ci[0])}, {pct(result.ci[1])}] {int(100 * cfg.eval.ci_level)}% CI"
+            f"[{pct(result.ci[0])}, {pct(result.ci[1])}] {level}"
             + ("" if metrics["eval/valid"] else ", teacher below the validity floor"),
         ],
         ["held-out gap, data's own distribution", pct(metrics["baseline/gap"]), ""],
@@ -366,28 +382,35 @@ def _print_summary(
             f"{pct(result.acc_teacher)} / {pct(result.acc_q)}",
             "",
         ],
+        *kernel_rows(metrics),
     ]
-    rows += kernel_rows(metrics)
+
+
+def _print_summary(
+    cfg: DictConfig,
+    metrics: dict[str, Any],
+    archive: list[dict[str, Any]],
+    result: HeldOutResult,
+    out: Path,
+) -> None:
+    rows = _summary_rows(cfg, metrics, result)
     print(format_table([f"{cfg.agent.name} / space={cfg.space.mode}", "points", ""], rows))
     for message in metrics.get("confirm/warnings", []):
         print(f"warning: {message}")
     print(f"chosen policy: {metrics['policy/description']}")
-    print(
-        format_table(
-            ["rank", "eval #", "batch gap", "acc T", "acc Q", "policy (search order)"],
-            [
-                [
-                    r["rank"],
-                    r["evaluation"],
-                    pct(r.get("gap", 0)),
-                    pct(r.get("acc_teacher", 0)),
-                    pct(r.get("acc_q", 0)),
-                    r["policy"][:70],
-                ]
-                for r in archive[:5]
-            ],
-        )
-    )
+    top = [
+        [
+            r["rank"],
+            r["evaluation"],
+            _pct(r.get("gap", 0)),
+            _pct(r.get("acc_teacher", 0)),
+            _pct(r.get("acc_q", 0)),
+            r["policy"][:70],
+        ]
+        for r in archive[:5]
+    ]
+    headers = ["rank", "eval #", "batch gap", "acc T", "acc Q", "policy (search order)"]
+    print(format_table(headers, top))
     print(f"wrote {out}/archive.csv, failures.png, search_curve.png, metrics.json")
 
 

@@ -19,7 +19,7 @@ import torch
 from qrl.agents import SearchLog, Trial
 from qrl.envs.failure_task import FailureTask
 from qrl.heldout import cluster_bootstrap_ci
-from qrl.scoring import Outcome
+from qrl.scoring import Outcome, is_valid, search_reward
 
 
 @dataclass(frozen=True)
@@ -128,9 +128,9 @@ def rescore(
         x, y, idx = task.draw_indexed(trial.action, batch_size, generator)
         outcome = task.measure(trial.action, x, y).outcome
         # The reward of `qrl/QuantFailure-v0`, batch by batch: the validity floor is per batch.
-        shortfall = max(0.0, validity_floor - outcome.acc_teacher)
-        rewards.append(outcome.gap(task.reference) - penalty * shortfall)
-        valid.append(outcome.acc_teacher >= validity_floor)
+        gap = outcome.gap(task.reference)
+        rewards.append(search_reward(gap, outcome.acc_teacher, validity_floor, penalty))
+        valid.append(is_valid(outcome.acc_teacher, validity_floor))
         parts.append(outcome)
         sources.append(idx)
     outcome = Outcome.cat(parts)

@@ -99,7 +99,7 @@ def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tin
     metrics = json.loads((tiny_pairs["detrimental"] / "metrics.json").read_text())
     assert metrics["drop"] == pytest.approx(metrics["acc_fp"] - metrics["acc_q"])
     assert abs(metrics["mean_bits"] - 4.0) < 0.05
-    for key in ("drop_uniform", "drop_random", "drop_onnx_int8", "gap_teacher", "seed"):
+    for key in ("drop_uniform", "drop_random", "drop_onnx_int8", "teacher_gap", "seed"):
         assert key in metrics
     # The network was trained: it is not the distilled student it started from.
     student, _ = load_model(tiny_distill / "student.pt")

@@ -17,6 +17,7 @@ from qrl.envs.failure_task import MODES, FailureTask, check_choices
 from qrl.errors import ConfigError
 from qrl.policies import DEFAULT_BITS_SET, DEFAULT_BUDGET, DEFAULT_CORRUPTIONS
 from qrl.quant import QuantConfig
+from qrl.scoring import is_valid, search_reward
 from qrl.victim import Victim
 
 __all__ = ["INFO_KEYS", "MODES", "OBS_STATS", "QuantFailureEnv"]
@@ -136,8 +137,7 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
         self._last_action = a
         self._evaluate(a)
         info = self._get_info()
-        shortfall = max(0.0, self.validity_floor - info["acc_teacher"])
-        reward = info["gap"] - self.penalty * shortfall
+        reward = search_reward(info["gap"], info["acc_teacher"], self.validity_floor, self.penalty)
         return self._get_obs(), float(reward), False, False, info
 
     # --- helpers: drawing and scoring are the task's ------------------------------------------
@@ -153,7 +153,7 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
             "gap": outcome.gap(self.task.reference),
             "drop": outcome.drop,
             "mean_bits": m.mean_bits,
-            "valid": float(outcome.acc_teacher >= self.validity_floor),
+            "valid": float(is_valid(outcome.acc_teacher, self.validity_floor)),
         }
         self._last_ranges = range_features(self.victim.qstudent, len(x)).mean(axis=0)
 

@@ -3,7 +3,7 @@
 Every number here is measured on one split (the test split by default) and is one of:
 - `acc_fp`, `acc_q`: accuracy in full precision and quantized (fractions);
 - `drop` = acc_fp - acc_q of the same network on the same inputs: what quantization causes;
-- `gap_teacher` = acc(teacher) - acc_q: the gap to the teacher, named as such.
+- `teacher_gap` = acc(teacher) - acc_q: the gap to the teacher, named as such.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from qrl.policies import BitsDecoder, RandomBits
 from qrl.quant import using_bits
 from qrl.quant.backends import real_backend
 from qrl.runs import atomic_write
-from qrl.scoring import correct, predict_logits, rate
+from qrl.scoring import accuracy_drop, accuracy_gap, correct, predict_logits, rate
 
 BitsFn = Callable[[Tensor], Tensor]  # inputs (B, C, H, W) -> bits (B, L)
 BATCH = 512
@@ -92,7 +92,7 @@ def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0
     bits at the same budget, and ONNX Runtime's dynamic int8 kernels.
 
     Returns:
-        Flat metrics (fractions): acc_teacher, acc_fp, acc_q, drop, gap_teacher, mean_bits,
+        Flat metrics (fractions): acc_teacher, acc_fp, acc_q, drop, teacher_gap, mean_bits,
         acc_q_uniform / drop_uniform, acc_q_random / drop_random, acc_onnx_int8 / drop_onnx_int8.
     """
     x, y = split.x, split.y
@@ -108,8 +108,8 @@ def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0
         "bits_per_layer": own.float().mean(dim=0).tolist(),
         "layer_names": pair.layer_names,
     }
-    metrics["drop"] = acc_fp - metrics["acc_q"]
-    metrics["gap_teacher"] = acc_teacher - metrics["acc_q"]
+    metrics["drop"] = accuracy_drop(acc_fp, metrics["acc_q"])
+    metrics["teacher_gap"] = accuracy_gap(acc_teacher, metrics["acc_q"])
     uniform = torch.from_numpy(pair.decoder.uniform())
     metrics["acc_q_uniform"] = rate(quantized_right(pair.qnetwork, x, y, uniform))
     random_bits = RandomBits(pair.decoder, seed)
@@ -118,7 +118,7 @@ def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0
     metrics["acc_onnx_int8"] = rate(correct(predict_logits(ort, x), y))
     for key in ("uniform", "random", "onnx_int8"):
         acc = metrics[f"acc_q_{key}"] if key != "onnx_int8" else metrics["acc_onnx_int8"]
-        metrics[f"drop_{key}"] = acc_fp - acc
+        metrics[f"drop_{key}"] = accuracy_drop(acc_fp, acc)
     return metrics
 
 
@@ -152,7 +152,7 @@ def cross_evaluation(
                     "note": note,
                     "acc_fp": acc_fp,
                     "acc_q": acc_q,
-                    "drop": acc_fp - acc_q,
+                    "drop": accuracy_drop(acc_fp, acc_q),
                     "mean_bits": mean_bits,
                 }
             )
