@@ -218,6 +218,21 @@ def _load_or_train(
     return train(state), "trained"
 
 
+def _test_metrics(
+    teacher: nn.Module, student: nn.Module, teacher_logits: Tensor, data: ImageData
+) -> dict[str, float]:
+    """Both models' test accuracy, the student's agreement with the teacher, their sizes."""
+    student_logits = predict_logits(student, data.test.x)
+    return {
+        "teacher/acc": accuracy(teacher_logits, data.test.y),
+        "student/acc": accuracy(student_logits, data.test.y),
+        "student/agreement": agreement(student_logits, teacher_logits),
+        "teacher/params": sum(p.numel() for p in teacher.parameters()),
+        "student/params": sum(p.numel() for p in student.parameters()),
+        "data/test_size": len(data.test),
+    }
+
+
 def distil(
     recipe: DistillRecipe,
     data: ImageData,
@@ -229,14 +244,15 @@ def distil(
     progress: bool = True,
     device: torch.device | str = "cpu",
 ) -> Distilled:
-    """Train or load the teacher, distil the student, save both into `out`, score them."""
+    """Train or load the teacher, distil the student, save both into `out`, score both."""
     inputs, device = InputSpec.of(data), torch.device(device)
+    phase = {"seed": seed, "logger": log, "progress": progress, "device": device}
     # --- teacher: a given checkpoint, a finished phase in this run dir, or trained --------------
-    teacher_spec = recipe.teacher_spec
     if recipe.teacher_path:
         teacher, teacher_spec = load_teacher(recipe.teacher_path, data)
         teacher, teacher_source = teacher.to(device), f"loaded from {recipe.teacher_path}"
     else:
+        teacher_spec = recipe.teacher_spec
         teacher, teacher_source = _load_or_train(
             "teacher",
             out,
@@ -244,19 +260,15 @@ def distil(
                 data,
                 teacher_spec,
                 recipe.teacher,
-                seed=seed,
                 state_path=state,
-                logger=log,
-                progress=progress,
-                device=device,
+                **phase,  # type: ignore[arg-type]
             ),
             resume,
             device,
         )
-    teacher.eval()
-    teacher_logits = predict_logits(teacher, data.test.x)
-    teacher_acc = accuracy(teacher_logits, data.test.y)
-    save_model(out / "teacher.pt", teacher, teacher_spec, inputs, {"acc": teacher_acc})
+    teacher_logits = predict_logits(teacher.eval(), data.test.x)
+    teacher_acc = {"acc": accuracy(teacher_logits, data.test.y)}
+    save_model(out / "teacher.pt", teacher, teacher_spec, inputs, teacher_acc)
     # --- student: distilled from the teacher's logits only ----------------------------------
     student, student_source = _load_or_train(
         "student",
@@ -268,28 +280,15 @@ def distil(
             recipe.student,
             tau=recipe.tau,
             alpha=recipe.alpha,
-            seed=seed,
             state_path=state,
-            logger=log,
-            progress=progress,
-            device=device,
+            **phase,  # type: ignore[arg-type]
         ),
         resume,
         device,
     )
-    student.eval()
-    student_logits = predict_logits(student, data.test.x)
-    metrics = {
-        "teacher/acc": teacher_acc,
-        "student/acc": accuracy(student_logits, data.test.y),
-        "student/agreement": agreement(student_logits, teacher_logits),
-        "teacher/params": sum(p.numel() for p in teacher.parameters()),
-        "student/params": sum(p.numel() for p in student.parameters()),
-        "data/test_size": len(data.test),
-    }
+    metrics = _test_metrics(teacher, student.eval(), teacher_logits, data)
     save_model(out / "student.pt", student, recipe.student_spec, inputs, metrics)
     for name in PHASES:
         (out / f"{name}.state.pt").unlink(missing_ok=True)
-    return Distilled(
-        teacher, student, metrics, {"teacher": teacher_source, "student": student_source}
-    )
+    sources = {"teacher": teacher_source, "student": student_source}
+    return Distilled(teacher, student, metrics, sources)

@@ -119,7 +119,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 (out / name).unlink(missing_ok=True)
             qnet, ppo, decoder = train_pair(victim, cfg, out, log)
             save_pair(out, kind, qnet, ppo, decoder, quant, spec, InputSpec.of(victim.data))
-        pair = load_pair(out)
+        pair = load_pair(out).to(victim.device)  # Stage C where the pair trained
         split = getattr(victim.data, str(cfg.eval.split))
         metrics = evaluate_pair(pair, victim.teacher, split, seed=int(cfg.eval.random_seed))
         log.summary(metrics)
@@ -130,7 +130,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"quantized under its policy {100 * metrics['acc_q']:.2f}% at {metrics['mean_bits']:.2f} "
         f"mean bits: drop {100 * metrics['drop']:.2f} points (full precision - quantized)"
     )
-    print(f"wrote {out}/network.pt, policy.zip, pair.json, metrics.json")
+    print(
+        f"loaded the finished pair {out}/network.pt, policy.zip, pair.json (not rewritten); "
+        "wrote metrics.json"
+        if saved and cfg.resume
+        else f"trained the pair and wrote {out}/network.pt, policy.zip, pair.json, metrics.json"
+    )
     return record
 
 

@@ -61,6 +61,15 @@ class Victim:
             self.qstudent(q_in).cpu(),
         )
 
+    def to(self, device: torch.device | str) -> Victim:
+        """Move teacher, student and a simulated quantized copy to `device`, in place; a real
+        int8 backend stays on the CPU, where its kernels run. Returns the victim."""
+        self.device = torch.device(device)
+        self.teacher, self.student = self.teacher.to(self.device), self.student.to(self.device)
+        if isinstance(self.qstudent, nn.Module):
+            self.qstudent = self.qstudent.to(self.device)
+        return self
+
     @classmethod
     def from_models(
         cls,

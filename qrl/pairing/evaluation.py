@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from qrl.data import Split
+from qrl.devices import module_device
 from qrl.pairing.store import Pair
 from qrl.plots import failure_grid, pyplot
 from qrl.policies import BitsDecoder, RandomBits
@@ -39,11 +40,11 @@ def quantized_right(
     `batch` inputs go through at once; it matters only to per-tensor and per-channel activation
     ranges, which the inputs of one batch share.
     """
-    parts = []
+    parts, device = [], module_device(qnet)  # batches go to the network's device, back to x's
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
         with using_bits(qnet, _bits_for(bits, xb, i)):
-            parts.append(correct(qnet(xb), y[i : i + batch]))
+            parts.append(correct(qnet(xb.to(device)).to(x.device), y[i : i + batch]))
     return torch.cat(parts)
 
 

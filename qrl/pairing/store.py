@@ -19,6 +19,7 @@ from stable_baselines3.common.policies import BasePolicy
 from torch import Tensor, nn
 
 from qrl.checkpoints import InputSpec, load_model, save_model
+from qrl.devices import module_device
 from qrl.envs.quant_bits import bits_observation, observation_side
 from qrl.errors import CheckpointError
 from qrl.policies import BitsDecoder
@@ -53,6 +54,13 @@ class Pair:
     decoder: BitsDecoder
     run_dir: Path
 
+    def to(self, device: torch.device | str) -> Pair:
+        """Move the network and its quantized copy to `device`, in place (the policy's small
+        MLP stays on the CPU, where SB3 loaded it). Returns the pair."""
+        self.network = self.network.to(device)
+        self.qnetwork = self.qnetwork.to(device)
+        return self
+
     @property
     def layer_names(self) -> list[str]:
         """The quantized layers, in the column order of `bits(x)`."""
@@ -68,43 +76,80 @@ class Pair:
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
-        """The network quantized under its own policy's bits, (N, num_classes)."""
+        """The network quantized under its own policy's bits, (N, num_classes), on x's device."""
         with using_bits(self.qnetwork, self.bits(x)):
-            return self.qnetwork(x)
+            return self.qnetwork(x.to(module_device(self.qnetwork))).to(x.device)
 
 
 def load_pair(run_dir: str | Path) -> Pair:
     """Load the pair a finished `python -m qrl.pairs` run saved in `run_dir`.
 
     Raises:
-        CheckpointError: the dir holds no finished pair, or its files are corrupt.
+        CheckpointError: the dir holds no finished pair, its files are missing or corrupt, or
+            they are of another format; the message says how to train the pair again.
     """
     run_dir = Path(run_dir)
+    meta = _read_meta(run_dir)
+    network, _ = load_model(run_dir / NETWORK_FILE, advice=retrain_advice(run_dir))
+    quant = QuantConfig.from_dict(meta["quant"])
+    policy = _load_policy(run_dir)
+    qnetwork = quantized_copy(network, quant).eval()
+    decoder = BitsDecoder(len(layer_names(qnetwork)), meta["bits_set"], meta["bits_budget"])
+    return Pair(meta["kind"], network, quant, qnetwork, policy, decoder, run_dir)
+
+
+def retrain_advice(run_dir: Path) -> str:
+    """What recovers a pair dir whose files are broken: training the pair again. A plain
+    rerun would load the same files again; `resume=false` replaces them."""
+    return (
+        f"to train it again, rerun `python -m qrl.pairs` with the settings that made it "
+        f"({run_dir / 'config.yaml'}) plus resume=false"
+    )
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any]:
+    """`pair.json`, checked: a finished pair of this qrl's format."""
     meta_path = run_dir / PAIR_FILE
     if not meta_path.is_file():
         raise CheckpointError(
             f"{meta_path} does not exist: point to a finished `python -m qrl.pairs` run dir"
         )
+    advice = retrain_advice(run_dir)
     try:
         meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_path} is corrupt ({exc}); re-run the pair") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path} is corrupt ({exc}); {advice}") from exc
+    if not isinstance(meta, dict):
+        found = f"a JSON {type(meta).__name__}, not an object"
+    elif "format" not in meta:
+        found = "no format key"
+    else:
+        found = f"format {meta['format']!r}"
     if not isinstance(meta, dict) or meta.get("format") != PAIR_FORMAT:
-        raise CheckpointError(f"{meta_path} is not a qrl pair ({PAIR_FORMAT})")
+        raise CheckpointError(
+            f"{meta_path} is a pair of another format: it has {found}, this qrl reads "
+            f"{PAIR_FORMAT}; {advice}"
+        )
     missing = sorted({"kind", "quant", "bits_set", "bits_budget"} - set(meta))
     if missing:
-        raise CheckpointError(f"{meta_path} lacks {missing}; re-run the pair")
-    network, _ = load_model(run_dir / NETWORK_FILE)
-    quant = QuantConfig.from_dict(meta["quant"])
+        raise CheckpointError(f"{meta_path} lacks {missing}; {advice}")
+    return meta
+
+
+def _load_policy(run_dir: Path) -> BasePolicy:
+    """The bit-width policy of `policy.zip` (an SB3 PPO model)."""
+    path = run_dir / POLICY_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path} is missing: the pair in {run_dir} is incomplete; {retrain_advice(run_dir)}"
+        )
     try:
-        policy = PPO.load(run_dir / POLICY_FILE, device="cpu").policy.eval()
+        return PPO.load(path, device="cpu").policy.eval()
     except Exception as exc:  # SB3 raises many kinds for a broken zip
         raise CheckpointError(
-            f"{run_dir / POLICY_FILE} is corrupt or not an SB3 PPO model ({type(exc).__name__})"
+            f"{path} is corrupt or not an SB3 PPO model ({type(exc).__name__}); "
+            f"{retrain_advice(run_dir)}"
         ) from exc
-    qnetwork = quantized_copy(network, quant).eval()
-    decoder = BitsDecoder(len(layer_names(qnetwork)), meta["bits_set"], meta["bits_budget"])
-    return Pair(meta["kind"], network, quant, qnetwork, policy, decoder, run_dir)
 
 
 def save_pair(
