@@ -162,6 +162,21 @@ def start_run(cfg: Any) -> tuple[Path, float]:
     return out, started
 
 
+def finished_run_of(run_dir: str | os.PathLike[str], cfg: Any) -> bool:
+    """Whether `run_dir` holds a finished run (`metrics.json`) of `cfg`'s config, less
+    `NON_RESULT_KEYS`: the run that `start_run(cfg)` would resume there, already done."""
+    from omegaconf import OmegaConf
+
+    run_dir = Path(run_dir)
+    if not (run_dir / METRICS_FILE).is_file() or not (run_dir / CONFIG_FILE).is_file():
+        return False
+    try:
+        old = _result_config(OmegaConf.load(run_dir / CONFIG_FILE))
+    except Exception:  # an unreadable config.yaml: not a run of this config
+        return False
+    return not config_changes(old, _result_config(cfg))
+
+
 def _result_config(cfg: Any) -> dict[str, Any]:
     """The resolved config as plain data, less the keys that cannot change results."""
     from omegaconf import DictConfig, OmegaConf
@@ -174,6 +189,14 @@ def _result_config(cfg: Any) -> dict[str, Any]:
         # Where SB3 computes, like `device`: runs saved with `cpu` resume under `auto`.
         model = {k: v for k, v in agent["model"].items() if k != "device"}
         kept["agent"] = {**agent, "model": model}
+    space = kept.get("space")
+    if isinstance(space, dict) and "bits_set" in space:
+        # Searches saved before their bits moved to `bits.set` / `bits.budget` (the names of
+        # `qrl.pairs`) resume under the new names; the benchmark has no bit-width half.
+        legacy = {"set": space.get("bits_set"), "budget": space.get("bits_budget")}
+        kept["space"] = {k: v for k, v in space.items() if k not in ("bits_set", "bits_budget")}
+        if kept.get("task") != "bench":
+            kept.setdefault("bits", legacy)
     victim = kept.get("victim")
     if isinstance(victim, dict) and "model" not in victim:
         # Runs saved before `victim.model` existed used the cached CNN: they resume under it.

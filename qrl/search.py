@@ -56,8 +56,8 @@ def task_kwargs(cfg: DictConfig) -> dict[str, Any]:
         "mode": str(cfg.space.mode),
         "corruptions": list(cfg.space.corruptions),
         "class_mix": bool(cfg.space.class_mix),
-        "bits_set": list(cfg.space.bits_set),
-        "bits_budget": float(cfg.space.bits_budget),
+        "bits_set": list(cfg.bits.set),
+        "bits_budget": float(cfg.bits.budget),
         "reference": str(cfg.env.get("reference", "teacher")),
     }
 

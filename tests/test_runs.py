@@ -88,6 +88,21 @@ def test_runs_from_before_victim_model_resume_as_the_cnn(tmp_path: Path) -> None
         rerun(tmp_path / "b", "mlp")
 
 
+def test_searches_from_before_bits_moved_resume_under_bits_set_and_budget(tmp_path: Path) -> None:
+    old_space = {"mode": "bits", "bits_set": [2, 4, 8], "bits_budget": 4.0}
+    for name in ("a", "b"):
+        _finished(tmp_path / name, task="search", space=old_space)  # the old names
+
+    def rerun(out: Path, budget: float) -> None:
+        bits = {"set": [2, 4, 8], "budget": budget}
+        cfg = {"out": str(out), "seed": 0, "task": "search", "space": {"mode": "bits"}}
+        start_run(OmegaConf.create({**cfg, "resume": True, "bits": bits}))
+
+    rerun(tmp_path / "a", 4.0)  # the same run under the new names: resumed
+    with pytest.raises(ConfigError, match=r"bits.budget: 4.0 -> 3.0"):
+        rerun(tmp_path / "b", 3.0)
+
+
 def test_overwrite_starts_the_other_config_afresh(tmp_path: Path) -> None:
     run_dir, _ = _finished(tmp_path)
     other = OmegaConf.create({"out": str(tmp_path), "seed": 5, "resume": True, "overwrite": True})
@@ -175,3 +190,24 @@ def test_a_killed_search_reruns_with_exactly_the_budget_of_rows(
     assert len(list((out / "tb").glob("events.*"))) == 1
     metrics = json.loads((out / METRICS_FILE).read_text())
     assert metrics["search/evaluations"] == 11 and metrics["evaluations"] == 12
+
+
+def test_finished_run_of_needs_metrics_json_and_the_same_result_config(tmp_path: Path) -> None:
+    from qrl.runs import finished_run_of
+
+    run_dir, cfg = _finished(tmp_path, budget={"evaluations": 6})
+    assert finished_run_of(run_dir, OmegaConf.merge(cfg, {"progress": False, "out": "elsewhere"}))
+    assert not finished_run_of(run_dir, OmegaConf.merge(cfg, {"budget": {"evaluations": 8}}))
+    (run_dir / METRICS_FILE).unlink()  # unfinished
+    assert not finished_run_of(run_dir, cfg)
+    assert not finished_run_of(tmp_path / "nothing", cfg)
+
+
+def test_a_reproduce_dir_saved_with_plus_stage_keys_resumes_without_them(tmp_path: Path) -> None:
+    """Run dirs made with `+pairs.train.rounds=2` resume under `pairs.train.rounds=2`."""
+    old = load_config("reproduce", [f"out={tmp_path}", "+pairs.train.rounds=2", "+distill.seed=1"])
+    start_run(old)
+    new = load_config("reproduce", [f"out={tmp_path}", "pairs.train.rounds=2", "distill.seed=1"])
+    start_run(new)  # no ConfigError: the same run
+    with pytest.raises(ConfigError, match=r"pairs.train.rounds: 2 -> 3"):
+        start_run(load_config("reproduce", [f"out={tmp_path}", "pairs.train.rounds=3"]))
