@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from qrl import distill, quant_eval, search
+from qrl import distill, quant_eval, search, searching
 from qrl.config import load_config
 from qrl.errors import ConfigError
 from qrl.runs import CONFIG_FILE, METRICS_FILE, start_run, write_metrics
@@ -170,15 +170,15 @@ def test_a_killed_search_reruns_with_exactly_the_budget_of_rows(
 ) -> None:
     out = tmp_path / "search"
     cfg = [f"victim.run={tiny_run}", f"out={out}", "budget.evaluations=12", *FAST_SEARCH]
-    real = search.evaluate_best
+    real = searching.evaluate_best
 
     def killed(*args: object, **kwargs: object) -> object:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(search, "evaluate_best", killed)  # killed after the whole search ran
+    monkeypatch.setattr(searching, "evaluate_best", killed)  # killed after the whole search ran
     with pytest.raises(KeyboardInterrupt):
         search.run(load_config("search", cfg))
-    monkeypatch.setattr(search, "evaluate_best", real)
+    monkeypatch.setattr(searching, "evaluate_best", real)
     search.run(load_config("search", cfg))
     rows = (out / "log.csv").read_text().splitlines()[1:]
     per_key: dict[str, int] = {}
