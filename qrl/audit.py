@@ -22,6 +22,8 @@ command line) makes the search rank policies by the teacher gap instead.
 
 from __future__ import annotations
 
+import copy
+import json
 import sys
 import time
 import types
@@ -38,15 +40,17 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from qrl.checkpoints import FORMAT, load_file, load_model
+from qrl.checkpoints import FORMAT, InputSpec, build_own_model, data_keywords, load_file, load_model
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, instantiate, load_config, to_dict
 from qrl.confirm import kernel_rows
 from qrl.data import ImageData, check_image_data, from_tensors
+from qrl.devices import module_device
 from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
-from qrl.runs import read_metrics, start_run
+from qrl.runs import start_run
 from qrl.search import check_settings, search_victim
+from qrl.sweeps import task_device
 from qrl.victim import Victim
 
 
@@ -164,6 +168,7 @@ def audit(
     out: str | Path | None = None,
     overrides: Sequence[str] = (),
     progress: bool = True,
+    device: str | torch.device = "auto",
 ) -> AuditResult:
     """Search for input distributions (or bit-widths) under which `student`'s quantized copy fails.
 
@@ -182,18 +187,47 @@ def audit(
         seed: seeds the data split, the agent and the evaluation.
         out: the run dir (default `runs/audit/<timestamp>`).
         overrides: further Hydra overrides of the `search` config (e.g. `env.batch_size=128`).
+        device: `auto` (a GPU when torch sees one), `cpu`, `cuda` or `cuda:N`: where the
+            model, teacher and simulated quantized copy compute (a copy of a model elsewhere
+            goes there; yours stay where they are). Real int8 kernels run on the CPU.
 
     Raises:
         CheckpointError: the model cannot take the data's images (shapes are named).
+        ConfigError: a bad setting, or a device this machine does not have.
     """
     started = time.perf_counter()
+    cfg = _api_config(quant, space, agent, evaluations, seed, out, progress, str(device), overrides)
+    check_settings(cfg)  # values and inputs checked before the run dir is touched
+    place = task_device(cfg)
+    placed = _on_device(student, place)
+    victim = Victim.from_models(
+        _on_device(teacher, place) if teacher is not None else placed,
+        placed,
+        as_image_data(data, seed),
+        as_quant_config(cfg.quant),
+        place,
+    )
+    run_dir, _ = start_run(cfg)  # claim cfg.out for this config, drop a stale result, seed
+    return _result(run_dir, search_victim(victim, cfg, run_dir, started))
+
+
+def _api_config(
+    quant: str | QuantConfig | Mapping[str, Any],
+    space: str | Mapping[str, Any],
+    agent: str | Mapping[str, Any],
+    evaluations: int,
+    seed: int,
+    out: str | Path | None,
+    progress: bool,
+    device: str,
+    overrides: Sequence[str],
+) -> DictConfig:
+    """The `search` config of an API call: preset names as overrides, objects merged in."""
     names: list[str] = []
     quant_obj = _named_or_given("quant", quant, names)
     space_obj = _named_or_given("space", space, names)
     agent_obj = _named_or_given("agent", agent, names)
-    run_dir = (
-        Path(out) if out else Path("runs/audit") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    )
+    run_dir = out or Path("runs/audit") / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     cfg = load_config(
         "search",
         [
@@ -207,6 +241,7 @@ def audit(
         ],
     )
     OmegaConf.set_struct(cfg, False)
+    cfg.device = device  # set here: `cuda:0` is no value for Hydra's override grammar
     if quant_obj is not None:
         cfg.quant = OmegaConf.create(
             quant_obj.to_dict() if isinstance(quant_obj, QuantConfig) else to_dict(quant_obj)
@@ -215,22 +250,17 @@ def audit(
         cfg.space = OmegaConf.merge(cfg.space, to_dict(space_obj))
     if agent_obj is not None:
         cfg.agent = OmegaConf.create(to_dict(agent_obj))
-    check_settings(cfg)  # values and inputs checked before the run dir is touched
-    victim = Victim.from_models(
-        teacher if teacher is not None else student,
-        student,
-        as_image_data(data, seed),
-        as_quant_config(cfg.quant),
-    )
-    start_run(cfg)  # cfg.out is run_dir: claim it for this config, drop a stale result, seed
-    search_victim(victim, cfg, run_dir, started)
-    return _result(run_dir)
+    return cfg
 
 
-def _result(run_dir: Path) -> AuditResult:
-    import json
+def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    """`model` if it is on `device` already, else a copy of it (the caller's model stays put;
+    `Victim.from_models` moves what it gets)."""
+    return model if module_device(model) == device else copy.deepcopy(model)
 
-    metrics = read_metrics(run_dir)
+
+def _result(run_dir: Path, metrics: Mapping[str, Any]) -> AuditResult:
+    """The result of a finished search from its metrics (and the archive it wrote)."""
     return AuditResult(
         policy=np.asarray(metrics["policy/action"]),
         description=str(metrics["policy/description"]),
@@ -244,7 +274,7 @@ def _result(run_dir: Path) -> AuditResult:
         acc_q=float(metrics["eval/acc_q"]),
         confirm_gap=float(metrics["confirm/gap"]) if "confirm/gap" in metrics else None,
         archive=json.loads((run_dir / "archive.json").read_text()),
-        metrics=metrics,
+        metrics=dict(metrics),
         run_dir=run_dir,
     )
 
@@ -268,15 +298,26 @@ def load_any_model(path: str | Path, spec: Mapping[str, Any] | None, data: Image
             f"{path} is a plain state dict: say which model it belongs to with "
             "+model.spec._target_=<class> (and its options, e.g. +model.spec.width=16)"
         )
-    from qrl.checkpoints import InputSpec, build_model
-
-    model = build_model(dict(spec), InputSpec.of(data))
+    model = build_from_spec(spec, data)
     state = record.get("state_dict", record)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         raise CheckpointError(f"{path} does not fit model {spec.get('_target_')}: {exc}") from exc
     return model.eval()
+
+
+def build_from_spec(spec: Mapping[str, Any], data: ImageData) -> nn.Module:
+    """Build the model class `spec` names, with the data keywords its constructor accepts
+    (`qrl.checkpoints.build_own_model`), and say in one line which ones it got."""
+    model, passed = build_own_model(spec, InputSpec.of(data))
+    offered = [k for k in data_keywords(InputSpec.of(data)) if k not in spec]
+    left_out = [k for k in offered if k not in passed]
+    print(
+        f"built {spec.get('_target_')} with the data keywords {', '.join(passed) or '(none)'}"
+        + (f" (not in its signature, not passed: {', '.join(left_out)})" if left_out else "")
+    )
+    return model
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -295,10 +336,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "int8 kernels (quant=int8_dynamic quant.backend=onnxruntime), or pass a state dict "
             "with +model.spec._target_=<class> to simulate other bit-widths"
         )
-    victim = Victim.from_models(teacher, student, data, quant)
+    victim = Victim.from_models(teacher, student, data, quant, task_device(cfg))
     out, started = start_run(cfg)
-    search_victim(victim, cfg, out, started)
-    result = _result(out)
+    result = _result(out, search_victim(victim, cfg, out, started))
     print(result)
     return result.metrics
 

@@ -1,6 +1,6 @@
 """Accuracy of a distilled student under dynamic quantization, per bit-width and on real kernels.
 
-    python -m qrl.quant_eval run=runs/demo/distill quant=int8_dynamic
+    python -m qrl.quant_eval run=runs/demo/seed0/distill quant=int8_dynamic
 
 For each activation bit-width in `bits` (uniform over layers, qrl's simulator with the `quant`
 preset), and for each real int8 backend in `backends`, it measures test accuracy, the drop from
@@ -13,12 +13,15 @@ warning where they differ: there the simulator cannot be trusted for this model.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hydra
-import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, checked_number
@@ -26,7 +29,7 @@ from qrl.errors import ConfigError
 from qrl.fidelity import mismatches
 from qrl.loggers import RunLogger
 from qrl.plots import pyplot
-from qrl.quant import as_quant_config, preset, quantized_copy
+from qrl.quant import QuantConfig, as_quant_config, preset, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, mirror_preset, real_backend
 from qrl.quant.config import check_bits
 from qrl.quant.cpu import describe_int8_accumulation, int8_accumulation
@@ -34,7 +37,7 @@ from qrl.runs import atomic_write, start_run, write_metrics
 from qrl.scoring import Outcome, accuracy, agreement, predict_logits
 from qrl.sweeps import task_device
 from qrl.tables import format_table
-from qrl.victim import load_victim
+from qrl.victim import Victim, load_victim
 
 
 def quant_name(cfg: DictConfig) -> str:
@@ -43,7 +46,53 @@ def quant_name(cfg: DictConfig) -> str:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate the run's student at every bit-width and backend; returns the metrics."""
-    # --- every value and input checked before the run dir is touched ---------------------------
+    quant, bits_list = _checked(cfg)  # every value and input checked before the run dir is touched
+    device = task_device(cfg)
+    victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant, device)
+    out, started = start_run(cfg)
+    scores = _evaluate(victim, quant, bits_list, cfg)
+    record = _write(out, cfg, scores, bits_list, started)
+    _print_summary(scores, bool(cfg.backends), out)
+    return record
+
+
+def _evaluate(victim: Victim, quant: QuantConfig, bits_list: list[int], cfg: DictConfig) -> Scores:
+    """Score the student at each bit-width on qrl's simulator, then on each real int8 kernel
+    beside its preset (`confirm/warnings`: where they differ), on the test split."""
+    x, y = victim.data.test.x, victim.data.test.y
+    bs = int(cfg.batch_size)
+    scores = Scores.of(
+        predict_logits(victim.teacher, x, bs), predict_logits(victim.student, x, bs), y
+    )
+    steps = len(bits_list) + len(cfg.backends)
+    hidden = None if cfg.progress else True  # tqdm's `disable`: None hides it off a terminal
+    with tqdm(total=steps, desc="quant_eval", disable=hidden, leave=False) as bar:
+        for bits in bits_list:
+            qmodel = quantized_copy(victim.student, quant.with_bits(bits)).eval()
+            label = f"qrl {quant.act_granularity} {bits}-bit"
+            scores.record(label, predict_logits(qmodel, x, bs), f"quant/{bits}bit")
+            bar.update(1)
+        scores.metrics["cpu/int8_accumulation"] = int8_accumulation()
+        warnings = _score_kernels(scores, victim.student, x, cfg, bar.update)
+    scores.metrics["confirm/warnings"] = warnings
+    return scores
+
+
+def _write(
+    out: Path, cfg: DictConfig, scores: Scores, bits_list: list[int], started: float
+) -> dict[str, Any]:
+    """Log the metrics, write `bits.csv`, the plot and, last, `metrics.json`."""
+    metrics = scores.metrics
+    with RunLogger(out, cfg.logger, config=cfg, name=f"quant_eval-s{cfg.seed}") as log:
+        log.summary(metrics)
+    _write_csv(out / "bits.csv", scores.rows)
+    acc_fp, acc_teacher = metrics["student/acc_fp"], metrics["teacher/acc"]
+    _plot(out / "accuracy_vs_bits.png", bits_list, scores.rows, acc_fp, acc_teacher)
+    return write_metrics(out, metrics, seed=int(cfg.seed), started=started)
+
+
+def _checked(cfg: DictConfig) -> tuple[QuantConfig, list[int]]:
+    """The quantizer and the bit-widths to evaluate, or a `ConfigError` naming the bad value."""
     if OmegaConf.is_missing(cfg, "run") or not cfg.run:
         raise ConfigError("set run=<a finished `python -m qrl.distill` run dir> to evaluate")
     checked_number(cfg.batch_size, "batch_size", int, low=1)
@@ -59,117 +108,110 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     unknown = sorted(set(cfg.backends) - set(BACKEND_NAMES))
     if unknown:
         raise ConfigError(f"unknown backends {unknown}; choose from {list(BACKEND_NAMES)}")
-    device = task_device(cfg)
-    victim = load_victim(cfg.run, quant.with_bits(8) if quant.backend == "fake" else quant, device)
-    out, started = start_run(cfg)
-    x, y = victim.data.test.x, victim.data.test.y
-    bs = int(cfg.batch_size)
+    return quant, bits_list
 
-    teacher_logits = predict_logits(victim.teacher, x, bs)
-    fp_logits = predict_logits(victim.student, x, bs)
-    acc_fp = accuracy(fp_logits, y)
-    metrics: dict[str, Any] = {
-        "teacher/acc": accuracy(teacher_logits, y),
-        "student/acc_fp": acc_fp,
-        "data/test_size": len(y),
-    }
-    rows: list[dict[str, Any]] = []
 
-    def record(
-        label: str, logits: torch.Tensor, key: str, simulator: torch.Tensor | None = None
-    ) -> None:
-        outcome = Outcome.of(teacher_logits, fp_logits, logits, y)
-        rows.append(
-            {
-                "quantizer": label,
-                "acc": outcome.acc_q,
-                "drop_points": 100 * outcome.drop,
-                "agreement_teacher": agreement(logits, teacher_logits),
-                "agreement_fp": agreement(logits, fp_logits),
-                # The preset that models a kernel, on the same batches: can it be trusted here?
-                "simulator_acc": accuracy(simulator, y) if simulator is not None else None,
-                "agreement_simulator": (
-                    agreement(simulator, logits) if simulator is not None else None
-                ),
-            }
-        )
-        metrics[f"{key}/acc"] = outcome.acc_q
-        metrics[f"{key}/drop"] = outcome.drop
+@dataclass
+class Scores:
+    """The test labels and the teacher's and full-precision student's logits on them, and what
+    each quantizer scored: one row of `bits.csv` and its metrics."""
+
+    y: Tensor
+    teacher_logits: Tensor
+    fp_logits: Tensor
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, teacher_logits: Tensor, fp_logits: Tensor, y: Tensor) -> Scores:
+        metrics = {
+            "teacher/acc": accuracy(teacher_logits, y),
+            "student/acc_fp": accuracy(fp_logits, y),
+            "data/test_size": len(y),
+        }
+        return cls(y, teacher_logits, fp_logits, metrics=metrics)
+
+    def record(self, label: str, logits: Tensor, key: str, simulator: Tensor | None = None) -> None:
+        """Score one quantizer's logits (and, for a kernel, its simulator preset's)."""
+        outcome = Outcome.of(self.teacher_logits, self.fp_logits, logits, self.y)
+        row = {
+            "quantizer": label,
+            "acc": outcome.acc_q,
+            "drop_points": 100 * outcome.drop,
+            "agreement_teacher": agreement(logits, self.teacher_logits),
+            "agreement_fp": agreement(logits, self.fp_logits),
+            # The preset that models a kernel, on the same batches: can it be trusted here?
+            "simulator_acc": accuracy(simulator, self.y) if simulator is not None else None,
+            "agreement_simulator": agreement(simulator, logits) if simulator is not None else None,
+        }
+        self.rows.append(row)
+        self.metrics[f"{key}/acc"] = outcome.acc_q
+        self.metrics[f"{key}/drop"] = outcome.drop
         if simulator is not None:
-            metrics[f"{key}/simulator_acc"] = rows[-1]["simulator_acc"]
-            metrics[f"{key}/agreement_simulator"] = rows[-1]["agreement_simulator"]
+            self.metrics[f"{key}/simulator_acc"] = row["simulator_acc"]
+            self.metrics[f"{key}/agreement_simulator"] = row["agreement_simulator"]
 
-    for bits in bits_list:
-        qmodel = quantized_copy(victim.student, quant.with_bits(bits)).eval()
-        record(
-            f"qrl {quant.act_granularity} {bits}-bit",
-            predict_logits(qmodel, x, bs),
-            f"quant/{bits}bit",
-        )
+
+def _score_kernels(
+    scores: Scores, student: nn.Module, x: Tensor, cfg: DictConfig, step: Callable[[int], Any]
+) -> list[str]:
+    """Score each real int8 backend beside the preset that models it; returns the warnings
+    where they differ (`step(1)` after each backend)."""
+    bs = int(cfg.batch_size)
     reduce_range = bool(cfg.get("onnx_reduce_range", False))
-    metrics["cpu/int8_accumulation"] = int8_accumulation()
     warnings = []
     for name in cfg.backends:
-        backend = real_backend(name, victim.student, x[:8], onnx_reduce_range=reduce_range)
+        backend = real_backend(name, student, x[:8], onnx_reduce_range=reduce_range)
         logits = predict_logits(backend, x, bs)
+        step(1)
         if getattr(backend, "convs_stay_float", False):
             # torch.ao quantizes the Linear layers only: no preset models that half-way model.
-            record(f"{name} int8 (Linear layers)", logits, f"confirm/{name}")
+            scores.record(f"{name} int8 (Linear layers)", logits, f"confirm/{name}")
             continue
         mirror = mirror_preset(name, onnx_reduce_range=reduce_range)
-        simulator = predict_logits(quantized_copy(victim.student, preset(mirror)).eval(), x, bs)
-        record(f"{name} int8", logits, f"confirm/{name}", simulator)
-        metrics[f"confirm/{name}/simulator"] = mirror
+        simulator = predict_logits(quantized_copy(student, preset(mirror)).eval(), x, bs)
+        scores.record(f"{name} int8", logits, f"confirm/{name}", simulator)
+        scores.metrics[f"confirm/{name}/simulator"] = mirror
         problems = mismatches(
-            accuracy(simulator, y), accuracy(logits, y), agreement(simulator, logits)
+            accuracy(simulator, scores.y), accuracy(logits, scores.y), agreement(simulator, logits)
         )
         if problems:
             warnings.append(
                 f"{mirror} does not predict {name} int8 on this model ({'; '.join(problems)}): "
                 "searches with it steer by the wrong numbers"
             )
-    metrics["confirm/warnings"] = warnings
+    return warnings
 
-    with RunLogger(out, cfg.logger, config=cfg, name=f"quant_eval-s{cfg.seed}") as log:
-        log.summary(metrics)
-    _write_csv(out / "bits.csv", rows)
-    _plot(out / "accuracy_vs_bits.png", bits_list, rows, acc_fp, metrics["teacher/acc"])
-    record_ = write_metrics(out, metrics, seed=int(cfg.seed), started=started)
 
-    print(
-        format_table(
-            [
-                "quantizer",
-                "test acc",
-                "drop (points)",
-                "agree teacher",
-                "agree fp",
-                "simulator acc / agreement",
-            ],
-            [
-                [
-                    r["quantizer"],
-                    f"{r['acc']:.4f}",
-                    f"{r['drop_points']:.2f}",
-                    f"{r['agreement_teacher']:.4f}",
-                    f"{r['agreement_fp']:.4f}",
-                    (
-                        f"{r['simulator_acc']:.4f} / {r['agreement_simulator']:.4f}"
-                        if r["simulator_acc"] is not None
-                        else "-"
-                    ),
-                ]
-                for r in rows
-            ],
-        )
-    )
-    for message in warnings:
+def _print_summary(scores: Scores, kernels: bool, out: Path) -> None:
+    """The table of every quantizer, the warnings, and what was written."""
+    header = ["quantizer", "test acc", "drop (points)", "agree teacher", "agree fp"]
+    rows = [
+        [
+            r["quantizer"],
+            f"{r['acc']:.4f}",
+            f"{r['drop_points']:.2f}",
+            f"{r['agreement_teacher']:.4f}",
+            f"{r['agreement_fp']:.4f}",
+            (
+                f"{r['simulator_acc']:.4f} / {r['agreement_simulator']:.4f}"
+                if r["simulator_acc"] is not None
+                else "-"
+            ),
+        ]
+        for r in scores.rows
+    ]
+    print(format_table([*header, "simulator acc / agreement"], rows))
+    metrics = scores.metrics
+    for message in metrics["confirm/warnings"]:
         print(f"warning: {message}")
-    print(f"full-precision student {acc_fp:.4f}, teacher {metrics['teacher/acc']:.4f}")
-    if cfg.backends:
+    print(
+        f"full-precision student {metrics['student/acc_fp']:.4f}, "
+        f"teacher {metrics['teacher/acc']:.4f}"
+    )
+    if kernels:
         print(f"CPU: {describe_int8_accumulation()}")
     print(f"wrote {out}/bits.csv, accuracy_vs_bits.png, metrics.json")
-    return record_
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

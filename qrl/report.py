@@ -6,6 +6,11 @@ Runs are grouped by every key their sweep varied (each job's `overrides.yaml`, a
 themselves, so runs that differ in anything but the seed are never pooled); each group gets
 n, mean ± std and a bootstrap interval over seeds. Failed and unfinished runs are listed, not
 averaged. `--out report.md` also writes `report.csv` and `report.png`.
+
+The metrics default to those of the runs' task (`task:` in each run's config.yaml): for pairs
+the drop and the accuracies, for searches the gap and the drop (`TASK_METRICS`); `--metric`
+names others. Tables print accuracies in % and drops and gaps in percentage points, and say
+under each table what every column is; the CSV keeps fractions, as the runs' files do.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -31,6 +37,8 @@ from qrl.tables import format_table
 
 # --- comparing runs of sweeps ------------------------------------------------------------
 
+# What a search (or an audit) is about: its held-out gap (from the reference it names in
+# `eval/reference`) and drop, then the selection, the search's own best batch and the kernels.
 DEFAULT_METRICS = (
     "eval/gap",
     "eval/drop_fp",
@@ -39,6 +47,36 @@ DEFAULT_METRICS = (
     "search/evaluations_to_best_batch",
     "confirm/gap",
 )
+# Each task's default metrics (its config.yaml's `task:`), the one shown per seed first.
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "search": DEFAULT_METRICS,
+    "audit": DEFAULT_METRICS,
+    "pairs": ("drop", "acc_fp", "acc_q", "mean_bits"),
+    "distill": ("student/acc", "teacher/acc", "student/agreement"),
+}
+# What each default metric is; `{reference}` is whose accuracy a search's gaps start from.
+MEANINGS = {
+    "drop": "drop = the network's own full-precision accuracy minus its accuracy quantized "
+    "under its own policy",
+    "acc_fp": "the network's full-precision accuracy",
+    "acc_q": "its accuracy quantized under its own policy",
+    "mean_bits": "the mean activation bits its policy gives (bits, per layer and input)",
+    "eval/gap": "gap = {reference} minus the quantized model's accuracy, held out, under the "
+    "chosen policy",
+    "eval/drop_fp": "drop = the model's own full-precision accuracy minus its quantized "
+    "accuracy, held out, under the chosen policy",
+    "select/gap": "gap = {reference} minus quantized, the chosen policy re-scored on fresh "
+    "validation batches",
+    "search/best_batch_gap": "gap = {reference} minus quantized on the best single search "
+    "batch (biased upward)",
+    "search/evaluations_to_best_batch": "evaluations until the best search batch (a count)",
+    "confirm/gap": "gap = {reference} minus the real int8 kernel's accuracy, held out",
+    "student/acc": "the distilled student's test accuracy",
+    "teacher/acc": "the teacher's test accuracy",
+    "student/agreement": "how often the student's prediction is the teacher's",
+}
+_FRACTION = re.compile(r"(^|[/_])(acc|accuracy|agreement|gap|drop)(_|$)")
+_POINTS = re.compile(r"(^|[/_])(gap|drop)(_|$)")
 # Keys that never tell runs apart for a table: the replicate axis, where outputs go, and keys
 # that cannot change results (qrl.runs.NON_RESULT_KEYS).
 _NOT_A_GROUP = frozenset({"seed", "out", "progress", "overwrite", "resume", "logger", "device"})
@@ -174,12 +212,14 @@ def summarize(
 ) -> tuple[list[str], list[str], list[dict[str, Any]]]:
     """One row per group: its key values, n, seeds, and per metric mean, std and bootstrap CI.
 
+    `metrics` default to `default_metrics(runs)`; those that no run holds are left out.
+
     Returns:
         (group keys, metrics, rows); a row holds the keys' values, `n`, `seeds`, and
         `<metric>` -> `{"mean", "std", "ci"}` (std None for one seed, ci None below two).
     """
     keys, groups = group_runs(runs, by)
-    metrics = [m for m in (metrics or DEFAULT_METRICS) if any(m in r for r in runs)]
+    metrics = [m for m in (metrics or default_metrics(runs)) if any(m in r for r in runs)]
     rows = []
     for values, members in groups.items():
         row: dict[str, Any] = dict(zip(keys, values, strict=True))
@@ -198,16 +238,94 @@ def summarize(
     return keys, list(metrics), rows
 
 
-def _cell(stat: dict[str, Any]) -> str:
+def _cell(stat: dict[str, Any], scale: float = 1.0) -> str:
     if stat["mean"] is None:
         return "-"
-    digits = 0 if stat["integer"] and stat["std"] is None else 3
-    text = f"{stat['mean']:.{digits}f}"
+    digits = 0 if stat["integer"] and stat["std"] is None else (2 if scale != 1 else 3)
+    text = f"{scale * stat['mean']:.{digits}f}"
     if stat["std"] is not None:
-        text += f" ± {stat['std']:.{digits}f}"
+        text += f" ± {scale * stat['std']:.{digits}f}"
     if stat["ci"] is not None:
-        text += f" [{stat['ci'][0]:.{digits}f}, {stat['ci'][1]:.{digits}f}]"
+        text += f" [{scale * stat['ci'][0]:.{digits}f}, {scale * stat['ci'][1]:.{digits}f}]"
     return text
+
+
+def _task(record: dict[str, Any]) -> str | None:
+    """The task that made a run (its config's `task:`), None for runs that do not say."""
+    task = record.get("config", {}).get("task")
+    return str(task) if task else None
+
+
+def default_metrics(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The default metrics of the runs' tasks (`TASK_METRICS`), in the order the tasks first
+    appear; a run that names no task (made before configs did) gets every task's defaults."""
+    every = [m for metrics in TASK_METRICS.values() for m in metrics]
+    chosen: list[str] = []
+    for r in runs:
+        task = _task(r)
+        for m in TASK_METRICS.get(task, ()) if task else every:
+            if m not in chosen:
+                chosen.append(m)
+    return chosen
+
+
+def held_metrics(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """Every numeric metric some run holds (the seed aside), sorted: what `--metric` can name."""
+    return sorted(
+        {
+            k
+            for r in runs
+            for k, v in r.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and k != "seed"
+        }
+    )
+
+
+def unit(metric: str, percent: bool = True) -> str:
+    """How a metric prints: accuracies (fractions in files) as `%` and drops and gaps as
+    `points` with `percent`, else `fraction`; "" for anything else (counts, bits)."""
+    if not _FRACTION.search(metric):
+        return ""
+    if not percent:
+        return "fraction"
+    return "points" if _POINTS.search(metric) else "%"
+
+
+def _reference(runs: Sequence[dict[str, Any]]) -> str:
+    """Whose accuracy a search's gaps start from, named from the runs' `eval/reference`."""
+    names = {
+        "teacher": "the teacher's accuracy",
+        "student": "the model's own full-precision accuracy (so this gap is a drop)",
+    }
+    refs = sorted({str(r["eval/reference"]) for r in runs if "eval/reference" in r})
+    if len(refs) == 1:
+        return names.get(refs[0], f"{refs[0]}'s accuracy")
+    if refs:
+        return f"the accuracy of each run's eval/reference ({' or '.join(refs)})"
+    return "the accuracy of the run's reference (env.reference: teacher by default)"
+
+
+def meaning(metric: str, runs: Sequence[dict[str, Any]]) -> str:
+    """What a metric's number is, in words (a drop and a gap say what they subtract)."""
+    if metric in MEANINGS:
+        return MEANINGS[metric].format(reference=_reference(runs))
+    if re.search(r"(^|[/_])drop(_|$)", metric):
+        return "a drop: full-precision minus quantized accuracy of the same network"
+    if re.search(r"(^|[/_])gap(_|$)", metric):
+        return "a gap: a named reference's accuracy minus the quantized one's"
+    if _FRACTION.search(metric):
+        return "an accuracy or agreement"
+    return "as the run recorded it"
+
+
+def legend(metrics: Sequence[str], runs: Sequence[dict[str, Any]], percent: bool = True) -> str:
+    """One line per metric: its unit and what its number is."""
+    units = {"points": "percentage points", "%": "%", "fraction": "a fraction"}
+    lines = []
+    for m in metrics:
+        shown = units.get(unit(m, percent), "")
+        lines.append(f"- {m}{f' ({shown})' if shown else ''}: {meaning(m, runs)}")
+    return "\n".join(lines)
 
 
 def compare(
@@ -216,30 +334,43 @@ def compare(
     keys: Sequence[str] | None = None,
     markdown: bool = True,
     level: float = 0.95,
+    percent: bool = False,
 ) -> str:
     """One row per group of runs that differ only in the seed: n, seeds, and per metric
-    mean ± std [bootstrap interval of the mean over seeds].
+    mean ± std [bootstrap interval of the mean over seeds], then what each column is.
 
     Args:
         runs: finished runs (`collect_runs`).
         by: config or override keys to group by; default: every key the sweep varied.
-        keys: metrics; default `DEFAULT_METRICS` that the runs hold.
+        keys: metrics; default `default_metrics(runs)` that the runs hold.
         level: the bootstrap interval's level.
+        percent: accuracies in %, drops and gaps in percentage points (else fractions, as
+            in the files).
     """
     by = [by] if isinstance(by, str) else by
     group_keys, metrics, rows = summarize(runs, by, keys, level)
-    header = [*(group_keys or ["runs"]), "n", "seeds", *metrics]
+    units = [unit(m, percent) for m in metrics]
+    header = [
+        *(group_keys or ["runs"]),
+        "n",
+        "seeds",
+        *(f"{m} ({u})" if u else m for m, u in zip(metrics, units, strict=True)),
+    ]
+    scales = [100 if u in ("%", "points") else 1 for u in units]
     table = [
         [
             *([row[k] for k in group_keys] or ["all"]),
             row["n"],
             ",".join(str(s) for s in row["seeds"]),
-            *(_cell(row[m]) for m in metrics),
+            *(_cell(row[m], scale) for m, scale in zip(metrics, scales, strict=True)),
         ]
         for row in rows
     ]
     note = f"mean ± std [{int(100 * level)}% bootstrap interval of the mean over seeds]"
-    return format_table(header, table, markdown=markdown) + f"\n\n{note}"
+    return (
+        format_table(header, table, markdown=markdown)
+        + f"\n\n{note}\n\n{legend(metrics, runs, percent)}"
+    )
 
 
 def _label(keys: Sequence[str], values: Sequence[str]) -> str:
@@ -247,17 +378,22 @@ def _label(keys: Sequence[str], values: Sequence[str]) -> str:
 
 
 def per_seed(
-    runs: list[dict[str, Any]], by: str | Sequence[str] | None = None, key: str = "eval/gap"
+    runs: list[dict[str, Any]],
+    by: str | Sequence[str] | None = None,
+    key: str = "eval/gap",
+    percent: bool = False,
 ) -> str:
-    """A table of `key` for every (group, seed), for reading the spread by eye."""
+    """A table of `key` for every (group, seed), for reading the spread by eye (`percent`: as
+    in `compare`)."""
     by = [by] if isinstance(by, str) else by
     keys, groups = group_runs(runs, by)
     seeds = sorted({int(r.get("seed", 0)) for r in runs})
+    scale, digits = (100, 2) if unit(key, percent) in ("%", "points") else (1, 3)
     rows = []
     for values, members in groups.items():
-        vals = {int(m.get("seed", 0)): float(m[key]) for m in members if key in m}
+        vals = {int(m.get("seed", 0)): scale * float(m[key]) for m in members if key in m}
         rows.append(
-            [_label(keys, values), *(f"{vals[s]:.3f}" if s in vals else "-" for s in seeds)]
+            [_label(keys, values), *(f"{vals[s]:.{digits}f}" if s in vals else "-" for s in seeds)]
         )
     return format_table(["group", *(f"seed {s}" for s in seeds)], rows, markdown=True)
 
@@ -315,9 +451,11 @@ def compare_plot(
     plt = pyplot()
     by = [by] if isinstance(by, str) else by
     keys, groups = group_runs(runs, by)
+    shown = unit(key)
+    scale = 100 if shown in ("%", "points") else 1
     names, values = [], []
     for group, members in groups.items():
-        xs = [100 * float(m[key]) for m in members if key in m]
+        xs = [scale * float(m[key]) for m in members if key in m]
         if xs:
             names.append(_label(keys, group))
             values.append(xs)
@@ -326,7 +464,8 @@ def compare_plot(
     for i, xs in enumerate(values):
         ax.plot([i] * len(xs), xs, "ko", ms=4)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=7)
-    ax.set(ylabel=f"{key} (points)", title=f"{key} by {', '.join(keys) or 'run'} (dots: seeds)")
+    ylabel = f"{key} ({shown})" if shown else key
+    ax.set(ylabel=ylabel, title=f"{key} by {', '.join(keys) or 'run'} (dots: seeds)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
@@ -334,27 +473,24 @@ def compare_plot(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Group the runs of sweeps by every key they varied; mean ± std and a "
-        "bootstrap interval over seeds; failed and unfinished runs listed, not averaged."
-    )
-    parser.add_argument("roots", nargs="+", help="folders holding run dirs (Hydra multirun dirs)")
-    parser.add_argument("--by", action="append", help="group by this key instead (repeatable)")
-    parser.add_argument("--metric", action="append", help="a metric to report (repeatable)")
-    parser.add_argument("--level", type=float, default=0.95, help="bootstrap interval level")
-    parser.add_argument("--out", help="write <out> (markdown), <out>.csv and <out>.png too")
-    args = parser.parse_args(argv)
+    """The CLI: print (and with `--out` write) the report; 2 when there is nothing to report."""
+    args = _parser().parse_args(argv)
     scanned = scan_runs(*args.roots)
     runs = scanned["finished"]
     if not any(scanned.values()):
         print(f"error: no runs (metrics.json or failure.json) under {args.roots}", file=sys.stderr)
         return 2
+    problem = metrics_problem(runs, args.metric)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     keys, metrics, rows = summarize(runs, args.by, args.metric, args.level)
     sections = []
     if runs:
-        sections.append(compare(runs, args.by, args.metric, level=args.level))
-        first = metrics[0] if metrics else "eval/gap"
-        sections.append(f"{first} per seed:\n\n" + per_seed(runs, args.by, first))
+        sections.append(compare(runs, args.by, args.metric, level=args.level, percent=True))
+        first, shown = metrics[0], unit(metrics[0])
+        heading = f"{first}{f' ({shown})' if shown else ''} per seed:\n\n"
+        sections.append(heading + per_seed(runs, args.by, first, percent=True))
     else:
         sections.append("no finished runs")
     listed = not_finished(scanned, keys)
@@ -368,10 +504,46 @@ def main(argv: list[str] | None = None) -> int:
         written = [out]
         if runs:
             written.append(write_csv(out.with_suffix(".csv"), keys, metrics, rows))
-            if metrics:
-                written.append(compare_plot(out.with_suffix(".png"), runs, args.by, metrics[0]))
+            written.append(compare_plot(out.with_suffix(".png"), runs, args.by, metrics[0]))
         print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Group the runs of sweeps by every key they varied; mean ± std and a "
+        "bootstrap interval over seeds; failed and unfinished runs listed, not averaged. "
+        "Tables print accuracies in %, drops and gaps in percentage points (files: fractions)."
+    )
+    parser.add_argument("roots", nargs="+", help="folders holding run dirs (Hydra multirun dirs)")
+    parser.add_argument("--by", action="append", help="group by this key instead (repeatable)")
+    parser.add_argument(
+        "--metric",
+        action="append",
+        help="a metric to report (repeatable); default: the runs' task's (pairs: drop, acc_fp, "
+        "acc_q, mean_bits; search: eval/gap, eval/drop_fp, ...)",
+    )
+    parser.add_argument("--level", type=float, default=0.95, help="bootstrap interval level")
+    parser.add_argument("--out", help="write <out> (markdown), <out>.csv and <out>.png too")
+    return parser
+
+
+def metrics_problem(runs: Sequence[dict[str, Any]], asked: Sequence[str] | None) -> str | None:
+    """Why the finished `runs` cannot be reported on the `asked` metrics (default: their tasks'),
+    naming the metrics they do hold; None when they can (or when there are no finished runs)."""
+    if not runs:
+        return None
+    if asked:
+        absent = [m for m in asked if not any(m in r for r in runs)]
+        if not absent:
+            return None
+        what = f"no finished run holds {', '.join(absent)}"
+    elif any(m in r for r in runs for m in default_metrics(runs)):
+        return None
+    else:
+        tasks = sorted({_task(r) or "(not named)" for r in runs})
+        what = f"no default metric for runs of task {', '.join(tasks)}: pass --metric <name>"
+    return f"{what}; the runs hold: {', '.join(held_metrics(runs)) or 'no numeric metrics'}"
 
 
 if __name__ == "__main__":

@@ -296,3 +296,59 @@ def test_quantized_right_batches_matter_only_to_shared_ranges() -> None:
     together = quantized_right(shared, x, y, torch.tensor(2), batch=12)
     assert alone.all()  # a batch of one: its own range, the same as per-sample
     assert not together.all()  # the outlier's range flattens the others
+
+
+def test_a_broken_pair_says_how_to_recover_and_following_the_advice_recovers(
+    tiny_pairs, tiny_distill, tmp_path, capsys
+) -> None:
+    """A rerun of a finished pair whose network.pt is corrupt stops with advice; the rerun that
+    the advice names trains the pair again, and the next rerun loads it (and says so)."""
+    import re
+    import shutil
+
+    out = tmp_path / "pair"
+    shutil.copytree(tiny_pairs["robust"], out)
+    (out / "network.pt").write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    with pytest.raises(CheckpointError) as info:
+        pairs.run(_pair_cfg(tiny_distill, out, "robust"))
+    message = str(info.value)
+    assert f"{out / 'network.pt'} is corrupt" in message and "rerun the task" not in message
+    advice = re.search(r"rerun `python -m qrl\.pairs` with the settings .* plus (\S+)$", message)
+    assert advice is not None, message
+    with pytest.raises(CheckpointError):  # a plain rerun repeats the failure: not the advice
+        pairs.run(_pair_cfg(tiny_distill, out, "robust"))
+    capsys.readouterr()
+    pairs.run(_pair_cfg(tiny_distill, out, "robust", advice.group(1)))  # the advice, followed
+    trained = capsys.readouterr().out
+    assert f"trained the pair and wrote {out}/network.pt, policy.zip, pair.json" in trained
+    assert load_pair(out).kind == "robust"
+    pairs.run(_pair_cfg(tiny_distill, out, "robust"))  # finished: loaded, nothing rewritten
+    loaded = capsys.readouterr().out
+    assert f"loaded the finished pair {out}/network.pt, policy.zip, pair.json" in loaded
+    assert "trained" not in loaded and f"wrote {out}/network.pt" not in loaded
+
+
+def test_a_missing_policy_and_a_pair_of_another_format_are_called_what_they_are(
+    tiny_pairs, tmp_path
+) -> None:
+    import shutil
+
+    out = tmp_path / "pair"
+    shutil.copytree(tiny_pairs["detrimental"], out)
+    (out / "policy.zip").rename(tmp_path / "policy.zip")
+    with pytest.raises(CheckpointError) as info:
+        load_pair(out)
+    assert f"{out / 'policy.zip'} is missing" in str(info.value)
+    assert "corrupt" not in str(info.value) and "resume=false" in str(info.value)
+    (tmp_path / "policy.zip").rename(out / "policy.zip")
+    meta = json.loads((out / "pair.json").read_text())
+    for found, written in (
+        ("format 'qrl-pair-v0'", {**meta, "format": "qrl-pair-v0"}),
+        ("no format key", {k: v for k, v in meta.items() if k != "format"}),
+    ):
+        (out / "pair.json").write_text(json.dumps(written))
+        with pytest.raises(CheckpointError) as info:
+            load_pair(out)
+        message = str(info.value)
+        assert f"is a pair of another format: it has {found}, this qrl reads qrl-pair-v1" in message
+        assert "`python -m qrl.pairs`" in message and message.endswith("plus resume=false")
