@@ -5,11 +5,15 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from omegaconf import DictConfig
 
 from qrl.errors import ConfigError, QrlError
+
+if TYPE_CHECKING:
+    from qrl.sweeps import Job
 
 EXIT_USAGE = 2
 EXIT_JOBS_FAILED = 3  # a multirun that ran every job, some of which failed
@@ -20,7 +24,8 @@ def hydra_task(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
 
     Inside a Hydra job the job's overrides are recorded in its dir; in a multirun a failing job
     records `failure.json` and raises `JobFailed` instead of exiting, so the sweep goes on
-    (`qrl.sweeps`).
+    (`qrl.sweeps`). A single run that fails before writing anything (a refused config) takes
+    back the run dir Hydra made for it.
     """
     from qrl.sweeps import current_job, run_job
 
@@ -28,7 +33,39 @@ def hydra_task(run: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         return run(cfg) if job is None else run_job(run, cfg, job)
     except QrlError as exc:
+        _discard_unused_run_dir(job)
         _fail(exc)
+    except BaseException:
+        _discard_unused_run_dir(job)
+        raise
+
+
+# A run dir the command line names (`hydra.run.dir=...`) that exists already: its entries
+# before Hydra started, so that a refused run removes only what Hydra added.
+_EXISTING_RUN_DIR: dict[Path, set[str]] = {}
+
+
+def _remember_run_dir(argv: Sequence[str]) -> None:
+    given = [a.partition("=")[2] for a in argv if a.startswith("hydra.run.dir=")]
+    if given and Path(given[-1]).is_dir():
+        path = Path(given[-1]).resolve()
+        _EXISTING_RUN_DIR[path] = {p.name for p in path.iterdir()}
+
+
+def _discard_unused_run_dir(job: Job | None) -> None:
+    """After a single run failed: remove what Hydra made before `run` (the dir, an empty
+    `<task>.log`) when the task wrote nothing there, so a refused config leaves no run dir."""
+    if job is None or job.multirun or not job.out.is_dir():
+        return  # a sweep's failed job keeps its dir: its failure.json says why
+    out = job.out.resolve()
+    before = _EXISTING_RUN_DIR.get(out, set())
+    added = [p for p in out.iterdir() if p.name not in before]
+    if not all(p.suffix == ".log" and p.is_file() and p.stat().st_size == 0 for p in added):
+        return  # the task wrote something: the dir is a run now
+    for path in added:
+        path.unlink()
+    if out not in _EXISTING_RUN_DIR and not any(out.iterdir()):
+        out.rmdir()
 
 
 def check_group_options(argv: Sequence[str]) -> None:
@@ -58,18 +95,23 @@ def check_group_options(argv: Sequence[str]) -> None:
 
 
 def checked_options(main: Callable[[], Any]) -> Callable[[], None]:
-    """Wrap a `@hydra.main` function: unknown group options on the command line fail first,
-    and a multirun with failed jobs ends naming them, with exit code 3 (`EXIT_JOBS_FAILED`:
-    the sweep finished; any other non-zero code means it did not)."""
+    """Wrap a `@hydra.main` function: unknown group options and keys on the command line fail
+    first, in one line (`qrl.config.checked_argv`), before Hydra makes a run dir; a run whose
+    config is refused leaves none (`hydra_task`); a multirun with failed jobs ends naming them,
+    with exit code 3 (`EXIT_JOBS_FAILED`: the sweep finished; any other non-zero code means it
+    did not)."""
 
     @functools.wraps(main)
     def wrapper() -> None:
+        from qrl.config import checked_argv
         from qrl.sweeps import report_sweep_failures
 
         try:
             check_group_options(sys.argv[1:])
+            sys.argv[1:] = checked_argv(_config_name(main), sys.argv[1:])
         except QrlError as exc:
             _fail(exc)
+        _remember_run_dir(sys.argv[1:])
         code: Any = 0
         try:
             main()
@@ -81,6 +123,17 @@ def checked_options(main: Callable[[], Any]) -> Callable[[], None]:
             sys.exit(code)
 
     return wrapper
+
+
+def _config_name(main: Callable[[], Any]) -> str | None:
+    """The `config_name` a `@hydra.main` function composes (None: not found)."""
+    import inspect
+
+    try:
+        name = inspect.getclosurevars(main).nonlocals.get("config_name")
+    except TypeError:
+        return None
+    return name if isinstance(name, str) else None
 
 
 def _fail(exc: QrlError) -> NoReturn:

@@ -9,10 +9,14 @@ robust pair (`qrl.pairs`), (C) each pair evaluated and cross-evaluated under the
 uniform, random and fixed bits, ONNX Runtime int8, per layer and per class. Then the
 agent-vs-baseline search on the first seed's student (`qrl.search`). Writes `report.md`,
 `results.json`, plots, and last `metrics.json`; each stage keeps its own run dir inside `out`.
+A rerun loads what is there: finished stages, each seed's Stage C (`seed<n>/stage_c.json`, kept
+with what it was computed from) and finished searches of the same config on the same student.
+Stage settings need no `+`: `pairs.train.rounds=30`, `distill.student.epochs=20`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from collections import defaultdict
@@ -21,12 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from qrl import distill, pairs, search
+from qrl.checkpoints import load_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import CONF_DIR, instantiate, load_config
+from qrl.config import CONF_DIR, STAGE_SHARED, checked_number, instantiate, load_config, to_dict
 from qrl.errors import ConfigError
+from qrl.pairing import NETWORK_FILE, PAIR_FILE, POLICY_FILE, weights_sha256
 from qrl.pairing.evaluation import (
     cross_evaluation,
     flipped_grid,
@@ -36,12 +42,20 @@ from qrl.pairing.evaluation import (
 )
 from qrl.pairs import KINDS, load_pair
 from qrl.report import collect_runs
-from qrl.runs import atomic_write, load_run_config, start_run, write_metrics
+from qrl.runs import atomic_write, finished_run_of, load_run_config, start_run, write_metrics
 from qrl.sweeps import task_device
 from qrl.tables import format_table
 
 RESULTS_FILE, REPORT_FILE = "results.json", "report.md"
-SHARED = ("data", "model", "quant", "logger")  # groups every stage takes from this config
+SHARED = STAGE_SHARED  # groups every stage takes from this config
+# Stage C of a seed (cross-evaluation, per-layer drops) and what it was computed from; a rerun
+# with the same inputs loads it. The searches' victims (`weights_sha256` of the student), by agent.
+STAGE_C_FILE, SEARCH_VICTIMS_FILE = "stage_c.json", "victims.json"
+PAIR_FILES = (NETWORK_FILE, POLICY_FILE, PAIR_FILE)  # a pair, as Stage C loads it
+STAGE_C_PLOTS = (
+    "cross_evaluation.png",
+    *(f"{kind}_{plot}.png" for kind in KINDS for plot in ("vulnerability", "flipped")),
+)
 
 
 def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values: Any) -> DictConfig:
@@ -86,8 +100,56 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
         pair_metrics[kind] = pairs.run(pair_cfg)
     # --- C: cross-evaluation, vulnerability ------------------------------------------------
     print(f"\n== seed {seed}: C. cross-evaluation on the test split")
+    stage_c = load_stage_c(root, stage_c_key(cfg, seed, root)) or cross_evaluate(cfg, seed, root)
+    for kind in KINDS:
+        pair_metrics[kind]["per_layer_drop"] = stage_c["per_layer_drop"][kind]
+    return {
+        "seed": seed,
+        "root": str(root),
+        "teacher/acc": distill_metrics["teacher/acc"],
+        "student/acc": distill_metrics["student/acc"],
+        "pairs": {k: {**v, "run_dir": str(root / k)} for k, v in pair_metrics.items()},
+        "cross": [{**r, "seed": seed} for r in stage_c["cross"]],
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def stage_c_key(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
+    """What Stage C's numbers come from: the seed, `cross`, the test split (the distill run's
+    data) and both pairs' files (a pair that is loaded again is not rewritten)."""
+    key = {
+        "seed": seed,
+        "cross": to_dict(cfg.cross),
+        "data": to_dict(load_run_config(root / "distill").data),
+        "pairs": {
+            kind: {name: _sha256(root / kind / name) for name in PAIR_FILES} for kind in KINDS
+        },
+    }
+    return dict(json.loads(json.dumps(key)))  # as it reads back from STAGE_C_FILE
+
+
+def load_stage_c(root: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The seed's stored Stage C when it was computed from `key` and its plots are there."""
+    path = root / STAGE_C_FILE
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if stored.get("key") != key or not all((root / p).is_file() for p in STAGE_C_PLOTS):
+        return None
+    print(f"{path} holds this Stage C already: loading it (not computed again)")
+    return dict(stored)
+
+
+def cross_evaluate(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
+    """Stage C for one seed: cross-evaluation rows, per-layer drops, plots; stored in
+    `STAGE_C_FILE` with its key and returned as it reads back (a rerun gives the same bytes)."""
+    key = stage_c_key(cfg, seed, root)
     loaded = {kind: load_pair(root / kind) for kind in KINDS}
-    data = instantiate(load_run_config(distill_dir).data)  # the split the pairs were trained on
+    data = instantiate(load_run_config(root / "distill").data)  # the pairs' split
     test = data.test
     rows = cross_evaluation(
         loaded,
@@ -97,44 +159,63 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
         pattern_samples=int(cfg.cross.pattern_samples),
     )
     plot_cross(root / "cross_evaluation.png", rows)
+    per_layer = {}
     for kind, pair in loaded.items():
         vuln = vulnerability(pair, test)
         plot_vulnerability(root / f"{kind}_vulnerability.png", kind, pair, vuln)
         flipped_grid(root / f"{kind}_flipped.png", kind, vuln, data.class_names)
-        pair_metrics[kind]["per_layer_drop"] = vuln["per_layer"]
-    return {
-        "seed": seed,
-        "root": str(root),
-        "teacher/acc": distill_metrics["teacher/acc"],
-        "student/acc": distill_metrics["student/acc"],
-        "pairs": {k: {**v, "run_dir": str(root / k)} for k, v in pair_metrics.items()},
-        "cross": [{**r, "seed": seed} for r in rows],
-    }
+        per_layer[kind] = vuln["per_layer"]
+    record = {"key": key, "cross": rows, "per_layer_drop": per_layer}
+    return dict(json.loads(_write_json(root / STAGE_C_FILE, record)))
+
+
+def _write_json(path: Path, value: Any) -> str:
+    text = json.dumps(value, indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return text
 
 
 def run_search(cfg: DictConfig, victim_run: Path, root: Path) -> list[dict[str, Any]]:
-    """The agent-vs-baseline input-distribution search on one student, each agent alike."""
+    """The agent-vs-baseline input-distribution search on one student, each agent alike.
+
+    A finished search of the same config on the same student (`SEARCH_VICTIMS_FILE`) is
+    loaded, not run again."""
+    victims_path = root / SEARCH_VICTIMS_FILE
+    victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
+    student = weights_sha256(load_model(victim_run / "student.pt")[0])
     for agent in cfg.search.agents:
         print(f"\n== search: {agent}, {cfg.search.evaluations} evaluations (python -m qrl.search)")
-        search_cfg = load_config("search", [f"agent={agent}"])
-        OmegaConf.set_struct(search_cfg, False)
-        search_cfg.quant, search_cfg.logger = cfg.quant, cfg.logger
-        merged = OmegaConf.merge(
-            search_cfg,
-            cfg.search.overrides,
-            {
-                "victim": {"run": str(victim_run)},
-                "budget": {"evaluations": int(cfg.search.evaluations)},
-                "out": str(root / str(agent)),
-                "seed": int(cfg.seeds[0]),
-                "progress": bool(cfg.progress),
-                "overwrite": bool(cfg.overwrite),
-                "device": str(cfg.get("device", "auto")),
-            },
-        )
-        assert isinstance(merged, DictConfig)
-        search.run(merged)
+        search_cfg = search_config(cfg, str(agent), victim_run, root)
+        out = Path(search_cfg.out)
+        if victims.get(str(agent)) == student and finished_run_of(out, search_cfg):
+            print(f"{out} holds this search already, on this student: loading it")
+            continue
+        search.run(search_cfg)
+        victims[str(agent)] = student
+        _write_json(victims_path, victims)
     return collect_runs(root)
+
+
+def search_config(cfg: DictConfig, agent: str, victim_run: Path, root: Path) -> DictConfig:
+    """One agent's `qrl.search` config: conf/search.yaml, `search.overrides`, this job's values."""
+    search_cfg = load_config("search", [f"agent={agent}"])
+    OmegaConf.set_struct(search_cfg, False)
+    search_cfg.quant, search_cfg.logger = cfg.quant, cfg.logger
+    merged = OmegaConf.merge(
+        search_cfg,
+        cfg.search.overrides,
+        {
+            "victim": {"run": str(victim_run)},
+            "budget": {"evaluations": int(cfg.search.evaluations)},
+            "out": str(root / str(agent)),
+            "seed": int(cfg.seeds[0]),
+            "progress": bool(cfg.progress),
+            "overwrite": bool(cfg.overwrite),
+            "device": str(cfg.get("device", "auto")),
+        },
+    )
+    assert isinstance(merged, DictConfig)
+    return merged
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -185,8 +266,19 @@ def report(
     results: dict[str, Any], per_seed: list[dict[str, Any]], searches: list, out: Path
 ) -> str:
     """report.md: the paper-style table, per-seed values, cross-evaluation, kernels, search."""
-    seeds = results["seeds"]
     lines = [
+        *_intro(results["seeds"]),
+        *_pairs_section(per_seed, out),
+        *_cross_section(results["cross_evaluation"]),
+        *_kernel_section(per_seed),
+        *_failure_section(per_seed, out),
+        *_search_section(searches),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _intro(seeds: list[int]) -> list[str]:
+    return [
         "# qrl: network-policy pairs under dynamic quantization",
         "",
         f"Seeds {seeds}; test split; accuracies in %, differences in percentage points. "
@@ -194,9 +286,11 @@ def report(
         "same inputs (what quantization causes); **gap to teacher** = teacher accuracy − "
         "quantized accuracy.",
         "",
-        "## The pairs (mean ± std over seeds)",
-        "",
     ]
+
+
+def _pairs_section(per_seed: list[dict[str, Any]], out: Path) -> list[str]:
+    """The pairs' table (mean ± std over seeds), then each seed's values and run dirs."""
     rows = [["teacher", _pm([s["teacher/acc"] for s in per_seed]), "-", "-", "-"]]
     rows.append(["distilled student", _pm([s["student/acc"] for s in per_seed]), "-", "-", "-"])
     for kind in KINDS:
@@ -211,7 +305,6 @@ def report(
             ]
         )
     header = ["network", "FP acc", "DPTQ acc (own policy)", "drop (FP − DPTQ)", "mean bits"]
-    lines += [format_table(header, rows, markdown=True), "", "Per seed:", ""]
     seed_rows = [
         [
             s["seed"],
@@ -225,57 +318,67 @@ def report(
         for s in per_seed
         for kind in KINDS
     ]
-    lines += [
-        format_table(
-            ["seed", "pair", "FP acc", "DPTQ acc", "drop", "mean bits", "run dir (load_pair)"],
-            seed_rows,
-            markdown=True,
-        ),
+    seed_header = ["seed", "pair", "FP acc", "DPTQ acc", "drop", "mean bits", "run dir (load_pair)"]
+    return [
+        "## The pairs (mean ± std over seeds)",
         "",
+        format_table(header, rows, markdown=True),
+        "",
+        "Per seed:",
+        "",
+        format_table(seed_header, seed_rows, markdown=True),
+        "",
+    ]
+
+
+def _cross_section(cross: list[dict[str, Any]]) -> list[str]:
+    """Each network under the other policies, grouped over seeds."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for row in cross:
+        grouped[(row["network"], row["policy"])].append(row)
+    rows = [
+        [
+            net,
+            pol,
+            _pm([r["acc_q"] for r in rs]),
+            _pm([r["drop"] for r in rs]),
+            _pm([r["mean_bits"] for r in rs], scale=1.0),
+            "; ".join(f"s{r['seed']}: {r['note']}" for r in rs if r["note"]),
+        ]
+        for (net, pol), rs in grouped.items()
+    ]
+    header = ["network", "policy", "DPTQ acc", "drop (FP − DPTQ)", "mean bits", "per seed"]
+    return [
         "## Cross-evaluation: each network under other policies (drop, mean ± std over seeds)",
         "",
-    ]
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in results["cross_evaluation"]:
-        grouped[(row["network"], row["policy"])].append(row)
-    lines.append(
-        format_table(
-            ["network", "policy", "DPTQ acc", "drop (FP − DPTQ)", "mean bits", "per seed"],
-            [
-                [
-                    net,
-                    pol,
-                    _pm([r["acc_q"] for r in rs]),
-                    _pm([r["drop"] for r in rs]),
-                    _pm([r["mean_bits"] for r in rs], scale=1.0),
-                    "; ".join(f"s{r['seed']}: {r['note']}" for r in rs if r["note"]),
-                ]
-                for (net, pol), rs in grouped.items()
-            ],
-            markdown=True,
-        )
-    )
-    lines += [
+        format_table(header, rows, markdown=True),
         "",
+    ]
+
+
+def _kernel_section(per_seed: list[dict[str, Any]]) -> list[str]:
+    """Each pair's network on ONNX Runtime's dynamic int8 kernel, no policy."""
+    rows = [
+        [
+            kind,
+            _pm([s["pairs"][kind]["acc_fp"] for s in per_seed]),
+            _pm([s["pairs"][kind]["acc_onnx_int8"] for s in per_seed]),
+            _pm([s["pairs"][kind]["drop_onnx_int8"] for s in per_seed]),
+        ]
+        for kind in KINDS
+    ]
+    header = ["pair", "FP acc", "ORT int8 acc", "drop (FP − ORT int8)"]
+    return [
         "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy)",
         "",
-        format_table(
-            ["pair", "FP acc", "ORT int8 acc", "drop (FP − ORT int8)"],
-            [
-                [
-                    kind,
-                    _pm([s["pairs"][kind]["acc_fp"] for s in per_seed]),
-                    _pm([s["pairs"][kind]["acc_onnx_int8"] for s in per_seed]),
-                    _pm([s["pairs"][kind]["drop_onnx_int8"] for s in per_seed]),
-                ]
-                for kind in KINDS
-            ],
-            markdown=True,
-        ),
-        "",
-        "## Where the failure lives (first seed)",
+        format_table(header, rows, markdown=True),
         "",
     ]
+
+
+def _failure_section(per_seed: list[dict[str, Any]], out: Path) -> list[str]:
+    """The first seed's per-layer drops, with its vulnerability, flipped-input and cross plots."""
+    lines = ["## Where the failure lives (first seed)", ""]
     first = Path(per_seed[0]["root"])
     for kind in KINDS:
         pair = per_seed[0]["pairs"][kind]
@@ -291,18 +394,22 @@ def report(
             f"  ![{kind} vulnerability]({_rel(first / f'{kind}_vulnerability.png', out)}) "
             f"![{kind} flipped inputs]({_rel(first / f'{kind}_flipped.png', out)})"
         )
-    lines += ["", f"![cross-evaluation]({_rel(first / 'cross_evaluation.png', out)})", ""]
-    if searches:
-        lines += [
-            "## Input-distribution search, agent vs random baseline (first seed's student)",
-            "",
-            "eval/gap = held-out teacher accuracy − quantized accuracy under the found "
-            "distribution (mostly the student's own error under shift); eval/drop_fp = "
-            "held-out full-precision student − quantized (what quantization causes).",
-            "",
-            _search_table(searches),
-        ]
-    return "\n".join(lines) + "\n"
+    return [*lines, "", f"![cross-evaluation]({_rel(first / 'cross_evaluation.png', out)})", ""]
+
+
+def _search_section(searches: list[dict[str, Any]]) -> list[str]:
+    """The agent-vs-baseline search table (nothing when no agent searched)."""
+    if not searches:
+        return []
+    return [
+        "## Input-distribution search, agent vs random baseline (first seed's student)",
+        "",
+        "eval/gap = held-out teacher accuracy − quantized accuracy under the found "
+        "distribution (mostly the student's own error under shift); eval/drop_fp = "
+        "held-out full-precision student − quantized (what quantization causes).",
+        "",
+        _search_table(searches),
+    ]
 
 
 def _search_table(runs: list[dict[str, Any]]) -> str:
@@ -337,11 +444,27 @@ def _rel(path: Path, out: Path) -> str:
         return str(path)
 
 
+def checked_seeds(value: Any) -> list[int]:
+    """`seeds` as a list of distinct integers >= 0, or a `ConfigError` saying how to write it."""
+    shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
+    error = ConfigError(
+        f"seeds must be a non-empty list of distinct integers >= 0, such as 'seeds=[0,1,2]' "
+        f"(one seed: 'seeds=[3]'), got {shown!r}"
+    )
+    if not isinstance(value, ListConfig | list | tuple) or not value:
+        raise error
+    try:
+        seeds = [int(checked_number(s, "seeds", int, low=0)) for s in value]
+    except ConfigError:
+        raise error from None
+    if len(set(seeds)) != len(seeds):
+        raise error
+    return seeds
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Stages A, B, C for every seed, the search, then report.md, results.json, metrics.json."""
-    seeds = [int(s) for s in cfg.seeds]
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds must be a non-empty list of distinct integers, got {seeds}")
+    seeds = checked_seeds(cfg.seeds)
     # every stage's values checked before any dir is touched
     task_device(cfg)  # device=cuda without a GPU: one clear error
     distill.check_config(stage_config("distill", cfg, cfg.distill))

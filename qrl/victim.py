@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,7 @@ from qrl.data import ImageData
 from qrl.devices import module_device
 from qrl.distillation import DistillRecipe, distil
 from qrl.errors import CheckpointError, ConfigError, DataError
+from qrl.loggers import RunLogger
 from qrl.quant import QuantConfig, quantized_copy
 from qrl.quant.backends import RealBackend, real_backend
 from qrl.runs import METRICS_FILE, load_run_config, save_config, seed_everything, write_metrics
@@ -148,12 +151,77 @@ DEFAULT_MODEL = "cnn"
 VICTIM_MODELS = ("cnn", "mlp", "resnet18")  # conf/model/*.yaml
 
 
-def victim_dir(model: str = DEFAULT_MODEL) -> Path:
-    """Where the cached digits victim of `model` lives (`victim.model` in the configs)."""
+@dataclass(frozen=True)
+class VictimSize:
+    """The size of a cached victim: (teacher, student) widths and epochs; None keeps what
+    `python -m qrl.distill data=digits model=<model>` uses (conf/model/*.yaml, conf/distill.yaml).
+    """
+
+    widths: tuple[int, int] | None = None
+    epochs: tuple[int, int] | None = None
+
+    def tag(self) -> str:
+        """`w16x8-e10x12`: what differs from the defaults, in the cache entry's name."""
+        parts = [f"w{self.widths[0]}x{self.widths[1]}"] if self.widths else []
+        return "-".join([*parts, *([f"e{self.epochs[0]}x{self.epochs[1]}"] if self.epochs else [])])
+
+
+# Each cached victim distils in well under 2 minutes on 2 CPU cores (README, "Tasks"; one torch
+# thread, `victim_threads`): the CNN and the MLP as `python -m qrl.distill` trains them,
+# ResNet-18 at half its widths (64 and 32) and 10 + 12 epochs (not 30 + 40), which at full size
+# take about 4 minutes on one free core and far longer on busy ones.
+VICTIM_SIZES = {
+    "cnn": VictimSize(),
+    "mlp": VictimSize(),
+    "resnet18": VictimSize(widths=(32, 16), epochs=(10, 12)),
+}
+# `<teacher>,<student>` in these replaces a victim's widths (cnn, resnet18) or epochs.
+WIDTHS_ENV, EPOCHS_ENV = "QRL_VICTIM_WIDTHS", "QRL_VICTIM_EPOCHS"
+THREADS_ENV = "QRL_VICTIM_THREADS"  # torch threads while a victim distils (`victim_threads`)
+
+
+def _env_pair(name: str) -> tuple[int, int] | None:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    try:
+        teacher, student = (int(v) for v in text.split(","))
+    except ValueError:
+        teacher = student = 0
+    if teacher < 1 or student < 1:
+        raise ConfigError(
+            f"{name} must be two integers >= 1, <teacher>,<student> (such as 16,8), got {text!r}"
+        )
+    return teacher, student
+
+
+def victim_size(model: str = DEFAULT_MODEL) -> VictimSize:
+    """The size of the cached victim of `model`: `VICTIM_SIZES[model]`, its widths and epochs
+    replaced by `$QRL_VICTIM_WIDTHS` and `$QRL_VICTIM_EPOCHS` when set. A value that equals the
+    distill default counts as the default (the same cache entry)."""
     if model not in VICTIM_MODELS:
         raise ConfigError(f"victim.model must be one of {list(VICTIM_MODELS)}, got {model!r}")
+    size, recipe = VICTIM_SIZES[model], DistillRecipe.default(model)
+    widths = _env_pair(WIDTHS_ENV) or size.widths
+    epochs = _env_pair(EPOCHS_ENV) or size.epochs
+    defaults = (recipe.teacher_spec.get("width"), recipe.student_spec.get("width"))
+    if widths is not None and None in defaults:
+        raise ConfigError(
+            f"{WIDTHS_ENV} sizes the cnn and resnet18 victims; the {model} victim has no width: "
+            f"unset {WIDTHS_ENV}"
+        )
+    return VictimSize(
+        widths=None if widths == defaults else widths,
+        epochs=None if epochs == (recipe.teacher.epochs, recipe.student.epochs) else epochs,
+    )
+
+
+def victim_dir(model: str = DEFAULT_MODEL) -> Path:
+    """Where the cached digits victim of `model` lives (`victim.model` in the configs); a victim
+    of another size (`victim_size`) is cached apart, its size in its name."""
+    tag = victim_size(model).tag()
     name = DEFAULT_VICTIM if model == DEFAULT_MODEL else f"digits-{model}-s0"
-    return cache_dir() / "victims" / name
+    return cache_dir() / "victims" / (f"digits-{model}-{tag}-s0" if tag else name)
 
 
 def default_victim(
@@ -164,9 +232,11 @@ def default_victim(
 ) -> Victim:
     """A digits teacher and student of `model`: distilled once into the cache, then loaded.
 
-    The first call distils as `python -m qrl.distill data=digits model=<model> seed=0` would
-    (about 45 s for the CNN on two CPU cores) under a file lock, so concurrent processes train
-    it only once.
+    The first call distils as `python -m qrl.distill data=digits model=<model> seed=0` would, at
+    the victim's size (`victim_size`; each well under 2 minutes on two CPU cores) on
+    `victim_threads()` torch threads, under a file lock, so concurrent processes train it only
+    once. With `progress`, epochs show as progress bars; without (or with no terminal), a line
+    per phase estimates the time left.
     """
     import fcntl
 
@@ -175,7 +245,6 @@ def default_victim(
     with open(run_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run_dir / METRICS_FILE).is_file():
-            print(f"qrl: distilling the digits {model} teacher and student into {run_dir} (once)")
             _distil_default(model, run_dir, progress)
     return load_victim(run_dir, quant, device)
 
@@ -183,20 +252,33 @@ def default_victim(
 def victim_recipe(model: str) -> tuple[DistillRecipe, dict[str, Any]]:
     """How the cached victim of `model` is distilled: its recipe and its data's `_target_` spec.
 
-    `python -m qrl.distill data=digits model=<model> seed=0` with its defaults.
+    `python -m qrl.distill data=digits model=<model> seed=0` with its defaults, at the size of
+    `victim_size(model)` (ResNet-18: `model.teacher.width=32 model.student.width=16
+    teacher.epochs=10 student.epochs=12`).
     """
     data_spec = {
         **load_yaml(CONF_DIR / "data" / "digits.yaml", resolve=False),
         "seed": DEFAULT_SEED,
     }
-    return DistillRecipe.default(model), data_spec
+    recipe, size = DistillRecipe.default(model), victim_size(model)
+    if size.widths is not None:
+        teacher = {**recipe.teacher_spec, "width": size.widths[0]}
+        student = {**recipe.student_spec, "width": size.widths[1]}
+        recipe = dataclasses.replace(recipe, teacher_spec=teacher, student_spec=student)
+    if size.epochs is not None:
+        recipe = recipe.with_epochs(*size.epochs)
+    return recipe, data_spec
 
 
 def _distil_default(model: str, run_dir: Path, progress: bool) -> None:
     """Distil the cached victim of `model` into `run_dir`, a run dir like `qrl.distill`'s."""
-    from qrl.loggers import RunLogger
-
     recipe, data_spec = victim_recipe(model)
+    epochs = {"teacher": recipe.teacher.epochs, "student": recipe.student.epochs}
+    print(
+        f"qrl: distilling the digits {model} victim into {run_dir} (once): teacher "
+        f"{epochs['teacher']} epochs, student {epochs['student']} "
+        f"(${WIDTHS_ENV} and ${EPOCHS_ENV} resize it)"
+    )
     config = {
         "task": "distill",
         "seed": DEFAULT_SEED,
@@ -205,12 +287,91 @@ def _distil_default(model: str, run_dir: Path, progress: bool) -> None:
         "teacher": {**dataclasses.asdict(recipe.teacher), "path": recipe.teacher_path},
         "student": {**dataclasses.asdict(recipe.student), "tau": recipe.tau, "alpha": recipe.alpha},
     }
-    started = time.perf_counter()
+    started, threads = time.perf_counter(), torch.get_num_threads()
     save_config(run_dir, config)
     seed_everything(DEFAULT_SEED)
-    with RunLogger(run_dir) as log:
-        done = distil(
-            recipe, build(data_spec), run_dir, seed=DEFAULT_SEED, log=log, progress=progress
-        )
-        log.summary(done.metrics)
+    bars = progress and sys.stderr.isatty()  # tqdm shows bars only on a terminal
+    torch.set_num_threads(victim_threads())
+    try:
+        with EstimatingLogger(run_dir, None if bars else EpochEstimates(epochs)) as log:
+            done = distil(
+                recipe, build(data_spec), run_dir, seed=DEFAULT_SEED, log=log, progress=progress
+            )
+            log.summary(done.metrics)
+    finally:
+        torch.set_num_threads(threads)
     write_metrics(run_dir, done.metrics, seed=DEFAULT_SEED, started=started)
+
+
+def victim_threads() -> int:
+    """torch's threads while a cached victim distils: `$QRL_VICTIM_THREADS`, default 1.
+
+    The digits models are so small that more threads barely help, and on a busy machine they
+    hurt: on two shared cores, two threads made each epoch 10 to 80 times slower than one
+    (OpenMP threads spin, waiting for each other, at every operation).
+    """
+    text = os.environ.get(THREADS_ENV, "").strip() or "1"
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"{THREADS_ENV} must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+class EpochEstimates:
+    """Long training without progress bars: after the first epoch of each phase, one line with
+    how long it took and about how long the phase has left; after its second, a revised line
+    when that estimate was more than 25% off (a first epoch also warms torch up).
+
+    Args:
+        epochs: each phase's epochs, by the prefix of its metrics (`teacher/loss`: teacher).
+        clock, write: the time in seconds, and where lines go (`print`).
+    """
+
+    def __init__(
+        self,
+        epochs: Mapping[str, int],
+        clock: Callable[[], float] = time.perf_counter,
+        write: Callable[[str], object] = print,
+    ) -> None:
+        self.epochs, self.clock, self.write = dict(epochs), clock, write
+        self.left: dict[str, list[float]] = {}  # each phase's estimates so far
+        self.start()
+
+    def start(self) -> None:
+        """The work starts now (the first epoch is timed from here)."""
+        self.last = self.clock()  # the end of the previous epoch, or the start
+
+    def __call__(self, metrics: Mapping[str, float], step: int) -> None:
+        """An epoch of a phase ended at `step` (its epoch number, from 1) with `metrics`."""
+        now = self.clock()
+        took, self.last = now - self.last, now
+        phase = next(iter(metrics), "").split("/")[0]
+        if phase not in self.epochs:
+            return
+        total = self.epochs[phase]
+        left = took * max(total - step, 0)
+        before = self.left.setdefault(phase, [])
+        if not before or (len(before) == 1 and not 0.8 * left <= before[0] - took <= 1.25 * left):
+            self.write(
+                f"qrl: {phase} epoch {step}/{total} took {took:.1f} s, about "
+                f"{_duration(left)} left for the {phase}"
+            )
+        before.append(left)
+
+
+class EstimatingLogger(RunLogger):
+    """A `RunLogger` whose every epoch also goes to `EpochEstimates` (when given)."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], estimates: EpochEstimates | None) -> None:
+        super().__init__(run_dir)
+        self.estimates = estimates
+        if estimates is not None:
+            estimates.start()  # not the time it took to open the logs
+
+    def log(self, metrics: Mapping[str, float], step: int) -> None:
+        super().log(metrics, step)
+        if self.estimates is not None:
+            self.estimates(metrics, step)

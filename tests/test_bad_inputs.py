@@ -70,3 +70,48 @@ def test_an_unknown_group_option_is_one_line_listing_the_choices(
     group, value = option.split("=")
     assert lines[0].startswith(f"error: unknown {group} option {value!r}")
     assert choices in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("task", "override", "closest"),
+    [
+        ("pairs", "+train.roundz=2", "train.rounds,"),
+        ("reproduce", "pairs.train.roundz=2", "pairs.train.rounds,"),
+    ],
+)
+def test_an_unknown_key_on_the_command_line_is_one_line_and_writes_nothing(
+    tmp_path: Path, task: str, override: str, closest: str
+) -> None:
+    result = _cli(task, override, f"hydra.run.dir={tmp_path / 'x'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: unknown key")
+    assert f"closest valid keys: {closest}" in lines[0]
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("task", "args", "message", "existing"),
+    [
+        ("pairs", ["kind=evil"], "error: kind must be one of", False),
+        ("reproduce", ["seeds=3"], "error: seeds must be a non-empty list of distinct", True),
+    ],
+)
+def test_a_refused_config_leaves_no_run_dir(
+    tmp_path: Path, task: str, args: list[str], message: str, existing: bool
+) -> None:
+    """Hydra makes the run dir (and an empty `<task>.log`) before the task refuses its config:
+    a new dir goes again, a dir that was there keeps only what it held."""
+    run_dir = tmp_path / "new" / "x"
+    if existing:
+        run_dir.mkdir(parents=True)
+        (run_dir / "notes.txt").write_text("mine")
+    result = _cli(task, *args, f"hydra.run.dir={run_dir}")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(message)
+    if existing:
+        assert [p.name for p in run_dir.iterdir()] == ["notes.txt"]
+    else:
+        assert not run_dir.exists()

@@ -123,3 +123,77 @@ def test_configs_compose_inside_a_running_hydra_app() -> None:
         running = GlobalHydra.instance().hydra
         assert load_config("distill", ["out=x"]).task == "distill"
         assert GlobalHydra.instance().hydra is running
+
+
+@pytest.mark.parametrize(
+    ("task", "override", "closest"),
+    [
+        ("reproduce", "+pairs.train.roundz=2", "pairs.train.rounds"),
+        ("reproduce", "pairs.train.roundz=2", "pairs.train.rounds"),
+        ("reproduce", "search.overrides.eval.sampels=64", "search.overrides.eval.samples"),
+        ("reproduce", "pair.train.rounds=2", "pairs.train.rounds"),
+        ("pairs", "+train.roundz=2", "train.rounds"),
+        ("pairs", "train.roundz=2", "train.rounds"),
+        ("pairs", "+ppo.model.target_k=0.1", "ppo.model.target_kl"),  # not a PPO parameter
+        ("distill", "+model.student.widht=8", "model.student.width"),
+        ("search", "~seedz", "seed"),
+    ],
+)
+def test_an_unknown_key_is_one_line_naming_the_closest_keys(
+    task: str, override: str, closest: str
+) -> None:
+    from qrl.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(task, [override])
+    message = str(info.value)
+    assert "\n" not in message and f"unknown key {override.lstrip('+~').split('=')[0]!r}" in message
+    assert f"closest valid keys: {closest}" in message
+
+
+def test_keys_that_need_a_plus_still_compose() -> None:
+    """`+` adds below a null node, a `_target_`'s own parameter, a preset; `+hydra.*` is Hydra's."""
+    from qrl.config import checked_argv
+
+    audit = load_config("audit", ["+model.spec._target_=qrl.models.MLP", "+model.spec.hidden=[32]"])
+    assert audit.model.spec == {"_target_": "qrl.models.MLP", "hidden": [32]}
+    assert load_config("pairs", ["+ppo.model.target_kl=0.02"]).ppo.model.target_kl == 0.02
+    assert load_config("pairs", ["+seed=3"]).seed == 3  # `+` for a key that is there: sets it
+    argv = [
+        "-m",
+        "+sweep=tune_ppo",
+        "hydra.sweeper.n_trials=3",
+        "hydra/launcher=ray",
+        "+hydra.launcher.ray.init.num_cpus=2",
+        "+experiment=digits_int4",
+        "hydra.run.dir=x",
+    ]
+    assert checked_argv("search", argv) == argv
+
+
+def test_a_misspelt_hydra_key_or_a_preset_without_plus_is_one_line() -> None:
+    from qrl.config import checked_argv
+    from qrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"closest valid keys: hydra\.run\.dir"):
+        checked_argv("search", ["hydra.run.dirr=x"])
+    with pytest.raises(ConfigError, match=r"use \+experiment=digits_int4") as info:
+        checked_argv("search", ["experiment=digits_int4"])
+    assert "\n" not in str(info.value)
+
+
+def test_reproduce_takes_stage_settings_with_or_without_plus() -> None:
+    from qrl.config import checked_argv
+
+    new = ["pairs.train.rounds=30", "distill.student.epochs=20", "search.overrides.eval.samples=64"]
+    cfg = load_config("reproduce", new)
+    assert cfg == load_config("reproduce", [f"+{o}" for o in new])  # the old spelling
+    assert cfg.pairs.train.rounds == 30 and cfg.distill.student.epochs == 20
+    assert cfg.search.overrides.eval.samples == 64
+    argv = ["-m", "pairs.train.rounds=2,3", "seeds=[1]", "+pairs.train.rounds=4"]
+    assert checked_argv("reproduce", argv) == [  # as the old spelling: the same job dirs
+        "-m",
+        "+pairs.train.rounds=2,3",
+        "seeds=[1]",
+        "++pairs.train.rounds=4",  # given again: the last one counts, as for any key
+    ]

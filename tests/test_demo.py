@@ -15,26 +15,36 @@ from qrl.pairs import load_pair
 
 SMALL = [
     "data=synthetic",
-    "+distill.teacher.epochs=3",
-    "+distill.student.epochs=3",
+    "+distill.teacher.epochs=3",  # the old spelling of a stage's setting still works
+    "distill.student.epochs=3",
     "model.teacher.width=8",
     "model.student.width=4",
-    "+pairs.train.rounds=2",
-    "+pairs.train.net_steps=2",
-    "+pairs.ppo.n_envs=16",
-    "+pairs.ppo.model.n_steps=4",
-    "+pairs.ppo.model.batch_size=32",
+    "pairs.train.rounds=2",
+    "pairs.train.net_steps=2",
+    "pairs.ppo.n_envs=16",
+    "pairs.ppo.model.n_steps=4",
+    "pairs.ppo.model.batch_size=32",
     "search.agents=[random]",
     "search.evaluations=6",
-    "+search.overrides.eval.samples=64",
+    "search.overrides.eval.samples=64",
     "cross.pattern_limit=50",
     "progress=false",
 ]
 
 
-def test_reproduce_writes_the_contract_and_a_report(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The whole pipeline, small, run once (`SMALL`)."""
+    out = tmp_path_factory.mktemp("reproduce")
+    record = reproduce.run(load_config("reproduce", [f"out={out}", *SMALL]))
+    assert json.loads((out / "metrics.json").read_text()) == record  # the run's record, last
+    return out
+
+
+def test_reproduce_writes_the_contract_and_a_report(reproduced: Path) -> None:
     """The whole pipeline, small: results.json holds the documented keys, pairs load back."""
-    record = reproduce.run(load_config("reproduce", [f"out={tmp_path}", *SMALL]))
+    tmp_path = reproduced
+    record = json.loads((tmp_path / "metrics.json").read_text())
     results = json.loads((tmp_path / "results.json").read_text())
     assert results == {k: v for k, v in record.items() if k in results}
     for key in ("teacher/acc", "student/acc"):
@@ -59,11 +69,13 @@ def test_reproduce_refuses_bad_seeds_before_writing(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
-def test_a_reproduce_rerun_resumes_its_stages_and_refuses_another_config(tmp_path: Path) -> None:
+def test_a_reproduce_rerun_resumes_its_stages_and_refuses_another_config(
+    reproduced: Path,
+) -> None:
     from qrl.errors import ConfigError
 
+    tmp_path = reproduced  # what it changes (overwrite=true, below) still holds the contract
     cfg = [f"out={tmp_path}", *SMALL]
-    reproduce.run(load_config("reproduce", cfg))
     pair_log = (tmp_path / "seed0" / "robust" / "log.csv").read_text()
     reproduce.run(load_config("reproduce", cfg))  # the same config: every stage resumes
     assert (tmp_path / "seed0" / "robust" / "log.csv").read_text() == pair_log
@@ -100,3 +112,69 @@ def test_make_demo_reproduces_the_pairs_on_digits(tmp_path: Path) -> None:
     ]
     assert twin and twin[0]["drop"] <= 0.02
     assert "drop (FP − DPTQ)" in result.stdout
+
+
+@pytest.mark.parametrize("seeds", ["seeds=[1.5]", "seeds=[a]", "seeds=3", "seeds=[-1]", "seeds=[]"])
+def test_reproduce_seeds_must_be_a_list_of_integers(tmp_path: Path, seeds: str) -> None:
+    from qrl.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"seeds must be a non-empty list of distinct") as info:
+        reproduce.run(load_config("reproduce", [f"out={tmp_path / 'x'}", seeds]))
+    assert "\n" not in str(info.value) and "'seeds=[3]'" in str(info.value)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_finished_reproduce_reruns_from_what_it_stored(
+    reproduced: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun (here with `progress` changed) loads Stage C and the searches, the same bytes."""
+    from omegaconf import OmegaConf
+
+    from qrl import search
+
+    evaluations = OmegaConf.load(reproduced / "config.yaml").search.evaluations
+    cfg = [f"out={reproduced}", *SMALL, f"search.evaluations={evaluations}", "progress=true"]
+    results = (reproduced / "results.json").read_bytes()
+
+    def computed_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a stored result was computed again")
+
+    with monkeypatch.context() as patched:
+        for name in ("cross_evaluation", "vulnerability", "plot_cross", "flipped_grid"):
+            patched.setattr(reproduce, name, computed_again)
+        patched.setattr(search, "run", computed_again)
+        reproduce.run(load_config("reproduce", cfg))
+    assert (reproduced / "results.json").read_bytes() == results
+    # another `cross` is another Stage C; another student, another search
+    root, other = reproduced / "seed0", load_config("reproduce", [*cfg, "cross.pattern_limit=7"])
+    assert reproduce.load_stage_c(root, reproduce.stage_c_key(other, 0, root)) is None
+    victims = reproduced / "search" / reproduce.SEARCH_VICTIMS_FILE
+    kept = victims.read_text()
+    victims.write_text(json.dumps({"random": "another student"}))
+
+    class SearchedAgain(Exception):
+        pass
+
+    def searched_again(*args: object, **kwargs: object) -> None:
+        raise SearchedAgain
+
+    monkeypatch.setattr(search, "run", searched_again)
+    try:
+        with pytest.raises(SearchedAgain):
+            reproduce.run_search(load_config("reproduce", cfg), root / "distill", victims.parent)
+    finally:
+        victims.write_text(kept)
+
+
+def test_the_report_keeps_its_sections_in_order(reproduced: Path) -> None:
+    headings = [
+        line for line in (reproduced / "report.md").read_text().splitlines() if line[:1] == "#"
+    ]
+    assert headings == [
+        "# qrl: network-policy pairs under dynamic quantization",
+        "## The pairs (mean ± std over seeds)",
+        "## Cross-evaluation: each network under other policies (drop, mean ± std over seeds)",
+        "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy)",
+        "## Where the failure lives (first seed)",
+        "## Input-distribution search, agent vs random baseline (first seed's student)",
+    ]

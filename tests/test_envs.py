@@ -260,3 +260,84 @@ def test_per_input_bits_need_per_sample_quantization(victim: Victim) -> None:
     per_tensor = replace(victim, quant=preset("int4_dynamic", act_granularity="per_tensor"))
     with pytest.raises(ConfigError, match="only with act_granularity=per_sample, got per_tensor"):
         QuantBitsEnv(per_tensor)
+
+
+def test_each_victim_is_sized_to_distil_in_minutes_and_resized_by_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QRL_CACHE", str(tmp_path))
+    for name in (victim_module.WIDTHS_ENV, victim_module.EPOCHS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    recipe, _ = victim_module.victim_recipe("resnet18")  # half the widths, 10 + 12 epochs
+    assert (recipe.teacher_spec["width"], recipe.student_spec["width"]) == (32, 16)
+    assert (recipe.teacher.epochs, recipe.student.epochs) == (10, 12)
+    assert victim_module.victim_dir("resnet18").name == "digits-resnet18-w32x16-e10x12-s0"
+    cnn, _ = victim_module.victim_recipe("cnn")  # as `python -m qrl.distill` trains it
+    assert cnn == victim_module.DistillRecipe.default("cnn")
+    assert victim_module.victim_dir("cnn").name == "digits-cnn-s0"
+    monkeypatch.setenv(victim_module.EPOCHS_ENV, "2,3")
+    small, _ = victim_module.victim_recipe("mlp")
+    assert (small.teacher.epochs, small.student.epochs) == (2, 3)
+    assert victim_module.victim_dir("mlp").name == "digits-mlp-e2x3-s0"  # cached apart
+    monkeypatch.setenv(victim_module.EPOCHS_ENV, "30,40")  # the defaults: the same entry
+    assert victim_module.victim_dir("cnn").name == "digits-cnn-s0"
+    monkeypatch.setenv(victim_module.WIDTHS_ENV, "64,32")  # full size: the conf's widths
+    assert victim_module.victim_recipe("resnet18")[0].student_spec["width"] == 32
+    assert victim_module.victim_dir("resnet18").name == "digits-resnet18-s0"  # as before
+    with pytest.raises(ConfigError, match="has no width"):
+        victim_module.victim_dir("mlp")
+    monkeypatch.setenv(victim_module.WIDTHS_ENV, "16")
+    with pytest.raises(ConfigError, match=r"QRL_VICTIM_WIDTHS must be two integers"):
+        victim_module.victim_dir("cnn")
+
+
+def test_epoch_estimates_say_what_the_first_epoch_of_each_phase_took() -> None:
+    # teacher: 9.8 s an epoch; student: a first epoch of 8 s (warm-up), then 1 s each
+    times = iter([0.0, 9.8, 19.6, 29.4, 37.4, 38.4, 39.4])
+    lines: list[str] = []
+    estimates = victim_module.EpochEstimates(
+        {"teacher": 12, "student": 10}, clock=lambda: next(times), write=lines.append
+    )
+    for step in (1, 2, 3):
+        estimates({"teacher/loss": 1.0}, step)
+    for step in (1, 2, 3):
+        estimates({"student/loss": 1.0, "student/val_acc": 0.5}, step)
+    assert lines == [
+        "qrl: teacher epoch 1/12 took 9.8 s, about 1.8 min left for the teacher",
+        "qrl: student epoch 1/10 took 8.0 s, about 72 s left for the student",
+        "qrl: student epoch 2/10 took 1.0 s, about 8 s left for the student",  # revised
+    ]
+
+
+def test_the_cached_victim_prints_estimates_without_progress_bars(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("QRL_CACHE", str(tmp_path))
+    monkeypatch.setattr(victim_module, "victim_recipe", _quick_recipe)
+    victim_module.default_victim(preset("int8_dynamic"), progress=False, model="mlp")
+    out = capsys.readouterr().out
+    assert "qrl: teacher epoch 1/1 took" in out and "qrl: student epoch 1/1 took" in out
+
+
+def test_the_cached_victim_distils_on_one_thread_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QRL_CACHE", str(tmp_path))
+    monkeypatch.delenv(victim_module.THREADS_ENV, raising=False)
+    monkeypatch.setattr(victim_module, "victim_recipe", _quick_recipe)
+    seen: list[int] = []
+    real = victim_module.distil
+
+    def counting(*args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(victim_module, "distil", counting)
+    before = torch.get_num_threads()
+    victim_module.default_victim(preset("int8_dynamic"), progress=False, model="mlp")
+    assert seen == [1] and torch.get_num_threads() == before  # restored afterwards
+    monkeypatch.setenv(victim_module.THREADS_ENV, "2")
+    assert victim_module.victim_threads() == 2
+    monkeypatch.setenv(victim_module.THREADS_ENV, "two")
+    with pytest.raises(ConfigError, match="QRL_VICTIM_THREADS must be an integer"):
+        victim_module.victim_threads()
