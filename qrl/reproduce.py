@@ -148,7 +148,8 @@ def cross_evaluate(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     """Stage C for one seed: cross-evaluation rows, per-layer drops, plots; stored in
     `STAGE_C_FILE` with its key and returned as it reads back (a rerun gives the same bytes)."""
     key = stage_c_key(cfg, seed, root)
-    loaded = {kind: load_pair(root / kind) for kind in KINDS}
+    device = task_device(cfg)  # Stage C where the pairs trained
+    loaded = {kind: load_pair(root / kind).to(device) for kind in KINDS}
     data = instantiate(load_run_config(root / "distill").data)  # the pairs' split
     test = data.test
     rows = cross_evaluation(

@@ -191,11 +191,13 @@ def vulnerability(pair: Pair, split: Split) -> dict[str, Any]:
     for col in range(own.shape[1]):
         bits = torch.full_like(own, 8)
         bits[:, col] = own[:, col]
-        per_layer.append(rate(fp_right) - rate(quantized_right(pair.qnetwork, x, y, bits)))
+        per_layer.append(
+            accuracy_drop(rate(fp_right), rate(quantized_right(pair.qnetwork, x, y, bits)))
+        )
     q_logits = torch.cat([pair.logits(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
     q_right = correct(q_logits, y)
     classes = sorted(int(c) for c in y.unique())
-    per_class = [rate(fp_right[y == c]) - rate(q_right[y == c]) for c in classes]
+    per_class = [accuracy_drop(rate(fp_right[y == c]), rate(q_right[y == c])) for c in classes]
     flip = torch.nonzero(fp_right & ~q_right).flatten()
     return {
         "per_layer": per_layer,
