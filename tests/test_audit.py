@@ -18,8 +18,9 @@ from qrl.errors import CheckpointError, DataError
 from qrl.models import MLP
 from qrl.planted import plant_brightness_outlier, planted_digits_mlp
 from qrl.quant import QuantConfig, preset, quantized_copy
+from tests.conftest import run_at_once
 
-FAST = ["env.batch_size=64", "eval.samples=256", "eval.bootstrap=300"]
+FAST = ["env.batch_size=64", "eval.samples=256", "eval.bootstrap=300", "archive.grid=4"]
 SPEC = {"_target_": "qrl.models.MLP", "hidden": [32]}
 
 
@@ -171,10 +172,12 @@ def test_audit_checks_ready_image_data_and_converts_channels_last(small_model) -
     assert as_image_data(last).train.x.shape == data.train.x.shape
 
 
+def _command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qrl.audit", *args]
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qrl.audit", *args], capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run(_command(*args), capture_output=True, text=True, timeout=600)
 
 
 def test_audit_cli_loads_every_checkpoint_kind(small_model, tmp_path: Path) -> None:
@@ -193,15 +196,19 @@ def test_audit_cli_loads_every_checkpoint_kind(small_model, tmp_path: Path) -> N
         "progress=false",
         *FAST,
     ]
-    for i, (path, extra) in enumerate(
-        [
-            (qrl_ckpt, []),
-            (scripted, ["quant=int8_dynamic", "quant.backend=onnxruntime"]),  # real kernels only
-            (state, ["+model.spec._target_=qrl.models.MLP", "+model.spec.hidden=[32]"]),
-        ]
-    ):
-        out = tmp_path / f"run{i}"
-        result = _cli(f"model.path={path}", *common, *extra, f"hydra.run.dir={out}")
+    kinds = [
+        (qrl_ckpt, []),
+        (scripted, ["quant=int8_dynamic", "quant.backend=onnxruntime"]),  # real kernels only
+        (state, ["+model.spec._target_=qrl.models.MLP", "+model.spec.hidden=[32]"]),
+    ]
+    outs = [tmp_path / f"run{i}" for i in range(len(kinds))]
+    results = run_at_once(
+        *(
+            _command(f"model.path={path}", *common, *extra, f"hydra.run.dir={out}")
+            for (path, extra), out in zip(kinds, outs, strict=True)
+        )
+    )
+    for out, result in zip(outs, results, strict=True):
         assert result.returncode == 0, result.stderr[-2000:]
         assert (out / "metrics.json").is_file() and "held-out gap" in result.stdout
 
@@ -210,21 +217,23 @@ def test_audit_cli_errors_name_what_to_fix(small_model, tmp_path: Path) -> None:
     model, _ = small_model
     scripted = tmp_path / "model.ts"
     torch.jit.trace(model, torch.rand(2, 1, 8, 8)).save(str(scripted))
-    simulated = _cli(f"model.path={scripted}", "data=synthetic", f"hydra.run.dir={tmp_path / 's'}")
-    assert simulated.returncode == 2 and "quant.backend=onnxruntime" in simulated.stderr
-    missing = _cli(f"model.path={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'a'}")
-    assert missing.returncode == 2 and "nope.pt does not exist" in missing.stderr
     state = tmp_path / "weights.pt"
     torch.save(model.state_dict(), state)
-    no_spec = _cli(f"model.path={state}", "data=synthetic", f"hydra.run.dir={tmp_path / 'b'}")
-    assert no_spec.returncode == 2 and "+model.spec._target_" in no_spec.stderr
-    wrong_shape = _cli(
-        f"model.path={state}",
-        "data=digits",
-        "+model.spec._target_=qrl.models.MLP",
-        "+model.spec.hidden=[32]",
-        f"hydra.run.dir={tmp_path / 'c'}",
+    simulated, missing, no_spec, wrong_shape = run_at_once(
+        _command(f"model.path={scripted}", "data=synthetic", f"hydra.run.dir={tmp_path / 's'}"),
+        _command(f"model.path={tmp_path / 'nope.pt'}", f"hydra.run.dir={tmp_path / 'a'}"),
+        _command(f"model.path={state}", "data=synthetic", f"hydra.run.dir={tmp_path / 'b'}"),
+        _command(
+            f"model.path={state}",
+            "data=digits",
+            "+model.spec._target_=qrl.models.MLP",
+            "+model.spec.hidden=[32]",
+            f"hydra.run.dir={tmp_path / 'c'}",
+        ),
     )
+    assert simulated.returncode == 2 and "quant.backend=onnxruntime" in simulated.stderr
+    assert missing.returncode == 2 and "nope.pt does not exist" in missing.stderr
+    assert no_spec.returncode == 2 and "+model.spec._target_" in no_spec.stderr
     assert wrong_shape.returncode == 2 and "does not fit model qrl.models.MLP" in wrong_shape.stderr
     assert not (tmp_path / "c" / "metrics.json").exists()
 

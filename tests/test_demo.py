@@ -27,6 +27,7 @@ SMALL = [
     "search.agents=[random]",
     "search.evaluations=6",
     "search.overrides.eval.samples=64",
+    "search.overrides.archive.grid=4",
     "cross.pattern_limit=50",
     "progress=false",
 ]

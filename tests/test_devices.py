@@ -107,6 +107,7 @@ def test_auto_on_this_cpu_machine_gives_the_numbers_of_cpu(tmp_path) -> None:
         pytest.skip("auto is a GPU on this machine")
     tiny = ["agent=ppo", "budget.evaluations=32", "env.batch_size=32", "eval.samples=128"]
     tiny += ["eval.bootstrap=50", "confirm.backends=[onnxruntime]", "progress=false"]
+    tiny += ["archive.grid=4"]
     found = {}
     for device in ("auto", "cpu"):
         out = tmp_path / device

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from qrl import distill
 from qrl.checkpoints import load_model
 from qrl.config import load_config
 from qrl.errors import CheckpointError
-from tests.conftest import QUICK
+from tests.conftest import QUICK, run_at_once
 
 
 def test_kd_loss_matches_its_formula() -> None:
@@ -103,26 +102,26 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
         load_model(tmp_path / "missing.pt")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "qrl.distill", *args], capture_output=True, text=True, timeout=600
-    )
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qrl.distill", *args]
 
 
 def test_cli_end_to_end_and_clear_errors(tmp_path: Path) -> None:
-    ok = _cli(*QUICK, f"hydra.run.dir={tmp_path / 'run'}")
+    bad_ckpt = tmp_path / "broken.pt"
+    bad_ckpt.write_bytes(b"\x00" * 10)
+    ok, failed, no_root, unknown = run_at_once(
+        _cli(*QUICK, f"hydra.run.dir={tmp_path / 'run'}"),
+        _cli(*QUICK, f"teacher.path={bad_ckpt}", f"hydra.run.dir={tmp_path / 'bad'}"),
+        _cli("data=mnist", f"hydra.run.dir={tmp_path / 'mnist'}"),
+        _cli("data=imagenet", f"hydra.run.dir={tmp_path / 'unknown'}"),
+    )
     assert ok.returncode == 0, ok.stderr
     assert "student" in ok.stdout and (tmp_path / "run" / "metrics.json").is_file()
 
-    bad_ckpt = tmp_path / "broken.pt"
-    bad_ckpt.write_bytes(b"\x00" * 10)
-    failed = _cli(*QUICK, f"teacher.path={bad_ckpt}", f"hydra.run.dir={tmp_path / 'bad'}")
     assert failed.returncode == 2
     assert "error: checkpoint" in failed.stderr and "Traceback" not in failed.stderr
     assert not (tmp_path / "bad" / "metrics.json").exists()
 
-    no_root = _cli("data=mnist", f"hydra.run.dir={tmp_path / 'mnist'}")
     assert no_root.returncode == 2 and "data.root is not set" in no_root.stderr
 
-    unknown = _cli("data=imagenet", f"hydra.run.dir={tmp_path / 'unknown'}")
     assert unknown.returncode == 2 and "unknown data option 'imagenet'" in unknown.stderr

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -77,20 +78,203 @@ def test_keys_a_script_sets_cannot_be_overridden_and_commands_are_shell_safe() -
     assert line.startswith("Generated on ") and "CPU cores" in line and "torch" in line
 
 
-@pytest.mark.parametrize(
-    "script",
-    sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.name != "common.py"),
-)
-def test_every_experiment_script_starts(
-    script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+class _Launched(Exception):
+    """Raised in place of a script's real work: what it launched is in `args[0]`."""
+
+
+def _load_script(script: str, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(str(EXPERIMENTS))  # how `python experiments/x.py` finds common
     spec = importlib.util.spec_from_file_location(script, EXPERIMENTS / f"{script}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def _overrides(command: list[str]) -> tuple[str, dict[str, str]]:
+    """(the qrl task a command runs, its task overrides as {key: value})."""
+    assert command[:2] == [sys.executable, "-m"] and command[2].startswith("qrl."), command
+    task = command[2].removeprefix("qrl.")
+    assert importlib.util.find_spec(f"qrl.{task}") is not None, task
+    values = dict(arg.split("=", 1) for arg in command[3:] if arg != "-m")
+    return task, {k: v for k, v in values.items() if not k.startswith("hydra.")}
+
+
+def _check_composes(task: str, overrides: dict[str, str]) -> None:
+    """Every value of a sweep is a config the task accepts: each option of a group names a
+    file, and the first value of each key composes (a stale key or option fails here)."""
+    from qrl.config import CONF_DIR, load_config
+
+    first = []
+    for key, value in overrides.items():
+        options = [value] if value.startswith("[") else value.split(",")
+        group = CONF_DIR / key.lstrip("+")
+        if group.is_dir():
+            for option in options:
+                assert (group / f"{option}.yaml").is_file(), f"{key}={option}"
+        first.append(f"{key}={options[0]}")
+    load_config(task, [*first, "out=unused"])
+
+
+# Per script: tiny arguments, and the overrides its sweep must carry (the arguments, in Hydra's
+# words). The sweeps are where the scripts' work happens; the reports are tested above.
+SWEEPS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "agents_vs_baselines": (
+        ["--agents", "random,es", "--seeds", "7", "--evaluations", "12"],
+        {"agent": "random,es", "seed": "7", "budget.evaluations": "12", "env.reference": "student"},
+    ),
+    "honest_selection": (
+        ["--agents", "es", "--seeds", "3,4", "--evaluations", "20", "--reference", "teacher"],
+        {"agent": "es", "seed": "3,4", "budget.evaluations": "20", "env.reference": "teacher"},
+    ),
+    "pairs_table": (
+        ["--models", "mlp", "--budgets", "3.0", "--seeds", "4"],
+        {"victim.model": "mlp", "bits.budget": "3.0", "kind": "detrimental,robust", "seed": "4"},
+    ),
+    "drop_vs_budget": (
+        ["--model", "mlp", "--budgets", "3.0,5.0", "--seeds", "4"],
+        {"victim.model": "mlp", "bits.budget": "3.0,5.0", "seed": "4"},
+    ),
+    "granularity": (
+        ["--model", "mlp", "--budget", "5.0", "--seeds", "4"],
+        {"victim.model": "mlp", "bits.budget": "5.0", "kind": "detrimental,robust", "seed": "4"},
+    ),
+    "search_benchmark": (["members.count=2"], {"members.count": "2", "progress": "false"}),
+}
+IN_PROCESS = {"planted_vulnerability", "policy_alone", "simulator_fidelity", "tune_agents"}
+SCRIPTS = sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.name != "common.py")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_experiment_script_starts(
+    script: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    module = _load_script(script, monkeypatch)
     monkeypatch.setattr(sys, "argv", [f"{script}.py", "--help"])
     with pytest.raises(SystemExit) as stopped:
         module.main()
     assert stopped.value.code == 0
     assert capsys.readouterr().out.startswith("usage:")
+    assert script in SWEEPS or script in IN_PROCESS, f"{script}: add it to SWEEPS or IN_PROCESS"
+
+
+@pytest.mark.parametrize("script", sorted(SWEEPS))
+def test_every_sweep_script_launches_its_arguments_as_a_valid_sweep(
+    script: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_script(script, monkeypatch)
+    monkeypatch.chdir(tmp_path)  # the scripts enter the repository; the test's cwd comes back
+
+    def launched(command: list[str], sweep: bool = True) -> None:
+        raise _Launched(command)
+
+    monkeypatch.setattr(module.common, "run", launched)
+    args, expected = SWEEPS[script]
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--out", str(tmp_path / "out"), *args])
+    with pytest.raises(_Launched) as stopped:
+        module.main()
+    command = stopped.value.args[0]
+    task, overrides = _overrides(command)
+    assert {k: overrides.get(k) for k in expected} == expected
+    _check_composes(task, overrides)
+    if task in ("search", "pairs"):  # a multirun, one job dir per configuration
+        assert "-m" in command[3:] and any(a.startswith("hydra.sweep.dir=") for a in command)
+
+
+def test_the_fidelity_script_runs_the_fidelity_benchmark(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_script("simulator_fidelity", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+
+    def launched(command: list[str], sweep: bool = True) -> None:
+        raise _Launched(command)
+
+    monkeypatch.setattr(module.common, "run", launched)
+    monkeypatch.setattr(sys, "argv", ["simulator_fidelity.py", "--out", str(tmp_path)])
+    with pytest.raises(_Launched) as stopped:
+        module.main()
+    python, benchmark, *rest = stopped.value.args[0]
+    assert python == sys.executable and Path(benchmark).is_file()
+    assert Path(benchmark).name == "fidelity.py" and rest == [
+        "--out",
+        str(tmp_path / "fidelity.md"),
+    ]
+    assert "--out" in Path(benchmark).read_text()  # an option the benchmark takes
+
+
+def test_the_planted_script_audits_each_agent_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qrl.config import load_config
+
+    module = _load_script("planted_vulnerability", monkeypatch)
+    calls: list[dict] = []
+
+    def audit(model, data, **kwargs):
+        calls.append(kwargs)
+        if len(calls) == 4:  # two agents x two seeds
+            raise _Launched(calls)
+        return type("Result", (), {"gap": 0.5 if kwargs["agent"] == "es" else 0.0})()
+
+    monkeypatch.setattr(module, "planted_digits_mlp", lambda seed: ("model", "data"))
+    monkeypatch.setattr(module, "audit", audit)
+    argv = ["--evaluations", "30", "--seeds", "2", "--agents", "es,random", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", ["planted_vulnerability.py", *argv])
+    with pytest.raises(_Launched):
+        module.main()
+    assert [(c["agent"], c["seed"], c["evaluations"]) for c in calls] == [
+        ("es", 0, 30),
+        ("es", 1, 30),
+        ("random", 0, 30),
+        ("random", 1, 30),
+    ]
+    assert len({c["out"] for c in calls}) == 4 and all(tmp_path in c["out"].parents for c in calls)
+    quant = calls[0]["quant"]
+    assert quant.act_bits == 4 and quant.act_granularity == "per_tensor"  # what the unit breaks
+    load_config("search", [*calls[0]["overrides"], "out=unused"])  # the overrides compose
+
+
+def test_the_policy_script_trains_a_frozen_network_policy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_script("policy_alone", monkeypatch)
+    distilled: list = []
+
+    def pairs_run(cfg):
+        raise _Launched(cfg)
+
+    monkeypatch.setattr(module, "distill", SimpleNamespace(run=distilled.append))
+    monkeypatch.setattr(module, "pairs", SimpleNamespace(run=pairs_run))
+    with pytest.raises(_Launched) as stopped:
+        module.main(["--out", str(tmp_path), "--seed", "3"])
+    (distill_cfg,) = distilled  # no distill run given: it distils one first
+    assert distill_cfg.out == str(tmp_path / "distill") and distill_cfg.seed == 3
+    cfg = stopped.value.args[0]
+    assert cfg.kind == "detrimental" and cfg.train.net_steps == 0  # the network stays frozen
+    assert cfg.victim.run == str(tmp_path / "distill") and cfg.seed == 3
+    assert cfg.out == str(tmp_path / "policy")
+
+
+def test_the_tuning_script_searches_tuning_members_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_script("tune_agents", monkeypatch)
+    asked: list[int] = []
+
+    def members(n: int) -> list[str]:
+        asked.append(n)
+        return [f"member{i}" for i in range(n)]
+
+    def run_one(member, agent, seed, budget, options):
+        raise _Launched(member, agent, seed, budget, options)
+
+    monkeypatch.setattr(module, "tuning_members", members)
+    monkeypatch.setattr(module, "run_one", run_one)
+    argv = ["--agents", "ppo", "--trials", "1", "--members", "2", "--seeds", "3", "--budget", "50"]
+    monkeypatch.setattr(sys, "argv", ["tune_agents.py", *argv, "--out", str(tmp_path)])
+    with pytest.raises(_Launched) as stopped:
+        module.main()
+    member, agent, seed, budget, options = stopped.value.args
+    assert asked == [2] and member == "member0" and seed == 3 and budget == 50
+    assert agent.name == "ppo" and "model" in agent and options

@@ -23,7 +23,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     victim = root / "victim"
     distill.run(load_config("distill", [*QUICK, f"out={victim}"]))
     tiny = ["budget.evaluations=8", "env.batch_size=32", "progress=false", "eval.samples=64"]
-    tiny += ["eval.bootstrap=50", "confirm.backends=[]", f"victim.run={victim}"]
+    tiny += ["eval.bootstrap=50", "confirm.backends=[]", f"victim.run={victim}", "archive.grid=4"]
     for i, (agent, seed) in enumerate([(a, s) for a in ("random", "es") for s in (0, 1)]):
         job = [f"out={root / 'sweep' / str(i)}", f"agent={agent}", f"seed={seed}"]
         search.run(load_config("search", [*tiny, *job]))

@@ -74,6 +74,7 @@ def test_torch_ao_backend_refuses_models_without_linear_layers() -> None:
         TorchAOBackend(torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3)))
 
 
+@pytest.mark.exact_int8  # ONNX Runtime's 8-bit weights: exact only with VNNI
 def test_int8_cnn_agrees_with_onnxruntime_on_digits(digits_run: Path) -> None:
     student, _ = load_model(digits_run / "student.pt")
     assert isinstance(student, SmallCNN)

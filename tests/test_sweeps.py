@@ -13,7 +13,7 @@ from qrl import report
 from qrl.cli import EXIT_JOBS_FAILED
 from qrl.runs import CONFIG_FILE, METRICS_FILE
 from qrl.sweeps import FAILURE_FILE, OVERRIDES_FILE, read_overrides
-from tests.conftest import FAST_SEARCH
+from tests.conftest import FAST_SEARCH, run_at_once
 
 # A search small enough for a sweep of three jobs in a test.
 TINY_SEARCH = [*FAST_SEARCH, "budget.evaluations=8"]
@@ -35,11 +35,15 @@ def sweep(victim: Path, sweep_dir: Path, *args: str) -> subprocess.CompletedProc
     )
 
 
-def test_one_invalid_job_fails_alone_and_is_named(victim: Path, tmp_path: Path) -> None:
-    # The middle job's reference is unknown: it fails inside the search, after W&B started.
-    result = sweep(victim, tmp_path, "env.reference=teacher,nobody,student", "logger=wandb")
+def _one_invalid_job(victim: Path, sweep_dir: Path, *args: str) -> list[Path]:
+    """Sweep three references, the middle one unknown: it fails inside the search. Checks
+    that it fails alone, is recorded and named, and that the others finish; returns the jobs.
+    """
+    # Three parallel jobs (the default launcher, joblib, with one job per CPU otherwise).
+    references = "env.reference=teacher,nobody,student"
+    result = sweep(victim, sweep_dir, references, "hydra.launcher.n_jobs=3", *args)
     assert result.returncode == EXIT_JOBS_FAILED  # the sweep finished; one of its jobs failed
-    jobs = sorted((p for p in tmp_path.iterdir() if p.is_dir()), key=lambda p: p.name)
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir()), key=lambda p: p.name)
     assert [p.name[:2] for p in jobs] == ["0_", "1_", "2_"]  # one flat dir per job
     references = [_value(read_overrides(job), "env.reference") for job in jobs]
     assert references == ["teacher", "nobody", "student"]
@@ -57,26 +61,47 @@ def test_one_invalid_job_fails_alone_and_is_named(victim: Path, tmp_path: Path) 
     assert len(named) == 1 and named[0].startswith(f"  #1 {bad}: ConfigError: ")
     assert "env.reference=nobody" in bad.name
     # qrl.report groups the finished jobs by the swept key and names the failed one.
-    scanned = report.scan_runs(tmp_path)
+    scanned = report.scan_runs(sweep_dir)
     assert [r["run_dir"] for r in scanned["failed"]] == [str(bad)]
     keys, groups = report.group_runs(scanned["finished"])
     assert keys == ["env.reference"] and sorted(groups) == [("student",), ("teacher",)]
+    return jobs
+
+
+def test_one_invalid_job_fails_alone_and_is_named(victim: Path, tmp_path: Path) -> None:
+    jobs = _one_invalid_job(victim, tmp_path)
+    assert not any((job / "wandb").exists() for job in jobs)  # W&B only when asked for
+    assert all((job / "log.csv").is_file() for job in jobs)  # the CSV log always
+
+
+# The same sweep with W&B: slow, since W&B waits ~10 s before it finishes a run whose only
+# TensorBoard dir is qrl's. That a failed search still finishes its W&B run (exit code 1) is
+# checked in `make test` by tests/test_search.py and tests/test_loggers.py.
+@pytest.mark.slow
+def test_one_invalid_job_fails_alone_and_finishes_its_wandb_run(
+    victim: Path, tmp_path: Path
+) -> None:
+    # The middle job fails inside the search, after W&B started.
+    jobs = _one_invalid_job(victim, tmp_path, "logger=wandb")
     # Every W&B run was finished: the failed one with exit code 1, the others with 0.
-    for job, code in [(jobs[0], 0), (bad, 1), (jobs[2], 0)]:
+    for job, code in [(jobs[0], 0), (jobs[1], 1), (jobs[2], 0)]:
         (log,) = job.glob("wandb/offline-run-*/logs/debug.log")
         assert f"got exitcode: {code}" in log.read_text(), job.name
 
 
 def test_a_rerun_that_succeeds_clears_the_failure(victim: Path, tmp_path: Path) -> None:
     same_dir = "hydra.sweep.subdir=job0"  # both attempts write the same job dir
-    first = sweep(victim, tmp_path, "budget.evaluations=abc", same_dir)
+    # One job a sweep: Hydra's basic launcher runs it in the sweep's own process (joblib's,
+    # the default, is tested above).
+    basic = "hydra/launcher=basic"
+    first = sweep(victim, tmp_path, "budget.evaluations=abc", same_dir, basic)
     assert first.returncode != 0
     (job,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     assert (
         "budget.evaluations must be int" in json.loads((job / FAILURE_FILE).read_text())["message"]
     )
     assert (job / OVERRIDES_FILE).is_file()
-    again = sweep(victim, tmp_path, "budget.evaluations=8", same_dir)
+    again = sweep(victim, tmp_path, "budget.evaluations=8", same_dir, basic)
     assert again.returncode == 0, again.stderr[-2000:]
     assert (job / METRICS_FILE).is_file() and not (job / FAILURE_FILE).exists()
     assert _value(read_overrides(job), "budget.evaluations") == "8"
@@ -94,19 +119,15 @@ def _value(overrides: list[str] | None, key: str) -> str | None:
 def test_a_single_run_records_its_overrides_only_when_it_finishes(
     victim: Path, tmp_path: Path
 ) -> None:
-    def single(out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    def single(out: Path, *args: str) -> list[str]:
         where = [f"victim.run={victim}", f"hydra.run.dir={out}"]
-        return subprocess.run(
-            [sys.executable, "-m", "qrl.search", *where, *TINY_SEARCH, *args],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        return [sys.executable, "-m", "qrl.search", *where, *TINY_SEARCH, *args]
 
-    bad = single(tmp_path / "bad", "eval.samples=0")
+    bad, good = run_at_once(
+        single(tmp_path / "bad", "eval.samples=0"), single(tmp_path / "good", "seed=3")
+    )
     assert bad.returncode == 2 and "eval.samples must be >= 1" in bad.stderr
     assert not (tmp_path / "bad" / OVERRIDES_FILE).exists()  # no record of a run that was not
     assert not (tmp_path / "bad" / FAILURE_FILE).exists()  # a single run says why on stderr
-    good = single(tmp_path / "good", "seed=3")
     assert good.returncode == 0, good.stderr[-2000:]
     assert _value(read_overrides(tmp_path / "good"), "seed") == "3"

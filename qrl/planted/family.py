@@ -29,7 +29,7 @@ tuning never sees a held-out member.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -127,10 +127,18 @@ class Member:
         quant: the member's dynamic quantizer.
         task: the default input-distribution task on the train split (reference: the model in
             full precision), which draws the reference inputs of `trigger_rate`.
+        probes: the actions the generator accepted the member on: the identity and `PROBES`
+            random ones, on each of which the reference draw either triggers the planted unit
+            or the quantized copy loses at most MAX_OUTSIDE_DROP (`confined`). Empty for a
+            member not made by `generate_member`.
+        volume_probes: for a narrow member, the `VOLUME_PROBES` uniform random actions none of
+            which is in its region; empty otherwise.
     """
 
     def __init__(self, spec: MemberSpec, model: nn.Module, data: ImageData) -> None:
         self.spec, self.model, self.data = spec, model, data
+        self.probes: tuple[np.ndarray, ...] = ()
+        self.volume_probes: tuple[np.ndarray, ...] = ()
         self.quant: QuantConfig = preset(
             "int4_dynamic", act_bits=spec.bits, act_granularity=spec.granularity
         )
@@ -154,6 +162,17 @@ class Member:
     def found(self, action: np.ndarray) -> bool:
         """Whether `action` is in the member's failure region (a fact, not a gap threshold)."""
         return self.trigger_rate(action) >= FOUND_RATE
+
+    def outside_drop(self, action: np.ndarray) -> float | None:
+        """The quantized copy's accuracy drop on the fixed draw of `action`, or None where the
+        planted unit fires on any input of the draw (the action is not outside the region)."""
+        x, y = self.reference_inputs(action)
+        if bool(triggered(self.model, x).any()):
+            return None
+        with torch.no_grad():
+            fp = float((self.model(x).argmax(1) == y).float().mean())
+            q = float((self.victim.qstudent(x).argmax(1) == y).float().mean())
+        return fp - q
 
 
 def _calibration(task: FailureTask, rng: np.random.Generator) -> Tensor:
@@ -189,17 +208,12 @@ def _bands_around(
     return tuple(bands)
 
 
-def _confined(member: Member, probes: list[np.ndarray]) -> bool:
+def confined(member: Member, probes: Iterable[np.ndarray]) -> bool:
     """The quantized copy keeps its float accuracy (within MAX_OUTSIDE_DROP) on the probe
     actions whose reference draw never triggers: the failure does not leak outside."""
     for action in probes:
-        x, y = member.reference_inputs(action)
-        if bool(triggered(member.model, x).any()):
-            continue
-        with torch.no_grad():
-            fp = float((member.model(x).argmax(1) == y).float().mean())
-            q = float((member.victim.qstudent(x).argmax(1) == y).float().mean())
-        if fp - q > MAX_OUTSIDE_DROP:
+        drop = member.outside_drop(action)
+        if drop is not None and drop > MAX_OUTSIDE_DROP:
             return False
     return True
 
@@ -241,9 +255,14 @@ def _attempt(seed: int, rng: np.random.Generator) -> Member | None:
     volume = [rng.uniform(-1, 1, task.action_space.shape) for _ in range(VOLUME_PROBES)]
 
     def acceptable(member: Member) -> bool:
-        if not _confined(member, probes):
+        if not confined(member, probes):
             return False
-        return not narrow or not any(member.found(a) for a in volume)
+        if narrow and any(member.found(a) for a in volume):
+            return False
+        # Kept, so that what the member was accepted on can be checked again (the tests do).
+        member.probes = tuple(probes)
+        member.volume_probes = tuple(volume) if narrow else ()
+        return True
 
     identity = np.zeros(task.action_space.shape)
     if bits == 4:
@@ -286,6 +305,24 @@ def _valid_anchors(
                 yield anchor, x
 
 
+def _halfspace_towards(
+    x: Tensor, clean: Tensor, spread: Tensor, names: list[str], rng: np.random.Generator
+) -> HalfSpace:
+    """The half-space d . s > t of the anchor's inputs `x` against the clean statistics."""
+    # Pointing from the clean images' statistics towards the anchor's, so that a threshold
+    # can hold most of the anchor's inputs and (almost) none of the clean ones.
+    shift = image_statistics(x, names).median(dim=0).values - clean.median(dim=0).values
+    weights = torch.sign(shift) * torch.as_tensor(rng.uniform(0.5, 1.5, len(names)))
+    direction = (weights / spread).float()
+    projected = (image_statistics(x, names) @ direction).numpy()
+    q1, q3 = np.quantile(projected, [0.25, 0.75])
+    clean_top = float(torch.quantile(clean @ direction, 0.995))
+    threshold = max(float(np.quantile(projected, rng.uniform(0.05, 0.4))), clean_top)
+    return HalfSpace(
+        tuple(names), tuple(float(d) for d in direction), threshold, max(float(q3 - q1), 1e-3)
+    )
+
+
 def _halfspace_member(
     seed: int,
     arch: str,
@@ -305,21 +342,7 @@ def _halfspace_member(
     spread = (clean.quantile(0.75, dim=0) - clean.quantile(0.25, dim=0)).clamp_min(0.01)
     identity = np.zeros(task.action_space.shape)
     for anchor, x in _valid_anchors(base, task, seed, rng):
-        # Pointing from the clean images' statistics towards the anchor's, so that a threshold
-        # can hold most of the anchor's inputs and (almost) none of the clean ones.
-        shift = image_statistics(x, names).median(dim=0).values - clean.median(dim=0).values
-        weights = torch.sign(shift) * torch.as_tensor(rng.uniform(0.5, 1.5, len(names)))
-        direction = (weights / spread).float()
-        projected = (image_statistics(x, names) @ direction).numpy()
-        q1, q3 = np.quantile(projected, [0.25, 0.75])
-        clean_top = float(torch.quantile(clean @ direction, 0.995))
-        threshold = max(float(np.quantile(projected, rng.uniform(0.05, 0.4))), clean_top)
-        region = HalfSpace(
-            tuple(names),
-            tuple(float(d) for d in direction),
-            threshold,
-            max(float(q3 - q1), 1e-3),
-        )
+        region = _halfspace_towards(x, clean, spread, names, rng)
         model = plant_halfspace(
             base,
             region.statistics,
