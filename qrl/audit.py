@@ -23,12 +23,11 @@ command line) makes the search rank policies by the teacher gap instead.
 from __future__ import annotations
 
 import copy
-import json
 import sys
 import time
 import types
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,13 +49,14 @@ from qrl.errors import CheckpointError, ConfigError, DataError
 from qrl.quant import QuantConfig, as_quant_config
 from qrl.runs import start_run
 from qrl.search import check_settings, search_victim
+from qrl.searching import SearchResult
 from qrl.sweeps import task_device
 from qrl.victim import Victim
 
 
-@dataclass
+@dataclass(frozen=True)
 class AuditResult:
-    """What an audit found.
+    """What an audit found: the held-out numbers of its search's `SearchResult`, in memory.
 
     Attributes:
         policy: the chosen action (the policy's parameters in [-1, 1]).
@@ -69,9 +69,10 @@ class AuditResult:
         teacher_gap: held-out teacher minus quantized accuracy.
         acc_teacher, acc_fp, acc_q: held-out accuracies under the policy.
         confirm_gap: the gap on a real int8 backend, when one ran (else None).
-        archive: the top policies of the search, best first.
-        metrics: everything the run wrote to `metrics.json`.
+        archive: the top policies of the search, best first (the rows of `archive.json`).
         run_dir: the run's directory (archive, failure grid, search curve, logs).
+        search: the whole search result (selection, baseline, kernels, provenance).
+        metrics: everything the run wrote to `metrics.json` (`to_metrics()`).
     """
 
     policy: np.ndarray
@@ -86,8 +87,39 @@ class AuditResult:
     acc_q: float
     confirm_gap: float | None
     archive: list[dict[str, Any]]
-    metrics: dict[str, Any]
     run_dir: Path
+    search: SearchResult = field(repr=False)
+
+    @classmethod
+    def from_search(cls, search: SearchResult) -> AuditResult:
+        """The audit's view of a finished search (from memory: no file is read back)."""
+        held_out = search.held_out
+        confirm_gap = search.confirm.get("confirm/gap")
+        return cls(
+            policy=np.asarray(search.action, dtype=np.float64),
+            description=search.description,
+            reference=search.reference,
+            gap=float(held_out.gap),
+            gap_ci=(float(held_out.ci[0]), float(held_out.ci[1])),
+            drop=float(held_out.drop_fp),
+            teacher_gap=float(held_out.teacher_gap),
+            acc_teacher=float(held_out.acc_teacher),
+            acc_fp=float(held_out.acc_fp),
+            acc_q=float(held_out.acc_q),
+            confirm_gap=None if confirm_gap is None else float(confirm_gap),
+            archive=list(search.archive),
+            run_dir=search.run_dir,
+            search=search,
+        )
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Everything the run wrote to `metrics.json` (`to_metrics()`)."""
+        return self.to_metrics()
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The `metrics.json` keys: the search's (`SearchResult.to_metrics`)."""
+        return self.search.to_metrics()
 
     def __str__(self) -> str:
         name = (
@@ -208,7 +240,7 @@ def audit(
         place,
     )
     run_dir, _ = start_run(cfg)  # claim cfg.out for this config, drop a stale result, seed
-    return _result(run_dir, search_victim(victim, cfg, run_dir, started))
+    return AuditResult.from_search(search_victim(victim, cfg, run_dir, started))
 
 
 def _api_config(
@@ -257,26 +289,6 @@ def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` if it is on `device` already, else a copy of it (the caller's model stays put;
     `Victim.from_models` moves what it gets)."""
     return model if module_device(model) == device else copy.deepcopy(model)
-
-
-def _result(run_dir: Path, metrics: Mapping[str, Any]) -> AuditResult:
-    """The result of a finished search from its metrics (and the archive it wrote)."""
-    return AuditResult(
-        policy=np.asarray(metrics["policy/action"]),
-        description=str(metrics["policy/description"]),
-        reference=str(metrics["eval/reference"]),
-        gap=float(metrics["eval/gap"]),
-        gap_ci=(float(metrics["eval/gap_ci_low"]), float(metrics["eval/gap_ci_high"])),
-        drop=float(metrics["eval/drop_fp"]),
-        teacher_gap=float(metrics["eval/teacher_gap"]),
-        acc_teacher=float(metrics["eval/acc_teacher"]),
-        acc_fp=float(metrics["eval/acc_fp"]),
-        acc_q=float(metrics["eval/acc_q"]),
-        confirm_gap=float(metrics["confirm/gap"]) if "confirm/gap" in metrics else None,
-        archive=json.loads((run_dir / "archive.json").read_text()),
-        metrics=dict(metrics),
-        run_dir=run_dir,
-    )
 
 
 def load_any_model(path: str | Path, spec: Mapping[str, Any] | None, data: ImageData) -> nn.Module:
@@ -338,7 +350,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         )
     victim = Victim.from_models(teacher, student, data, quant, task_device(cfg))
     out, started = start_run(cfg)
-    result = _result(out, search_victim(victim, cfg, out, started))
+    result = AuditResult.from_search(search_victim(victim, cfg, out, started))
     print(result)
     return result.metrics
 

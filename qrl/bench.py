@@ -41,6 +41,7 @@ from qrl.errors import ConfigError
 from qrl.planted.family import Member, held_out_members, tuning_members
 from qrl.plots import pyplot
 from qrl.runs import atomic_write, start_run, write_metrics
+from qrl.schema import Env, Space
 from qrl.stats import bootstrap_interval, nested_resamples
 from qrl.tables import format_table
 
@@ -323,6 +324,8 @@ def curve_points(
 
 def check_settings(cfg: DictConfig) -> None:
     """A `ConfigError` for settings that cannot run, before any work."""
+    Space.validate(cfg.space)  # the `space` and `env` nodes (qrl.schema)
+    Env.validate(cfg.env)
     checked_number(cfg.budget.evaluations, "budget.evaluations", int, low=1)
     checked_number(cfg.members.count, "members.count", int, low=1)
     checked_number(cfg.bootstrap, "bootstrap", int, low=1)

@@ -96,14 +96,14 @@ def check_group_options(argv: Sequence[str]) -> None:
 
 def checked_options(main: Callable[[], Any]) -> Callable[[], None]:
     """Wrap a `@hydra.main` function: unknown group options and keys on the command line fail
-    first, in one line (`qrl.config.checked_argv`), before Hydra makes a run dir; a run whose
+    first, in one line (`qrl.overrides.checked_argv`), before Hydra makes a run dir; a run whose
     config is refused leaves none (`hydra_task`); a multirun with failed jobs ends naming them,
     with exit code 3 (`EXIT_JOBS_FAILED`: the sweep finished; any other non-zero code means it
     did not)."""
 
     @functools.wraps(main)
     def wrapper() -> None:
-        from qrl.config import checked_argv
+        from qrl.overrides import checked_argv  # registers the node schemas (qrl.schema)
         from qrl.sweeps import report_sweep_failures
 
         try:

@@ -37,6 +37,11 @@ class HeldOutResult:
     images: int
     failures: tuple[Tensor, Tensor, Tensor]
 
+    @property
+    def teacher_gap(self) -> float:
+        """acc(teacher) - acc(quantized student), whatever the gap's reference."""
+        return accuracy_gap(self.acc_teacher, self.acc_q)
+
     def metrics(self, prefix: str) -> dict[str, float]:
         return {
             f"{prefix}/gap": self.gap,
@@ -44,7 +49,7 @@ class HeldOutResult:
             f"{prefix}/gap_ci_high": self.ci[1],
             f"{prefix}/drop_fp": self.drop_fp,
             # Beside the gap to whichever reference: the teacher's, always named as such.
-            f"{prefix}/teacher_gap": accuracy_gap(self.acc_teacher, self.acc_q),
+            f"{prefix}/teacher_gap": self.teacher_gap,
             f"{prefix}/acc_teacher": self.acc_teacher,
             f"{prefix}/acc_fp": self.acc_fp,
             f"{prefix}/acc_q": self.acc_q,

@@ -47,9 +47,9 @@ from qrl.pairing import (
 )
 from qrl.pairing.evaluation import evaluate_pair
 from qrl.pairing.training import STATE_FILE, LossWeights, pair_loss, train_pair
-from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, as_quant_config
 from qrl.runs import start_run, write_metrics
+from qrl.schema import validate_pairs
 from qrl.sweeps import task_device
 from qrl.victim import Victim, default_victim, load_victim, victim_dir
 
@@ -62,21 +62,12 @@ def check_config(cfg: DictConfig) -> None:
     """Refuse bad values before anything is written."""
     if cfg.kind not in KINDS:
         raise ConfigError(f"kind must be one of {list(KINDS)}, got {cfg.kind!r}")
-    t = cfg.train
-    checked_number(t.rounds, "train.rounds", int, low=1)
-    checked_number(t.net_steps, "train.net_steps", int, low=0)
-    checked_number(t.batch_size, "train.batch_size", int, low=1)
-    checked_number(t.tau, "train.tau", low=0, strict=True)
-    checked_number(t.alpha, "train.alpha", low=0, high=1)
-    checked_number(t.lr, "train.lr", low=0, strict=True)
-    for key in ("quant_weight", "keep_weight", "weight_decay"):
-        checked_number(t[key], f"train.{key}", low=0)
+    validate_pairs(cfg)  # `train` and `bits` (qrl.schema)
     checked_number(cfg.ppo.n_envs, "ppo.n_envs", int, low=1)
     checked_number(cfg.ppo.model.n_steps, "ppo.model.n_steps", int, low=1)
     checked_number(cfg.seed, "seed", int, low=0)
     if cfg.eval.split not in SPLITS:
         raise ConfigError(f"eval.split must be one of {list(SPLITS)}, got {cfg.eval.split!r}")
-    BitsDecoder(1, list(cfg.bits.set), float(cfg.bits.budget))  # raises on a bad set or budget
     victim_dir(str(cfg.victim.model))  # raises on an unknown model
 
 
@@ -121,7 +112,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             save_pair(out, kind, qnet, ppo, decoder, quant, spec, InputSpec.of(victim.data))
         pair = load_pair(out).to(victim.device)  # Stage C where the pair trained
         split = getattr(victim.data, str(cfg.eval.split))
-        metrics = evaluate_pair(pair, victim.teacher, split, seed=int(cfg.eval.random_seed))
+        evaluation = evaluate_pair(pair, victim.teacher, split, seed=int(cfg.eval.random_seed))
+        metrics = evaluation.to_metrics()
         log.summary(metrics)
     (out / STATE_FILE).unlink(missing_ok=True)
     record = write_metrics(out, {"kind": kind, **metrics}, seed=seed, started=started)

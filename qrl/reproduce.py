@@ -43,6 +43,7 @@ from qrl.pairing.evaluation import (
 from qrl.pairs import KINDS, load_pair
 from qrl.report import collect_runs
 from qrl.runs import atomic_write, finished_run_of, load_run_config, start_run, write_metrics
+from qrl.schema import merged, validate_reproduce, validate_search
 from qrl.sweeps import task_device
 from qrl.tables import format_table
 
@@ -65,9 +66,7 @@ def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values:
     for group in SHARED:
         if group in stage:
             stage[group] = cfg[group]
-    merged = OmegaConf.merge(stage, extra, values)
-    assert isinstance(merged, DictConfig)
-    return merged
+    return merged(stage, extra, values, at=f"{name}.")  # a bad value's type: one line
 
 
 def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
@@ -202,7 +201,7 @@ def search_config(cfg: DictConfig, agent: str, victim_run: Path, root: Path) -> 
     search_cfg = load_config("search", [f"agent={agent}"])
     OmegaConf.set_struct(search_cfg, False)
     search_cfg.quant, search_cfg.logger = cfg.quant, cfg.logger
-    merged = OmegaConf.merge(
+    return merged(
         search_cfg,
         cfg.search.overrides,
         {
@@ -214,9 +213,8 @@ def search_config(cfg: DictConfig, agent: str, victim_run: Path, root: Path) -> 
             "overwrite": bool(cfg.overwrite),
             "device": str(cfg.get("device", "auto")),
         },
+        at="search.overrides.",
     )
-    assert isinstance(merged, DictConfig)
-    return merged
 
 
 # --- the report ---------------------------------------------------------------------------------
@@ -468,6 +466,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seeds = checked_seeds(cfg.seeds)
     # every stage's values checked before any dir is touched
     task_device(cfg)  # device=cuda without a GPU: one clear error
+    validate_reproduce(cfg)  # its own stage nodes, `search` and `cross` (qrl.schema)
     distill.check_config(stage_config("distill", cfg, cfg.distill))
     pair_cfg = stage_config("pairs", cfg, cfg.pairs)
     pairs.check_config(pair_cfg)
@@ -476,8 +475,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"the report evaluates every pair on the test split: leave pairs.eval.split at test "
             f"(got {pair_cfg.eval.split!r}), or run python -m qrl.pairs for another split"
         )
-    if int(cfg.search.evaluations) < 1 and cfg.search.agents:
-        raise ConfigError(f"search.evaluations must be >= 1, got {cfg.search.evaluations}")
+    if cfg.search.agents:  # the search stage's config too, before any stage runs
+        stage = search_config(cfg, str(cfg.search.agents[0]), Path(), Path())
+        validate_search(stage, at="search.overrides.")
     out, started = start_run(cfg)
     for name in (RESULTS_FILE, REPORT_FILE):  # until this run finishes, no result stands here
         (out / name).unlink(missing_ok=True)

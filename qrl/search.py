@@ -25,6 +25,7 @@ from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR
 from qrl.quant import as_quant_config
 from qrl.runs import start_run
+from qrl.schema import validate_search
 from qrl.searching import check_settings, search_victim
 from qrl.sweeps import task_device
 from qrl.victim import default_victim, load_victim
@@ -33,7 +34,8 @@ __all__ = ["check_settings", "main", "run", "search_victim"]
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Build the victim named by the config and search it; returns the metrics."""
+    """Build the victim named by the config and search it; returns `metrics.json`'s keys."""
+    validate_search(cfg)  # space, env, select, bits (qrl.schema), before anything is written
     check_settings(cfg)  # before the run dir is touched, as is the victim
     device = task_device(cfg)  # device=cuda without a GPU: one clear error, nothing written
     # --- build victim -------------------------------------------------------------------------
@@ -43,7 +45,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         victim = default_victim(quant, device=device, model=str(cfg.victim.model))
     out, started = start_run(cfg)
-    return search_victim(victim, cfg, out, started)
+    return search_victim(victim, cfg, out, started).to_metrics()
 
 
 @checked_options

@@ -4,13 +4,16 @@ Reads top to bottom (`search_victim`): build env and agent, learn (`run_search`)
 best policy by re-scoring the search's top ones on fresh batches inside the budget
 (`search_and_select`, `qrl.selection.select_best`) -> evaluate the chosen policy on held-out
 inputs (`evaluate_best`) -> confirm it on real int8 kernels (`confirm_on_kernels`) -> write
-results (`search_metrics`, `write_results`). `python -m qrl.search` and `qrl.audit` build the
-victim and call `search_victim`.
+results (`search_result`: a `SearchResult`, whose `to_metrics` is `metrics.json`;
+`write_results`). `python -m qrl.search` and `qrl.audit` build the victim and call
+`search_victim`, which returns the `SearchResult`.
 """
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,81 @@ from qrl.victim import DEFAULT_MODEL, Victim, victim_dir
 
 HELD_OUT_SEED_OFFSET = 10_000  # held-out draws never share a seed with the search batches
 SELECT_SEED_OFFSET = 20_000  # nor do the selection's fresh batches
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What one search found and how the chosen policy held up; `to_metrics` is its
+    `metrics.json`.
+
+    The gap is reference - quantized accuracy (the reference is `reference`: the teacher, or
+    the full-precision student, where the gap is the drop); the drop is full precision -
+    quantized accuracy of the same network. Accuracies and gaps are fractions.
+
+    Attributes:
+        best_batch: the search's best single batch (its gap is biased up: the max of noisy
+            batches); `best_batch.index` is the evaluation that found it.
+        search_evaluations: evaluations the search spent (the selection's come on top).
+        selection: the top policies re-scored on fresh batches, and the one chosen.
+        held_out: the chosen policy on held-out draws (gap, its interval, drop, accuracies).
+        baseline: the data's own distribution (the all-zero action) on the same draws.
+        reference: whose accuracy the gap is measured from: `teacher` or `student`.
+        valid: the teacher's held-out accuracy is at or above the validity floor.
+        ci_level: the intervals' confidence level.
+        confirm: the real int8 kernels' `confirm/*` metrics (empty when none ran).
+        description: the chosen policy in words.
+        archive: the rows of `archive.json`: the search's distinct top policies, best first.
+        run_dir: where the run's files are.
+        provenance: the keys `qrl.runs.write_metrics` records beside the search's (seed,
+            git_sha, wall_time_s, qrl_version); empty until `metrics.json` is written.
+    """
+
+    best_batch: Trial
+    search_evaluations: int
+    selection: Selection
+    held_out: HeldOutResult
+    baseline: HeldOutResult
+    reference: str
+    valid: bool
+    ci_level: float
+    confirm: Mapping[str, Any]
+    description: str
+    archive: tuple[dict[str, Any], ...]
+    run_dir: Path
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def action(self) -> np.ndarray:
+        """The chosen policy: the selection's action (parameters in [-1, 1])."""
+        return self.selection.chosen.trial.action
+
+    @property
+    def evaluations(self) -> int:
+        """The whole budget spent: the search's evaluations and the selection's."""
+        return self.search_evaluations + self.selection.evaluations
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The `metrics.json` keys: the search, the selection, the held-out result and its
+        baseline, the kernels' confirmation, the chosen policy (then any provenance)."""
+        best = self.best_batch
+        return {
+            # The best single search batch: an upward-biased number, shown only as what it is.
+            "search/best_batch_gap": best.info["gap"],
+            "search/best_batch_reward": best.reward,
+            "search/evaluations": self.search_evaluations,
+            "search/evaluations_to_best_batch": best.index,
+            **self.selection.metrics(),
+            "evaluations": self.evaluations,
+            **self.held_out.metrics("eval"),
+            "eval/reference": self.reference,
+            "eval/valid": float(self.valid),
+            "eval/ci_level": self.ci_level,
+            **self.baseline.metrics("baseline"),
+            **self.confirm,
+            "policy/description": self.description,
+            "policy/action": [float(a) for a in self.action],
+            **self.provenance,
+        }
 
 
 def task_kwargs(cfg: DictConfig) -> dict[str, Any]:
@@ -102,8 +180,11 @@ def held_out_settings(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) -> dict[str, Any]:
-    """Search, evaluate, confirm and write results for a ready victim (the CLI and `qrl.audit`)."""
+def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) -> SearchResult:
+    """Search, evaluate, confirm and write results for a ready victim (the CLI and `qrl.audit`).
+
+    Returns the result in memory, with the provenance its `metrics.json` records.
+    """
     check_settings(cfg)
     follow_device(cfg.agent, victim.device)  # an SB3 agent with device auto: the victim's
     name = f"search-{cfg.agent.name}-{cfg.space.mode}-s{int(cfg.seed)}"
@@ -127,30 +208,32 @@ def search_victim(victim: Victim, cfg: DictConfig, out: Path, started: float) ->
             **settings,
         )
         # --- write results ---------------------------------------------------------------------
-        metrics = search_metrics(
+        top = distinct_top(search_log, int(cfg.archive.top_k))
+        archive = write_archive(out / "archive.csv", out / "archive.json", top, held_out.describe)
+        found = search_result(
             search_log,
             selection,
             held_out,
             (result, baseline),
             confirm,
+            archive,
             validity_floor=float(cfg.env.validity_floor),
             ci_level=float(cfg.eval.ci_level),
+            run_dir=out,
         )
-        archive = write_results(
-            out,
+        write_results(
             log,
-            metrics,
+            found,
             search_log,
             held_out,
-            result,
             agent=str(cfg.agent.name),
             run_name=name,
-            top_k=int(cfg.archive.top_k),
             grid=int(cfg.archive.grid),
         )
+    metrics = found.to_metrics()
     record = write_metrics(out, metrics, seed=int(cfg.seed), started=started)  # last: done
-    _print_summary(cfg, metrics, archive, result, out)
-    return record
+    _print_summary(cfg, found)
+    return replace(found, provenance={k: v for k, v in record.items() if k not in metrics})
 
 
 def search_and_select(
@@ -255,75 +338,68 @@ def evaluate_best(
     return result, baseline
 
 
-def search_metrics(
+def search_result(
     search_log: SearchLog,
     selection: Selection,
     task: FailureTask,
     scored: tuple[HeldOutResult, HeldOutResult],
     confirm: dict[str, Any],
+    archive: list[dict[str, Any]],
     *,
     validity_floor: float,
     ci_level: float,
-) -> dict[str, Any]:
-    """The run's metrics: the search, the selection, the held-out result and its baseline
-    (`scored`: the policy's and the data's own distribution's), the kernels' confirmation."""
+    run_dir: Path,
+) -> SearchResult:
+    """The run's result: the search, the selection, the held-out result and its baseline
+    (`scored`: the policy's and the data's own distribution's), the kernels' confirmation and
+    the archive's rows."""
     best = search_log.best
     assert best is not None
     result, baseline = scored
-    chosen = selection.chosen.trial
-    return {
-        # The best single search batch: an upward-biased number, shown only as what it is.
-        "search/best_batch_gap": best.info["gap"],
-        "search/best_batch_reward": best.reward,
-        "search/evaluations": search_log.count,
-        "search/evaluations_to_best_batch": best.index,
-        **selection.metrics(),
-        "evaluations": search_log.count + selection.evaluations,
-        **result.metrics("eval"),
-        "eval/reference": task.reference,
-        "eval/valid": float(is_valid(result.acc_teacher, validity_floor)),
-        "eval/ci_level": ci_level,
-        **{k.replace("eval/", "baseline/"): v for k, v in baseline.metrics("eval").items()},
-        **confirm,
-        "policy/description": task.describe(chosen.action),
-        "policy/action": [float(a) for a in chosen.action],
-    }
+    return SearchResult(
+        best_batch=best,
+        search_evaluations=search_log.count,
+        selection=selection,
+        held_out=result,
+        baseline=baseline,
+        reference=task.reference,
+        valid=is_valid(result.acc_teacher, validity_floor),
+        ci_level=ci_level,
+        confirm=confirm,
+        description=task.describe(selection.chosen.trial.action),
+        archive=tuple(archive),
+        run_dir=run_dir,
+    )
 
 
 def write_results(
-    out: Path,
     log: RunLogger,
-    metrics: dict[str, Any],
+    found: SearchResult,
     search_log: SearchLog,
     task: FailureTask,
-    result: HeldOutResult,
     *,
     agent: str,
     run_name: str,
-    top_k: int,
     grid: int,
-) -> list[dict[str, Any]]:
-    """Write the archive, failure grid and search curve, and log them with the metrics
-    (`metrics.json` is the caller's, written last). Returns the archive's rows."""
-    archive = write_archive(
-        out / "archive.csv", out / "archive.json", distinct_top(search_log, top_k), task.describe
-    )
+) -> None:
+    """Write the failure grid and search curve, and log them, the archive and the metrics
+    (the archive is written before; `metrics.json` is the caller's, written last)."""
+    out, result = found.run_dir, found.held_out
     failure_grid(
         out / "failures.png",
         result.failures,
         task.victim.data.class_names,
-        f"{agent}: {metrics['policy/description']}\nheld-out gap {100 * result.gap:.1f} points",
+        f"{agent}: {found.description}\nheld-out gap {100 * result.gap:.1f} points",
         max_images=grid,
     )
     search_curve(out / "search_curve.png", search_log.trials, f"{agent} search")
-    log.summary(metrics)
+    log.summary(found.to_metrics())
     log.log_image("failures", out / "failures.png")
     log.log_artifact(
         f"archive-{run_name}",
         "failure-archive",
         [out / "archive.csv", out / "archive.json", out / "failures.png"],
     )
-    return archive
 
 
 _REFERENCE_NAMES = {
@@ -375,14 +451,9 @@ def _summary_rows(
     ]
 
 
-def _print_summary(
-    cfg: DictConfig,
-    metrics: dict[str, Any],
-    archive: list[dict[str, Any]],
-    result: HeldOutResult,
-    out: Path,
-) -> None:
-    rows = _summary_rows(cfg, metrics, result)
+def _print_summary(cfg: DictConfig, found: SearchResult) -> None:
+    metrics, archive, out = found.to_metrics(), found.archive, found.run_dir
+    rows = _summary_rows(cfg, metrics, found.held_out)
     print(format_table([f"{cfg.agent.name} / space={cfg.space.mode}", "points", ""], rows))
     for message in metrics.get("confirm/warnings", []):
         print(f"warning: {message}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from qrl.errors import CheckpointError, DataError
 from qrl.models import MLP
 from qrl.planted import plant_brightness_outlier, planted_digits_mlp
 from qrl.quant import QuantConfig, preset, quantized_copy
+from qrl.searching import SearchResult
 from tests.conftest import run_at_once
 
 FAST = ["env.batch_size=64", "eval.samples=256", "eval.bootstrap=300", "archive.grid=4"]
@@ -414,23 +416,43 @@ def test_audit_cli_audits_an_own_class_from_a_state_dict(mynet: Path) -> None:
     assert (mynet / "run" / "metrics.json").is_file()
 
 
-def test_the_audit_result_comes_from_memory_not_from_its_metrics_file(
+def test_the_audit_result_comes_from_memory_not_from_its_files(
     small_model, tmp_path: Path, monkeypatch
 ) -> None:
     import qrl.audit as audit_module
 
     real = audit_module.search_victim
+    written: dict[str, object] = {}
 
-    def then_metrics_file_gone(*args, **kwargs):
-        record = real(*args, **kwargs)
-        (tmp_path / "m" / "metrics.json").unlink()
-        return record
+    def then_files_gone(*args, **kwargs):
+        found = real(*args, **kwargs)
+        for name in ("metrics.json", "archive.json"):  # what the search wrote, then gone
+            written[name] = json.loads((tmp_path / "m" / name).read_text())
+            (tmp_path / "m" / name).unlink()
+        return found
 
-    monkeypatch.setattr(audit_module, "search_victim", then_metrics_file_gone)
+    monkeypatch.setattr(audit_module, "search_victim", then_files_gone)
     model, data = small_model
     kwargs = dict(agent="random", evaluations=4, overrides=FAST, progress=False)
     result = audit(model, data, out=tmp_path / "m", device="cpu", **kwargs)  # type: ignore[arg-type]
-    assert result.metrics["evaluations"] == 4 and result.gap == result.metrics["eval/gap"]
+    assert isinstance(result.search, SearchResult)
+    on_disk = written["metrics.json"]
+    # The result's metrics are exactly the keys and values metrics.json got, provenance too.
+    assert result.to_metrics() == result.metrics == result.search.to_metrics() == on_disk
+    assert result.archive == written["archive.json"] and result.archive
+    assert isinstance(on_disk, dict) and on_disk["evaluations"] == 4 and on_disk["seed"] == 0
+    assert result.gap == on_disk["eval/gap"] and result.drop == on_disk["eval/drop_fp"]
+    assert result.gap_ci == (on_disk["eval/gap_ci_low"], on_disk["eval/gap_ci_high"])
+    assert result.teacher_gap == on_disk["eval/teacher_gap"]
+    assert result.policy.tolist() == on_disk["policy/action"]
+    assert result.description == on_disk["policy/description"]
+    assert result.confirm_gap == on_disk["confirm/gap"]
+    found = result.search
+    assert found.action.tolist() == pytest.approx(on_disk["policy/action"])
+    assert set(found.provenance) == {"seed", "git_sha", "wall_time_s", "qrl_version"}
+    assert found.evaluations == on_disk["evaluations"] == 4
+    assert found.best_batch.index == on_disk["search/evaluations_to_best_batch"]
+    assert found.valid == bool(on_disk["eval/valid"]) and found.run_dir == tmp_path / "m"
 
 
 def test_audit_device_places_the_search_and_leaves_the_caller_s_model_alone(

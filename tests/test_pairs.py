@@ -14,7 +14,14 @@ from qrl.checkpoints import load_model
 from qrl.config import instantiate, load_config
 from qrl.errors import CheckpointError, ConfigError
 from qrl.pairing import training as pair_training
-from qrl.pairing.evaluation import cross_evaluation, fixed_patterns, quantized_right, vulnerability
+from qrl.pairing.evaluation import (
+    PairEvaluation,
+    cross_evaluation,
+    evaluate_pair,
+    fixed_patterns,
+    quantized_right,
+    vulnerability,
+)
 from qrl.pairs import load_pair
 from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, quantized_copy, using_bits
@@ -107,6 +114,57 @@ def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tin
     assert any(not torch.equal(v, saved[k]) for k, v in student.state_dict().items())
     # The checkpoints for resuming are gone once the pair is finished.
     assert not (tiny_pairs["detrimental"] / pair_training.STATE_FILE).exists()
+
+
+def test_a_pair_evaluation_becomes_the_metrics_keys_of_a_pair() -> None:
+    evaluation = PairEvaluation(
+        acc_teacher=0.9,
+        acc_fp=0.8,
+        acc_q=0.5,
+        mean_bits=4.0,
+        bits_per_layer=(3.0, 5.0),
+        layer_names=("a", "b"),
+        acc_q_uniform=0.75,
+        acc_q_random=0.7,
+        acc_onnx_int8=0.79,
+    )
+    metrics = evaluation.to_metrics()
+    assert list(metrics) == [
+        "acc_teacher",
+        "acc_fp",
+        "acc_q",
+        "mean_bits",
+        "bits_per_layer",
+        "layer_names",
+        "drop",
+        "teacher_gap",
+        "acc_q_uniform",
+        "acc_q_random",
+        "acc_onnx_int8",
+        "drop_uniform",
+        "drop_random",
+        "drop_onnx_int8",
+    ]
+    # drop: full precision - quantized of the same network; teacher gap: teacher - quantized
+    assert metrics["drop"] == evaluation.drop == pytest.approx(0.3)
+    assert metrics["teacher_gap"] == evaluation.teacher_gap == pytest.approx(0.4)
+    assert metrics["drop_uniform"] == pytest.approx(0.05)
+    assert metrics["drop_random"] == pytest.approx(0.1)
+    assert metrics["drop_onnx_int8"] == pytest.approx(0.01)
+    assert metrics["bits_per_layer"] == [3.0, 5.0] and metrics["layer_names"] == ["a", "b"]
+    with pytest.raises(AttributeError):
+        evaluation.acc_q = 0.0  # type: ignore[misc]
+
+
+def test_a_pair_s_metrics_file_is_its_evaluation(tiny_pairs, tiny_distill) -> None:
+    run = tiny_pairs["detrimental"]
+    on_disk = json.loads((run / "metrics.json").read_text())
+    data = instantiate(load_run_config(tiny_distill).data)
+    teacher, _ = load_model(tiny_distill / "teacher.pt")
+    evaluation = evaluate_pair(load_pair(run), teacher, data.test, seed=0)
+    assert isinstance(evaluation, PairEvaluation)
+    provenance = {"kind", "seed", "git_sha", "wall_time_s", "qrl_version"}
+    assert evaluation.to_metrics() == {k: v for k, v in on_disk.items() if k not in provenance}
 
 
 def test_cross_evaluation_covers_every_policy(tiny_pairs, tiny_distill) -> None:

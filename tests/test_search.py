@@ -62,6 +62,12 @@ def searched(digits_run: Path, tmp_path_factory: pytest.TempPathFactory) -> tupl
 def test_search_writes_every_result_and_metrics_last(searched: tuple[Path, dict]) -> None:
     tmp_path, metrics = searched
     on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    # `search.run` returns the SearchResult's `to_metrics()`: exactly what metrics.json holds.
+    assert metrics == on_disk
+    own = {k for k in on_disk if k not in ("seed", "git_sha", "wall_time_s", "qrl_version")}
+    assert own - {"evaluations"} == {
+        k for k in own if k.split("/")[0] in ("search", "select", "eval", "baseline", "confirm")
+    } | {"policy/description", "policy/action"}
     for key in (
         "search/best_batch_gap",
         "select/gap",
@@ -281,7 +287,7 @@ def test_search_config_errors_are_clear(tmp_path: Path) -> None:
     [
         ("budget.evaluations=1", "budget.evaluations must be >= 2"),
         ("select.fraction=1.5", "select.fraction"),
-        ("select.split=holdout", "select.split must be train, val or test"),
+        ("select.split=holdout", r"select\.split must be one of \['train', 'val', 'test'\]"),
         ("victim.model=vgg", r"victim\.model must be one of \['cnn', 'mlp', 'resnet18'\]"),
     ],
 )

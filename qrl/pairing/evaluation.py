@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,39 +89,90 @@ def fixed_patterns(
     return patterns, f"{len(patterns)} sampled"
 
 
-def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0) -> dict[str, Any]:
-    """The pair's own numbers: full precision, quantized under its policy, uniform and random
-    bits at the same budget, and ONNX Runtime's dynamic int8 kernels.
+@dataclass(frozen=True)
+class PairEvaluation:
+    """Stage C of one pair on one split: what its network does under its own policy and beside it.
 
-    Returns:
-        Flat metrics (fractions): acc_teacher, acc_fp, acc_q, drop, teacher_gap, mean_bits,
-        acc_q_uniform / drop_uniform, acc_q_random / drop_random, acc_onnx_int8 / drop_onnx_int8.
+    Accuracies are fractions of the split. `drop` = full precision - quantized accuracy of the same
+    network on the same inputs (what quantization causes); `teacher_gap` = teacher - quantized.
+    Each `drop_*` is the full-precision accuracy minus the accuracy under that other quantization.
+
+    Attributes:
+        acc_teacher: the teacher's accuracy.
+        acc_fp: the pair's network in full precision.
+        acc_q: its quantized copy under the pair's own per-input bits.
+        mean_bits: the bits the policy spends, averaged over inputs and layers.
+        bits_per_layer: those bits averaged over inputs, one per quantized layer.
+        layer_names: the quantized layers, in the order of `bits_per_layer`.
+        acc_q_uniform: quantized at the budget's uniform bits.
+        acc_q_random: quantized under random per-input bits at the same budget.
+        acc_onnx_int8: on ONNX Runtime's dynamic int8 kernels.
     """
+
+    acc_teacher: float
+    acc_fp: float
+    acc_q: float
+    mean_bits: float
+    bits_per_layer: tuple[float, ...]
+    layer_names: tuple[str, ...]
+    acc_q_uniform: float
+    acc_q_random: float
+    acc_onnx_int8: float
+
+    @property
+    def drop(self) -> float:
+        """Full precision - quantized under the pair's policy."""
+        return accuracy_drop(self.acc_fp, self.acc_q)
+
+    @property
+    def teacher_gap(self) -> float:
+        """Teacher - quantized under the pair's policy."""
+        return accuracy_gap(self.acc_teacher, self.acc_q)
+
+    def to_metrics(self) -> dict[str, Any]:
+        """The `metrics.json` keys of a pair (`python -m qrl.pairs` adds `kind` beside them)."""
+        return {
+            "acc_teacher": self.acc_teacher,
+            "acc_fp": self.acc_fp,
+            "acc_q": self.acc_q,
+            "mean_bits": self.mean_bits,
+            "bits_per_layer": list(self.bits_per_layer),
+            "layer_names": list(self.layer_names),
+            "drop": self.drop,
+            "teacher_gap": self.teacher_gap,
+            "acc_q_uniform": self.acc_q_uniform,
+            "acc_q_random": self.acc_q_random,
+            "acc_onnx_int8": self.acc_onnx_int8,
+            "drop_uniform": accuracy_drop(self.acc_fp, self.acc_q_uniform),
+            "drop_random": accuracy_drop(self.acc_fp, self.acc_q_random),
+            "drop_onnx_int8": accuracy_drop(self.acc_fp, self.acc_onnx_int8),
+        }
+
+
+def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0) -> PairEvaluation:
+    """The pair's own numbers: full precision, quantized under its policy, uniform and random
+    bits at the same budget, and ONNX Runtime's dynamic int8 kernels (`PairEvaluation`)."""
     x, y = split.x, split.y
     acc_teacher = rate(correct(predict_logits(teacher, x), y))
-    fp_right = correct(predict_logits(pair.network, x), y)
-    acc_fp = rate(fp_right)
+    acc_fp = rate(correct(predict_logits(pair.network, x), y))
     own = batched_bits(pair.bits, x)
-    metrics: dict[str, Any] = {
-        "acc_teacher": acc_teacher,
-        "acc_fp": acc_fp,
-        "acc_q": rate(quantized_right(pair.qnetwork, x, y, own)),
-        "mean_bits": float(own.float().mean()),
-        "bits_per_layer": own.float().mean(dim=0).tolist(),
-        "layer_names": pair.layer_names,
-    }
-    metrics["drop"] = accuracy_drop(acc_fp, metrics["acc_q"])
-    metrics["teacher_gap"] = accuracy_gap(acc_teacher, metrics["acc_q"])
+    acc_q = rate(quantized_right(pair.qnetwork, x, y, own))
     uniform = torch.from_numpy(pair.decoder.uniform())
-    metrics["acc_q_uniform"] = rate(quantized_right(pair.qnetwork, x, y, uniform))
+    acc_q_uniform = rate(quantized_right(pair.qnetwork, x, y, uniform))
     random_bits = RandomBits(pair.decoder, seed)
-    metrics["acc_q_random"] = rate(quantized_right(pair.qnetwork, x, y, random_bits))
+    acc_q_random = rate(quantized_right(pair.qnetwork, x, y, random_bits))
     ort = real_backend("onnxruntime", pair.network, x[:8])
-    metrics["acc_onnx_int8"] = rate(correct(predict_logits(ort, x), y))
-    for key in ("uniform", "random", "onnx_int8"):
-        acc = metrics[f"acc_q_{key}"] if key != "onnx_int8" else metrics["acc_onnx_int8"]
-        metrics[f"drop_{key}"] = accuracy_drop(acc_fp, acc)
-    return metrics
+    return PairEvaluation(
+        acc_teacher=acc_teacher,
+        acc_fp=acc_fp,
+        acc_q=acc_q,
+        mean_bits=float(own.float().mean()),
+        bits_per_layer=tuple(own.float().mean(dim=0).tolist()),
+        layer_names=tuple(pair.layer_names),
+        acc_q_uniform=acc_q_uniform,
+        acc_q_random=acc_q_random,
+        acc_onnx_int8=rate(correct(predict_logits(ort, x), y)),
+    )
 
 
 def cross_evaluation(
