@@ -9,6 +9,10 @@
    BatchNorm folding, per-channel conv weights, torch's weight grid), then each cause modelled.
 3. Accuracy of simulator / kernel (per image) on the CNN with a quarter of one block's channels
    rescaled by k, with the preset as it was and as it is.
+4. Both simulated accumulations (exact int32, saturating 16-bit pairs) against ONNX Runtime's
+   outputs recorded on an x86 CPU without VNNI (tests/fixtures/onnxruntime-x86-avx2): whatever
+   this machine's CPU, the live kernel is checked against the path `accumulation: auto` picks
+   for it (1.), and the recorded one against both.
 
 The CNN is the default digits student (distilled once into qrl's cache), the MLP a small digits
 MLP trained here; inputs are the digits test split.
@@ -25,6 +29,8 @@ import torch
 
 from qrl.fidelity import (
     POINTS,
+    RECORDED_USES,
+    RECORDED_WEIGHTS,
     Fidelity,
     Kernel,
     Member,
@@ -33,14 +39,17 @@ from qrl.fidelity import (
     kernel_logits,
     kernels,
     mlp_members,
+    recorded_misses,
     run_suite,
     simulator_logits,
     train_digits_mlp,
 )
 from qrl.quant import preset
-from qrl.quant.cpu import describe_int8_accumulation
+from qrl.quant.cpu import describe_paths
 from qrl.tables import format_table
 from qrl.victim import default_victim
+
+RECORDED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "onnxruntime-x86-avx2"
 
 # onnx_int8_dynamic before the causes were modelled, then with each added in turn.
 CAUSES: list[tuple[str, dict]] = [
@@ -146,6 +155,23 @@ def rescaling_table(results: list[Fidelity], strengths: list[float]) -> str:
     )
 
 
+def recorded_table() -> str:
+    """Cases within targets against the recorded AVX2 kernel, per accumulation, weight grid and
+    use (the recording is the live kernel of a CPU class this machine may not have)."""
+    recorded = torch.load(RECORDED / "models.pt", weights_only=False)
+    rows = []
+    for accumulation in ("saturating_pairs", "exact"):
+        misses = recorded_misses(recorded, accumulation)
+        cells = []
+        for weights in RECORDED_WEIGHTS:
+            for use in RECORDED_USES:
+                cases = [p for key, p in misses.items() if key.endswith(f"{weights} per {use}")]
+                cells.append(f"{sum(not p for p in cases)} / {len(cases)}")
+        rows.append([accumulation, *cells])
+    header = [f"{w} weights, per {u}" for w in RECORDED_WEIGHTS for u in RECORDED_USES]
+    return format_table(["simulated accumulation", *header], rows, markdown=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here")
@@ -164,18 +190,21 @@ def main() -> None:
     results = run_suite(members, x, y, progress=True)
 
     onnx = next(k for k in kernels() if k.label == "onnxruntime")
+    auto_path = preset("onnx_int8_dynamic").accumulation_path()
     ablation, by_variant = causes(members, onnx, x, y)
     strengths = [100.0, 200.0, 300.0, 500.0, 1000.0]
     parts = [
         f"{len(members)} members ({len(cnn_family)} CNN, {len(members) - len(cnn_family)} MLP), "
         f"{len(results)} (member, kernel) cases, {len(x)} digits test inputs; targets: within "
         f"{100 * POINTS:.0f} points, >= 99% agreement where the kernel keeps >= 50%.",
-        f"CPU: {describe_int8_accumulation()}.",
+        f"onnx_int8_dynamic (accumulation=auto) {describe_paths(auto_path)}.",
         "### Every kernel against the preset that models it\n\n" + summary(results),
         "### Each cause, on ONNX Runtime's default kernel (all members)\n\n" + ablation,
         "### Accuracy simulator / kernel, ONNX Runtime, per image: onnx_int8_dynamic as it was\n\n"
         + rescaling_table(by_variant["as it was"], strengths),
         "### The same, onnx_int8_dynamic as it is\n\n" + rescaling_table(results, strengths),
+        "### ONNX Runtime recorded on x86 without VNNI (tests/fixtures/onnxruntime-x86-avx2), "
+        "against each simulated accumulation\n\n" + recorded_table(),
         f"({time.perf_counter() - started:.0f} s)",
     ]
     text = "\n\n".join(parts) + "\n"

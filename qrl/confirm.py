@@ -25,7 +25,7 @@ from qrl.envs.failure_task import FailureTask
 from qrl.heldout import HeldOutResult, score_held_out
 from qrl.quant import QuantConfig, preset, quantized_copy
 from qrl.quant.backends import mirror_preset, real_backend
-from qrl.quant.cpu import describe_int8_accumulation
+from qrl.quant.cpu import describe_paths, int8_accumulation
 from qrl.victim import Victim
 
 
@@ -80,6 +80,7 @@ def confirm_on_kernels(
             continue
         kernel = _KernelCheck.build(task, name, onnx_reduce_range)
         metrics[f"confirm/{name}/simulator"] = kernel.mirror_name
+        metrics.update(kernel.accumulation_metrics())
         for case, case_action in cases:
             searched = None if simulated is None else simulated[0 if case == "policy" else 1]
             case_metrics, case_messages = kernel.score(case, case_action, searched, settings)
@@ -135,6 +136,16 @@ class _KernelCheck:
             comparable,
         )
 
+    def accumulation_metrics(self) -> dict[str, str]:
+        """Which int8 accumulation the preset simulated and which one the kernel ran (fbgemm's
+        7-bit activations and 7-bit ONNX Runtime weights cannot saturate: exact)."""
+        saturates = self.name == "onnxruntime" and self.mirror.weight_range != "reduced"
+        kernel = int8_accumulation() if saturates else "exact"
+        return {
+            f"confirm/{self.name}/accumulation_simulated": self.mirror.accumulation_path(),
+            f"confirm/{self.name}/accumulation_kernel": "exact" if kernel == "unknown" else kernel,
+        }
+
     def score(
         self,
         case: str,
@@ -166,7 +177,7 @@ class _KernelCheck:
                 f"{self.mirror_name} does not predict {self.name} int8 on this model for {what}: "
                 f"gap {_gap(sim)} on the simulator vs {_gap(real)} on the kernel (accuracy "
                 f"{100 * sim.acc_q:.1f}% vs {100 * real.acc_q:.1f}%); trust the kernel's "
-                f"numbers. CPU: {describe_int8_accumulation()}"
+                f"numbers. {describe_paths(self.mirror.accumulation_path())}"
             )
         return metrics, messages
 
@@ -216,5 +227,11 @@ def kernel_rows(metrics: dict[str, Any]) -> list[list[str]]:
                     f"gap CI [{pct(f'{p}/gap_ci_low')}, {pct(f'{p}/gap_ci_high')}]; "
                     f"{metrics[key]}: {pct(f'{p}/sim/gap')} / {pct(f'{p}/sim/acc_q')}",
                 ]
+            )
+        simulated = metrics.get(f"confirm/{name}/accumulation_simulated")
+        if simulated is not None:
+            kernel = metrics[f"confirm/{name}/accumulation_kernel"]
+            rows.append(
+                [f"{name} int8 accumulation", "", f"simulated {simulated}; kernel ran {kernel}"]
             )
     return rows

@@ -16,6 +16,7 @@ it (`qrl.quant.backends.mirror_preset`), in the two ways a kernel is used:
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -48,7 +49,8 @@ class Kernel:
     overrides: dict = dataclasses.field(default_factory=dict)
     runs_convs: bool = True  # torch.ao leaves Conv2d layers in float: it is not a CNN kernel
     # False: the kernel's arithmetic depends on the CPU (ONNX Runtime's 8-bit weights saturate
-    # 16-bit pair sums on x86 without VNNI, see qrl.quant.cpu); the preset models exact int32.
+    # 16-bit pair sums on x86 without VNNI, see qrl.quant.cpu); the preset's `accumulation:
+    # auto` simulates this CPU's path.
     exact_on_every_cpu: bool = True
 
     @property
@@ -269,3 +271,47 @@ def run_suite(
         measure(m, k, x, y)
         for m, k in tqdm(cases, desc="fidelity", disable=not progress, unit="case")
     ]
+
+
+RECORDED_USES = {"image": "per_sample", "batch": "per_tensor"}  # one image per call, all at once
+RECORDED_WEIGHTS = {"per_channel": {}, "per_tensor": {"weight_granularity": "per_tensor"}}
+
+
+def recorded_member(member: dict) -> nn.Module:
+    """The model of one recorded member (`models.pt` of a kernel fixture), in eval mode."""
+    module, name = member["build"]["class"].rsplit(".", 1)
+    model = getattr(importlib.import_module(module), name)(**member["build"]["kwargs"])
+    model.load_state_dict(member["state_dict"])
+    return model.eval()
+
+
+def recorded_misses(recorded: dict, accumulation: str) -> dict[str, list[str]]:
+    """Score `onnx_int8_dynamic` at `accumulation` against a kernel's recorded logits.
+
+    Args:
+        recorded: a fixture's `models.pt` (`members`, `x`, `y`; see its README).
+        accumulation: `exact` or `saturating_pairs`.
+
+    Returns:
+        For every (member, weight grid, use) case, what misses the fidelity targets (an empty
+        list where the preset is within them), keyed `<member> <weights> per <use>`.
+    """
+    x, y = recorded["x"], recorded["y"]
+    out: dict[str, list[str]] = {}
+    for member in recorded["members"]:
+        model = recorded_member(member)
+        for weights, overrides in RECORDED_WEIGHTS.items():
+            for use, granularity in RECORDED_USES.items():
+                cfg = preset(
+                    "onnx_int8_dynamic",
+                    act_granularity=granularity,
+                    accumulation=accumulation,
+                    **overrides,
+                )
+                with torch.no_grad():
+                    sim = quantized_copy(model, cfg).eval()(x)
+                kernel = member[f"ort_{weights}_{use}"]
+                out[f"{member['name']} {weights} per {use}"] = mismatches(
+                    accuracy(sim, y), accuracy(kernel, y), agreement(sim, kernel)
+                )
+    return out

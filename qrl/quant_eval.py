@@ -32,7 +32,7 @@ from qrl.plots import pyplot
 from qrl.quant import QuantConfig, as_quant_config, preset, quantized_copy
 from qrl.quant.backends import BACKEND_NAMES, mirror_preset, real_backend
 from qrl.quant.config import check_bits
-from qrl.quant.cpu import describe_int8_accumulation, int8_accumulation
+from qrl.quant.cpu import describe_paths, int8_accumulation
 from qrl.runs import atomic_write, start_run, write_metrics
 from qrl.scoring import Outcome, accuracy, agreement, predict_logits
 from qrl.sweeps import task_device
@@ -172,6 +172,8 @@ def _score_kernels(
         simulator = predict_logits(quantized_copy(student, preset(mirror)).eval(), x, bs)
         scores.record(f"{name} int8", logits, f"confirm/{name}", simulator)
         scores.metrics[f"confirm/{name}/simulator"] = mirror
+        path = preset(mirror).accumulation_path()
+        scores.metrics[f"confirm/{name}/accumulation_simulated"] = path
         problems = mismatches(
             accuracy(simulator, scores.y), accuracy(logits, scores.y), agreement(simulator, logits)
         )
@@ -209,8 +211,9 @@ def _print_summary(scores: Scores, kernels: bool, out: Path) -> None:
         f"full-precision student {metrics['student/acc_fp']:.4f}, "
         f"teacher {metrics['teacher/acc']:.4f}"
     )
-    if kernels:
-        print(f"CPU: {describe_int8_accumulation()}")
+    simulated = metrics.get("confirm/onnxruntime/accumulation_simulated")
+    if kernels and simulated is not None:
+        print(f"onnx int8 {describe_paths(str(simulated))}")
     print(f"wrote {out}/bits.csv, accuracy_vs_bits.png, metrics.json")
 
 

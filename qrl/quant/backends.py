@@ -27,7 +27,6 @@ import torch
 from torch import Tensor, nn
 
 from qrl.errors import ConfigError
-from qrl.quant.cpu import SATURATING_PAIRS, int8_accumulation
 
 BACKEND_NAMES = ("torch_ao", "onnxruntime")
 
@@ -132,8 +131,6 @@ class OnnxRuntimeBackend:
         self.quantized_ops = sorted(
             {n.op_type for n in _onnx_nodes(self.model_bytes)} & {"ConvInteger", "MatMulInteger"}
         )
-        if not reduce_range and int8_accumulation() == "saturating_pairs":
-            warnings.warn(SATURATING_PAIRS, RuntimeWarning, stacklevel=2)
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
@@ -185,9 +182,10 @@ def real_backend(
 
     `onnx_reduce_range` quantizes ONNX Runtime's weights to 7 bits. ONNX Runtime's default
     (False, as here) multiplies uint8 by int8 in 16-bit pairs on x86 CPUs without VNNI and can
-    saturate (see `qrl.quant.cpu`): measured on an AVX2 machine, one 64->16 Linear layer
-    deviated 0.22 from float without it and 0.009 with it. Both are real deployments; the
-    default is what `quantize_dynamic` users get. `mirror_preset` names the simulator preset
+    saturate (see `qrl.quant.cpu`; `onnx_int8_dynamic` simulates that path on such CPUs):
+    measured on an AVX2 machine, one 64->16 Linear layer deviated 0.22 from float without it
+    and 0.009 with it. Both are real deployments; the default is what `quantize_dynamic` users
+    get. `mirror_preset` names the simulator preset
     that models each.
     """
     # Real int8 kernels run on the CPU: a model on a GPU is exported from a CPU copy.

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from qrl.errors import ConfigError
+from qrl.quant.cpu import int8_accumulation
 
 MIN_BITS, MAX_BITS = 2, 8
 ACT_GRANULARITIES = ("per_tensor", "per_sample", "per_channel")
@@ -13,6 +14,7 @@ WEIGHT_GRANULARITIES = ("per_tensor", "per_channel")
 WEIGHT_RANGES = ("full", "narrow", "reduced")
 CLIPPINGS = ("minmax", "percentile")
 BACKENDS = ("fake", "torch_ao", "onnxruntime")
+ACCUMULATIONS = ("exact", "saturating_pairs", "auto")
 
 
 def check_bits(bits: Any, what: str = "bits") -> int:
@@ -57,6 +59,10 @@ class QuantConfig:
             max) as well as straight through the rounding; forward values are unchanged.
         backend: `fake` (qrl's simulator, any bits, differentiable) or a real int8 kernel:
             `torch_ao` (Linear layers) or `onnxruntime` (Conv and MatMul).
+        accumulation: how a Linear layer's uint8 x int8 products are summed (see
+            `qrl.quant.cpu`): `exact` int32; `saturating_pairs`, ONNX Runtime's kernel on x86
+            CPUs without VNNI (adjacent products added in saturating 16-bit pairs); `auto`,
+            the kernel that this machine's CPU runs. Convolutions are exact on every CPU.
     """
 
     act_bits: int = 8
@@ -74,6 +80,7 @@ class QuantConfig:
     fold_batchnorm: bool = False
     act_range_grad: bool = False
     backend: str = "fake"
+    accumulation: str = "exact"
 
     def __post_init__(self) -> None:
         check_bits(self.act_bits, "act_bits")
@@ -93,6 +100,13 @@ class QuantConfig:
             raise ConfigError("weight_range=reduced drops one bit: weight_bits must be at least 3")
         _one_of("act_clip", self.act_clip, CLIPPINGS)
         _one_of("backend", self.backend, BACKENDS)
+        _one_of("accumulation", self.accumulation, ACCUMULATIONS)
+        if self.accumulation == "saturating_pairs" and not self.is_u8_s8():
+            raise ConfigError(
+                "accumulation=saturating_pairs models ONNX Runtime's uint8 x int8 kernel: it "
+                "needs act_bits=8, weight_bits=8, act_symmetric=false, weight_symmetric=true "
+                "and act_granularity per_tensor or per_sample; use accumulation=exact"
+            )
         if not 50.0 < self.act_percentile <= 100.0:
             raise ConfigError(f"act_percentile must be in (50, 100], got {self.act_percentile}")
         if self.act_reduce_range and self.act_bits < MIN_BITS + 1:
@@ -124,6 +138,25 @@ class QuantConfig:
         if conv and self.conv_weight_granularity is not None:
             return self.conv_weight_granularity
         return self.weight_granularity
+
+    def is_u8_s8(self) -> bool:
+        """Whether Linear layers multiply uint8 activations (one zero point per row) by int8
+        weights: the only products that ONNX Runtime's saturating kernel computes."""
+        return (
+            self.act_bits == 8
+            and self.weight_bits == 8
+            and not self.act_symmetric
+            and self.weight_symmetric
+            and self.act_granularity != "per_channel"
+        )
+
+    def accumulation_path(self) -> str:
+        """The accumulation simulated: `exact` or `saturating_pairs` (`auto` resolved on this
+        CPU; an unknown CPU and quantizers other than uint8 x int8 are `exact`)."""
+        if self.accumulation != "auto":
+            return self.accumulation
+        saturating = int8_accumulation() == "saturating_pairs" and self.is_u8_s8()
+        return "saturating_pairs" if saturating else "exact"
 
     def with_bits(self, act_bits: int) -> QuantConfig:
         """The same quantizer at another activation bit-width."""

@@ -1,14 +1,14 @@
-"""Which int8 accumulation this CPU's kernels use, so qrl can say what its simulator models.
+"""Which int8 accumulation this CPU's kernels use, and which one qrl's simulator computes.
 
 ONNX Runtime's dynamic int8 kernels multiply uint8 activations by int8 weights. On x86 CPUs with
 VNNI (AVX512-VNNI, AVX-VNNI) or AMX, and on ARM CPUs with dot-product instructions, the products
-are accumulated exactly in int32, which is what qrl's `onnx_int8_dynamic` preset computes. On x86
-CPUs without them, the kernel adds adjacent products in saturating 16-bit pairs (`vpmaddubsw`):
-a pair of large activations times large weights clips at 32767, and the kernel's result departs
-from exact arithmetic. qrl does not simulate that path; ONNX Runtime's remedy, 7-bit weights
-(`reduce_range`), makes saturation impossible and is modelled exactly by
-`onnx_int8_dynamic_reduce_range`. fbgemm (torch.ao) avoids the same issue with 7-bit activations,
-which `torch_int8_dynamic` models on every CPU.
+are accumulated exactly in int32. On x86 CPUs without them, the MatMul kernel adds adjacent
+products in saturating 16-bit pairs (`vpmaddubsw`): a pair of large activations times large
+weights clips at 32767, and the result departs from exact arithmetic (ConvInteger stays exact).
+qrl simulates both (`QuantConfig.accumulation`, `qrl.quant.saturating`); `onnx_int8_dynamic`
+takes `accumulation: auto`, the path that this CPU runs. ONNX Runtime's remedy, 7-bit weights
+(`reduce_range`), makes saturation impossible (`onnx_int8_dynamic_reduce_range`). fbgemm
+(torch.ao) avoids the same issue with 7-bit activations, which `torch_int8_dynamic` models.
 """
 
 from __future__ import annotations
@@ -47,20 +47,24 @@ def int8_accumulation(flags: frozenset[str] | None = None) -> str:
     return "unknown"
 
 
-SATURATING_PAIRS = (
-    "x86 without VNNI: ONNX Runtime's u8 x s8 kernel adds products in saturating 16-bit pairs, "
-    "which onnx_int8_dynamic does not model; confirm with confirm.onnx_reduce_range=true and "
-    "search with quant=onnx_int8_dynamic_reduce_range"
-)
+PATHS = {
+    "exact": "exact int32",
+    "saturating_pairs": "saturating 16-bit pairs (uint8 x int8 MatMul; convolutions exact)",
+}
 
 
 def describe_int8_accumulation(flags: frozenset[str] | None = None) -> str:
-    """One line for logs and warnings: what this CPU's u8 x s8 kernels do."""
+    """One line for logs: what this CPU's ONNX Runtime u8 x s8 kernels do."""
     flags = cpu_flags() if flags is None else flags
     mode = int8_accumulation(flags)
     found = sorted(f for f in (*EXACT_X86_FLAGS, *EXACT_ARM_FLAGS) if f in flags)
     if mode == "exact":
-        return f"exact int32 accumulation ({', '.join(found)}): onnx_int8_dynamic models it"
+        return f"ONNX Runtime int8 on this CPU: exact int32 accumulation ({', '.join(found)})"
     if mode == "saturating_pairs":
-        return SATURATING_PAIRS
-    return "unknown CPU features: qrl assumes exact int32 accumulation (onnx_int8_dynamic)"
+        return f"ONNX Runtime int8 on this CPU (x86 without VNNI): {PATHS['saturating_pairs']}"
+    return "ONNX Runtime int8 on this CPU: unknown CPU features (qrl assumes exact int32)"
+
+
+def describe_paths(simulated: str, flags: frozenset[str] | None = None) -> str:
+    """One line naming the accumulation qrl simulated and the one this CPU's kernel runs."""
+    return f"simulated: {PATHS.get(simulated, simulated)}; {describe_int8_accumulation(flags)}"

@@ -207,10 +207,8 @@ def quantize_activation(
         clip=cfg.act_clip,
         percentile=cfg.act_percentile,
     )
+    scale, zero_point = activation_qparams(lo, hi, b, cfg)
     qmin, qmax = qrange(b, cfg.act_symmetric, cfg.act_reduce_range)
-    scale, zero_point = compute_qparams(
-        lo, hi, qmin, qmax, symmetric=cfg.act_symmetric, include_zero=cfg.act_include_zero
-    )
     if cfg.act_reduce_range and cfg.act_clip == "minmax":
         # fbgemm picks qparams for the reduced grid but clamps to the full one: a value that
         # rounds one step past the reduced grid keeps that step (measured against torch.ao).
@@ -221,6 +219,17 @@ def quantize_activation(
     if x.requires_grad:
         return fake_quantize_ste(x, scale, zero_point, qmin, qmax), lo, hi
     return fake_quantize(x, scale, zero_point, qmin, qmax), lo, hi
+
+
+def activation_qparams(
+    lo: Tensor, hi: Tensor, bits: Bits, cfg: QuantConfig
+) -> tuple[Tensor, Tensor]:
+    """The activation grid's scale and zero point for an observed range (bits shaped by
+    `per_input_bits`)."""
+    qmin, qmax = qrange(bits, cfg.act_symmetric, cfg.act_reduce_range)
+    return compute_qparams(
+        lo, hi, qmin, qmax, symmetric=cfg.act_symmetric, include_zero=cfg.act_include_zero
+    )
 
 
 def weight_qrange(bits: int, cfg: QuantConfig) -> tuple[int, int]:
@@ -240,13 +249,21 @@ def quantize_weight(w: Tensor, cfg: QuantConfig, *, conv: bool = False) -> Tenso
     """
     if cfg.weight_bits is None:
         return w
-    per_channel = cfg.weight_granularity_of(conv) == "per_channel"
-    lo, hi = observe_range(w.detach(), "per_sample" if per_channel else "per_tensor")
+    scale, zero_point = weight_qparams(w, cfg, conv=conv)
     qmin, qmax = weight_qrange(cfg.weight_bits, cfg)
-    scale, zero_point = compute_qparams(lo, hi, qmin, qmax, symmetric=cfg.weight_symmetric)
     if w.requires_grad:
         return fake_quantize_ste(w, scale, zero_point, qmin, qmax)
     return fake_quantize(w, scale, zero_point, qmin, qmax)
+
+
+def weight_qparams(w: Tensor, cfg: QuantConfig, *, conv: bool = False) -> tuple[Tensor, Tensor]:
+    """The weight grid's scale and zero point, per output channel or per tensor, shaped to
+    broadcast against `w` (needs `cfg.weight_bits`)."""
+    assert cfg.weight_bits is not None
+    per_channel = cfg.weight_granularity_of(conv) == "per_channel"
+    lo, hi = observe_range(w.detach(), "per_sample" if per_channel else "per_tensor")
+    qmin, qmax = weight_qrange(cfg.weight_bits, cfg)
+    return compute_qparams(lo, hi, qmin, qmax, symmetric=cfg.weight_symmetric)
 
 
 def check_bits_tensor(bits: Tensor) -> Tensor:

@@ -28,9 +28,11 @@ from qrl.quant.functional import (
     Bits,
     check_bits_tensor,
     observe_range,
+    per_input_bits,
     quantize_activation,
     quantize_weight,
 )
+from qrl.quant.saturating import saturating_linear
 
 QUANTIZABLE = (nn.Conv2d, nn.Linear)
 
@@ -56,6 +58,10 @@ class QuantizedLayer(nn.Module):
         self.last_lo: Tensor | None = None
         self.last_hi: Tensor | None = None
         self._weight_cache: tuple[tuple, Tensor] | None = None
+        # Read once: whether this layer's products add in saturating 16-bit pairs.
+        self.saturating = (
+            isinstance(layer, nn.Linear) and cfg.accumulation_path() == "saturating_pairs"
+        )
 
     @property
     def is_conv(self) -> bool:
@@ -87,7 +93,12 @@ class QuantizedLayer(nn.Module):
         )
         weight = self.quantized_weight()
         if isinstance(self.layer, nn.Conv2d):
-            return self.layer._conv_forward(xq, weight, self.layer.bias)
+            return self.layer._conv_forward(xq, weight, self.layer.bias)  # exact on every CPU
+        if self.saturating and _all_eight(self.bits):  # the kernel's uint8 x int8 products
+            bits = per_input_bits(self.bits, x)
+            return saturating_linear(
+                xq, self.last_lo, self.last_hi, bits, weight, self.layer.bias, self.cfg
+            )
         return F.linear(xq, weight, self.layer.bias)
 
     def extra_repr(self) -> str:
@@ -95,6 +106,11 @@ class QuantizedLayer(nn.Module):
         return (
             f"act_bits={bits}, act={self.cfg.act_granularity}, weight_bits={self.cfg.weight_bits}"
         )
+
+
+def _all_eight(bits: Bits) -> bool:
+    """Whether every input is quantized at 8 bits (ONNX Runtime's uint8 kernel)."""
+    return bool((bits == 8).all()) if isinstance(bits, Tensor) else bits == 8
 
 
 def quantized_copy(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Module:
