@@ -230,3 +230,48 @@ def build_model(
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class ChannelGain(nn.Module):
+    """A per-feature gain, exp(log_gain), on the input of a layer (the identity at zero).
+
+    Exported to ONNX as one float `Mul` that dynamic quantization leaves in float, so a large
+    gain widens the int8 range of the layer input it scales (see `qrl.pairing.inputs`).
+    """
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.log_gain = nn.Parameter(torch.zeros(features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.exp(self.log_gain)
+
+
+def with_head_gain(model: nn.Module) -> nn.Module:
+    """`model` (changed in place) with a `ChannelGain` before its last Linear layer, the head.
+
+    Raises:
+        ConfigError: the model has no Linear layer.
+    """
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no Linear head to put a gain before")
+    parent_name, _, leaf = linears[-1].rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    head = getattr(parent, leaf)
+    setattr(parent, leaf, nn.Sequential(ChannelGain(head.in_features), head))
+    return model
+
+
+def head_gained(base: dict[str, Any], **data: Any) -> nn.Module:
+    """A checkpoint spec's builder: the model of spec `base` with a gain before its head
+    (`{"_target_": "qrl.models.head_gained", "base": {...}}`); `data`: the data keywords."""
+    return with_head_gain(build_model(base, **data))
+
+
+def head_gain(model: nn.Module) -> ChannelGain:
+    """The `ChannelGain` that `with_head_gain` put into `model` (or a copy of it)."""
+    gains = [m for m in model.modules() if isinstance(m, ChannelGain)]
+    if len(gains) != 1:
+        raise ConfigError(f"expected one head gain in {type(model).__name__}, found {len(gains)}")
+    return gains[0]

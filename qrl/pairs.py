@@ -24,13 +24,15 @@ on the test split. `load_pair(run_dir)` gives the pair back.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 from omegaconf import DictConfig, open_dict
 
-from qrl.checkpoints import InputSpec, load_model
+from qrl import input_pairs
+from qrl.checkpoints import InputSpec
 from qrl.cli import checked_options, hydra_task
 from qrl.config import CONF_DIR, checked_number
 from qrl.errors import ConfigError
@@ -40,21 +42,33 @@ from qrl.pairing import (
     NETWORK_FILE,
     PAIR_FILE,
     POLICY_FILE,
+    InputPair,
     Pair,
     load_pair,
     save_pair,
     weights_sha256,
 )
 from qrl.pairing.evaluation import evaluate_pair
+from qrl.pairing.layout import SPACES
 from qrl.pairing.training import STATE_FILE, LossWeights, pair_loss, train_pair
 from qrl.quant import QuantConfig, as_quant_config
 from qrl.runs import start_run, write_metrics
 from qrl.schema import validate_pairs
 from qrl.sweeps import task_device
-from qrl.victim import Victim, default_victim, load_victim, victim_dir
+from qrl.victim import Victim, distilled_victim, victim_dir
 
 # The library's names that users of `qrl.pairs` call (README: `from qrl.pairs import load_pair`).
-__all__ = ["KINDS", "LossWeights", "Pair", "load_pair", "main", "pair_loss", "run", "train_pair"]
+__all__ = [
+    "KINDS",
+    "InputPair",
+    "LossWeights",
+    "Pair",
+    "load_pair",
+    "main",
+    "pair_loss",
+    "run",
+    "train_pair",
+]
 SPLITS = ("train", "val", "test")
 
 
@@ -73,16 +87,11 @@ def check_config(cfg: DictConfig) -> None:
 
 def _victim(cfg: DictConfig, quant: QuantConfig) -> tuple[Victim, dict[str, Any]]:
     """The teacher, the distilled student and the data, plus the student's model spec."""
-    device = task_device(cfg)
-    run = Path(cfg.victim.run) if cfg.victim.run else None
-    if run is None:
-        model = str(cfg.victim.model)
-        victim = default_victim(quant, progress=bool(cfg.progress), device=device, model=model)
-        run = victim_dir(model)
-    else:
-        victim = load_victim(run, quant, device)
-    _, record = load_model(run / "student.pt")
-    return victim, record["spec"]
+    run = cfg.victim.run or None
+    victim, spec, _ = distilled_victim(
+        run, str(cfg.victim.model), quant, task_device(cfg), bool(cfg.progress)
+    )
+    return victim, spec
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -110,7 +119,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 (out / name).unlink(missing_ok=True)
             qnet, ppo, decoder = train_pair(victim, cfg, out, log)
             save_pair(out, kind, qnet, ppo, decoder, quant, spec, InputSpec.of(victim.data))
-        pair = load_pair(out).to(victim.device)  # Stage C where the pair trained
+        pair = load_pair(out, space="bits").to(victim.device)  # Stage C where it trained
         split = getattr(victim.data, str(cfg.eval.split))
         evaluation = evaluate_pair(pair, victim.teacher, split, seed=int(cfg.eval.random_seed))
         metrics = evaluation.to_metrics()
@@ -133,8 +142,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @checked_options
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="pairs")
-def main(cfg: DictConfig) -> None:
+def bits_main(cfg: DictConfig) -> None:
     hydra_task(run, cfg)
+
+
+def main() -> None:
+    """`space=input`: an input-distribution pair (`qrl.input_pairs`, conf/input_pairs.yaml);
+    `space=bits` or no space: a bit-width pair (conf/pairs.yaml)."""
+    spaces = [a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("space=")]
+    if any(s not in SPACES for s in spaces) or len(set(spaces)) > 1:
+        print(
+            f"error: space must be one of {list(SPACES)} (one of them), got "
+            f"{', '.join(spaces)}: space=bits trains a bit-width pair, space=input an "
+            "input-distribution pair",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    if spaces == ["input"]:
+        input_pairs.main()
+        return
+    sys.argv[1:] = [a for a in sys.argv[1:] if not a.startswith("space=")]
+    bits_main()
 
 
 if __name__ == "__main__":

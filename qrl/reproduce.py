@@ -148,7 +148,7 @@ def cross_evaluate(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     `STAGE_C_FILE` with its key and returned as it reads back (a rerun gives the same bytes)."""
     key = stage_c_key(cfg, seed, root)
     device = task_device(cfg)  # Stage C where the pairs trained
-    loaded = {kind: load_pair(root / kind).to(device) for kind in KINDS}
+    loaded = {kind: load_pair(root / kind, space="bits").to(device) for kind in KINDS}
     data = instantiate(load_run_config(root / "distill").data)  # the pairs' split
     test = data.test
     rows = cross_evaluation(

@@ -375,3 +375,22 @@ class EstimatingLogger(RunLogger):
         super().log(metrics, step)
         if self.estimates is not None:
             self.estimates(metrics, step)
+
+
+def distilled_victim(
+    run: str | os.PathLike[str] | None,
+    model: str,
+    quant: QuantConfig,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> tuple[Victim, dict[str, Any], Path]:
+    """The victim of a `qrl.distill` run dir (`run`), or the cached digits victim of `model`
+    when `run` is None; with the student's model spec and the run dir it came from."""
+    if run is None:
+        victim = default_victim(quant, progress=progress, device=device, model=model)
+        run_dir = victim_dir(model)
+    else:
+        run_dir = Path(run)
+        victim = load_victim(run_dir, quant, device)
+    _, record = load_model(run_dir / "student.pt")
+    return victim, record["spec"], run_dir

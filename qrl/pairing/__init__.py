@@ -1,5 +1,6 @@
 """Network-policy pairs: save and load them, train them (Stage B), evaluate them (Stage C)."""
 
+from qrl.pairing.input_store import InputPair
 from qrl.pairing.store import (
     KINDS,
     NETWORK_FILE,
@@ -18,6 +19,7 @@ __all__ = [
     "PAIR_FILE",
     "PAIR_FORMAT",
     "POLICY_FILE",
+    "InputPair",
     "Pair",
     "load_pair",
     "save_pair",

@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -21,15 +21,17 @@ from torch import Tensor, nn
 from qrl.checkpoints import InputSpec, load_model, save_model
 from qrl.devices import module_device
 from qrl.envs.quant_bits import bits_observation, observation_side
-from qrl.errors import CheckpointError
+from qrl.errors import CheckpointError, ConfigError
+from qrl.pairing.input_store import INPUT_PAIR_FORMAT, INPUT_PAIR_KEYS, InputPair, input_pair_of
+from qrl.pairing.layout import KINDS as KINDS  # re-exported: qrl.pairing.store.KINDS
+from qrl.pairing.layout import NETWORK_FILE, PAIR_FILE, POLICY_FILE, SPACES
 from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, layer_names, quantized_copy, using_bits
 from qrl.quant.modules import float_model
 from qrl.runs import atomic_write
 
-KINDS = ("detrimental", "robust")
-PAIR_FILE, NETWORK_FILE, POLICY_FILE = "pair.json", "network.pt", "policy.zip"
 PAIR_FORMAT = "qrl-pair-v1"
+BITS_PAIR_KEYS = ("kind", "quant", "bits_set", "bits_budget")
 
 
 @dataclass
@@ -81,16 +83,42 @@ class Pair:
             return self.qnetwork(x.to(module_device(self.qnetwork))).to(x.device)
 
 
-def load_pair(run_dir: str | Path) -> Pair:
-    """Load the pair a finished `python -m qrl.pairs` run saved in `run_dir`.
+@overload
+def load_pair(run_dir: str | Path, space: Literal["bits"]) -> Pair: ...
+@overload
+def load_pair(run_dir: str | Path, space: Literal["input"]) -> InputPair: ...
+@overload
+def load_pair(run_dir: str | Path, space: str | None = None) -> Pair | InputPair: ...
+def load_pair(run_dir: str | Path, space: str | None = None) -> Pair | InputPair:
+    """Load the pair a finished `python -m qrl.pairs` run saved in `run_dir`: a bit-width
+    `Pair`, or an `InputPair` (`space=input`).
+
+    Args:
+        space: `bits` or `input` to refuse the other kind of pair; None takes either.
 
     Raises:
         CheckpointError: the dir holds no finished pair, its files are missing or corrupt, or
             they are of another format; the message says how to train the pair again.
+        ConfigError: the pair is not of the expected `space`.
     """
     run_dir = Path(run_dir)
     meta = _read_meta(run_dir)
+    found = "input" if meta["format"] == INPUT_PAIR_FORMAT else "bits"
+    if space is not None and space != found:
+        if space not in SPACES:
+            raise ConfigError(f"space must be one of {list(SPACES)}, got {space!r}")
+        raise ConfigError(
+            f"{run_dir} holds {SPACES[found]}, and {SPACES[space]} is expected here: point to "
+            f"a pair trained with `python -m qrl.pairs space={space}`"
+        )
     network, _ = load_model(run_dir / NETWORK_FILE, advice=retrain_advice(run_dir))
+    if found == "input":
+        try:
+            return input_pair_of(meta, network, run_dir)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(
+                f"{run_dir / PAIR_FILE} is damaged ({exc}); {retrain_advice(run_dir)}"
+            ) from exc
     quant = QuantConfig.from_dict(meta["quant"])
     policy = _load_policy(run_dir)
     qnetwork = quantized_copy(network, quant).eval()
@@ -125,12 +153,13 @@ def _read_meta(run_dir: Path) -> dict[str, Any]:
         found = "no format key"
     else:
         found = f"format {meta['format']!r}"
-    if not isinstance(meta, dict) or meta.get("format") != PAIR_FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") not in (PAIR_FORMAT, INPUT_PAIR_FORMAT):
         raise CheckpointError(
             f"{meta_path} is a pair of another format: it has {found}, this qrl reads "
-            f"{PAIR_FORMAT}; {advice}"
+            f"{PAIR_FORMAT} and {INPUT_PAIR_FORMAT}; {advice}"
         )
-    missing = sorted({"kind", "quant", "bits_set", "bits_budget"} - set(meta))
+    keys = INPUT_PAIR_KEYS if meta["format"] == INPUT_PAIR_FORMAT else BITS_PAIR_KEYS
+    missing = sorted(set(keys) - set(meta))
     if missing:
         raise CheckpointError(f"{meta_path} lacks {missing}; {advice}")
     return meta
