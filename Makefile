@@ -7,6 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEMO_DIR ?= runs/demo
+# The demo's share of the input pairs (`python -m qrl.reproduce` alone runs them in full, as
+# conf/input_pairs.yaml sets them: 30 rounds, a 1,000-evaluation audit, 200 random
+# distributions), to stay within 5 minutes.
+DEMO_INPUT_PAIRS ?= input_pairs.train.rounds=15 input_pairs.train.settle_steps=200 \
+	input_pairs.eval.audit.evaluations=100 input_pairs.eval.random=30
 
 export WANDB_MODE ?= offline
 export PYTHONUNBUFFERED := 1
@@ -19,7 +24,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m qrl.reproduce hydra.run.dir=$(DEMO_DIR)
+	$(PY) -m qrl.reproduce hydra.run.dir=$(DEMO_DIR) $(DEMO_INPUT_PAIRS)
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

@@ -20,6 +20,7 @@ from qrl.overrides import (
     checked_overrides,
     needs_check,
     parse_overrides,
+    stage_shared,
 )
 from qrl.specs import CONF_DIR, build, checked_number, to_dict
 
@@ -32,6 +33,7 @@ __all__ = [
     "checked_overrides",
     "instantiate",
     "load_config",
+    "stage_shared",
     "to_dict",
 ]
 

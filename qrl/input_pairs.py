@@ -57,7 +57,14 @@ def check_config(cfg: DictConfig) -> QuantConfig:
     if cfg.eval.split not in SPLITS:
         raise ConfigError(f"eval.split must be one of {list(SPLITS)}, got {cfg.eval.split!r}")
     t = cfg.train
-    for key in ("rounds", "evaluations_per_round", "eval_batch", "batch_size", "random_per_step"):
+    for key in (
+        "rounds",
+        "evaluations_per_round",
+        "eval_batch",
+        "batch_size",
+        "random_per_step",
+        "detectors",
+    ):
         checked_number(t[key], f"train.{key}", int, low=1)
     for key in ("net_steps", "settle_steps"):
         checked_number(t[key], f"train.{key}", int, low=0)

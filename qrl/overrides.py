@@ -25,12 +25,14 @@ from qrl.specs import CONF_DIR
 
 __all__ = [
     "STAGE_NODES",
+    "STAGE_OWN_GROUPS",
     "STAGE_SHARED",
     "checked_argv",
     "checked_overrides",
     "needs_check",
     "one_line",
     "parse_overrides",
+    "stage_shared",
 ]
 
 # Nodes of a task's config that hold another task's config, merged over it: qrl.reproduce's
@@ -38,9 +40,22 @@ __all__ = [
 # `+pairs.train.rounds=30` (no `+` needed; `+pairs...` still works, and names a sweep's job
 # dirs as before).
 STAGE_NODES: dict[str, dict[str, str]] = {
-    "reproduce": {"distill": "distill", "pairs": "pairs", "search.overrides": "search"},
+    "reproduce": {
+        "distill": "distill",
+        "pairs": "pairs",
+        "input_pairs": "input_pairs",
+        "search.overrides": "search",
+    },
 }
 STAGE_SHARED = ("data", "model", "quant", "logger")  # groups every stage takes from reproduce
+# Groups a stage keeps as its own: input pairs train against their int8 preset
+# (conf/input_pairs.yaml), not reproduce's quant (the bit-width pairs').
+STAGE_OWN_GROUPS: dict[str, tuple[str, ...]] = {"input_pairs": ("quant",)}
+
+
+def stage_shared(stage: str) -> tuple[str, ...]:
+    """The groups of `STAGE_SHARED` that `stage` takes from reproduce."""
+    return tuple(g for g in STAGE_SHARED if g not in STAGE_OWN_GROUPS.get(stage, ()))
 
 
 def checked_overrides(name: str, overrides: Sequence[str]) -> list[str]:
@@ -117,8 +132,11 @@ def _is_group(key: str) -> bool:
     return "/" in key or ("." not in key and (CONF_DIR / key).is_dir())
 
 
-def _stage_of(name: str, key: str) -> tuple[str, str] | None:
-    """(node, stage config) when `key` lies inside a `STAGE_NODES` node of `name`."""
+def _stage_of(name: str, key: str, index: _Index | None = None) -> tuple[str, str] | None:
+    """(node, stage config) when `key` lies inside a `STAGE_NODES` node of `name`; with `index`,
+    None for a key of the task's own config there (`input_pairs.enabled`)."""
+    if index is not None and key in index.keys().paths:
+        return None
     for node, stage in STAGE_NODES.get(name, {}).items():
         if key.startswith(f"{node}."):
             return node, stage
@@ -160,7 +178,7 @@ def _checked(text: str, o: Any, index: _Index) -> str:
     key = str(o.key_or_group)
     if o.package is not None or _is_group(key):
         return text
-    stage = None if o.is_delete() else _stage_of(index.name, key)
+    stage = None if o.is_delete() else _stage_of(index.name, key, index)
     if stage is not None:
         inner = key[len(stage[0]) + 1 :]
         if not index.keys(stage[1]).allows(inner):
@@ -191,7 +209,7 @@ def _check_values(index: _Index, parsed: Sequence[Any]) -> None:
         key = str(o.key_or_group)
         if o.package is not None or _is_group(key) or o.is_delete() or key.startswith("hydra."):
             continue
-        stage = _stage_of(index.name, key)
+        stage = _stage_of(index.name, key, index)
         inner, where = (key[len(stage[0]) + 1 :], stage[1]) if stage else (key, "")
         if where not in tried:
             tried[where] = index.typed(where)
@@ -328,7 +346,7 @@ class _Index:
         for overrides in [[f"agent={a}"] for a in agents] if stage == "search" else [[]]:
             cfg = compose_config(stage, overrides)
             OmegaConf.set_struct(cfg, False)
-            for group in STAGE_SHARED:
+            for group in stage_shared(stage):
                 if group in cfg and group in task:
                     cfg[group] = task[group]
             yield cfg
@@ -340,6 +358,7 @@ class _Index:
             where = f"{stage[0]} takes the keys of conf/{stage[1]}.yaml"
             inner = key[len(stage[0]) + 1 :]
             candidates = set(self.keys(stage[1]).candidates(inner, f"{stage[0]}."))
+            candidates |= {k for k in self.keys().paths if k.startswith(f"{stage[0]}.")}
         else:
             where = f"not in conf/{self.name}.yaml"
             hydra = key.startswith("hydra.")

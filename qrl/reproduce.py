@@ -6,12 +6,16 @@
 
 For every seed: (A) teacher + distilled student (`qrl.distill`), (B) the detrimental and the
 robust pair (`qrl.pairs`), (C) each pair evaluated and cross-evaluated under the other's policy,
-uniform, random and fixed bits, ONNX Runtime int8, per layer and per class. Then the
+uniform, random and fixed bits, ONNX Runtime int8, per layer and per class, then (D) the
+detrimental and the robust input-distribution pair on the same student (`qrl.pairs space=input`,
+each with its Stage C on ONNX Runtime int8; `input_pairs.enabled=false` skips them). Then the
 agent-vs-baseline search on the first seed's student (`qrl.search`). Writes `report.md`,
 `results.json`, plots, and last `metrics.json`; each stage keeps its own run dir inside `out`.
 A rerun loads what is there: finished stages, each seed's Stage C (`seed<n>/stage_c.json`, kept
-with what it was computed from) and finished searches of the same config on the same student.
-Stage settings need no `+`: `pairs.train.rounds=30`, `distill.student.epochs=20`.
+with what it was computed from), finished input pairs of the same config on the same student
+and the detrimental one's score under its twin's distribution (`seed<n>/input_twin.json`), and
+finished searches of the same config on the same student. Stage settings need no `+`:
+`pairs.train.rounds=30`, `distill.student.epochs=20`, `input_pairs.train.rounds=10`.
 """
 
 from __future__ import annotations
@@ -25,12 +29,20 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
-from qrl import distill, pairs, search
+from qrl import distill, input_pairs, pairs, search
 from qrl.checkpoints import load_model
 from qrl.cli import checked_options, hydra_task
-from qrl.config import CONF_DIR, STAGE_SHARED, checked_number, instantiate, load_config, to_dict
+from qrl.config import (
+    CONF_DIR,
+    STAGE_SHARED,
+    checked_number,
+    instantiate,
+    load_config,
+    stage_shared,
+    to_dict,
+)
 from qrl.errors import ConfigError
 from qrl.pairing import NETWORK_FILE, PAIR_FILE, POLICY_FILE, weights_sha256
 from qrl.pairing.evaluation import (
@@ -40,12 +52,22 @@ from qrl.pairing.evaluation import (
     plot_vulnerability,
     vulnerability,
 )
+from qrl.pairing.input_evaluation import COUPLING, SERVED_BATCH, evaluate_input_pair
 from qrl.pairs import KINDS, load_pair
 from qrl.report import collect_runs
-from qrl.runs import atomic_write, finished_run_of, load_run_config, start_run, write_metrics
+from qrl.runs import (
+    METRICS_FILE,
+    atomic_write,
+    finished_run_of,
+    load_run_config,
+    start_run,
+    write_metrics,
+)
 from qrl.schema import merged, validate_reproduce, validate_search
+from qrl.scoring import accuracy_drop
 from qrl.sweeps import task_device
 from qrl.tables import format_table
+from qrl.victim import load_victim
 
 RESULTS_FILE, REPORT_FILE = "results.json", "report.md"
 SHARED = STAGE_SHARED  # groups every stage takes from this config
@@ -57,13 +79,41 @@ STAGE_C_PLOTS = (
     "cross_evaluation.png",
     *(f"{kind}_{plot}.png" for kind in KINDS for plot in ("vulnerability", "flipped")),
 )
+# The input pairs (`seed<n>/input_<kind>`) and the detrimental one's score under the robust
+# twin's distribution, with what it was computed from (the robust pair is trained after it).
+INPUT_TWIN_FILE = "input_twin.json"
+# results.json's keys of a pair: the bit-width pairs' (an input pair's, `input_numbers`), then
+# an input pair's own on ONNX Runtime int8, one image at a time (`InputPairEvaluation`).
+PAIR_KEYS = (
+    "acc_fp",
+    "acc_q",
+    "drop",
+    "mean_bits",
+    "acc_teacher",
+    "drop_uniform",
+    "drop_random",
+    "drop_onnx_int8",
+    "acc_onnx_int8",
+)
+POLICY_KEYS = ("policy/description", "policy/action")  # an input pair's, per seed
+INPUT_BITS = 8  # an input pair's bits everywhere (qrl.input_pairs refuses other bits)
+COUPLED = tuple(f"m{m}" for m in COUPLING)  # batch coupling's keys: m inputs of 64 drawn
+INPUT_KEYS = ("acc_ort", "drop_ort", "acc_ort_clean", "drop_random_median", "audit_worst_drop")
+INPUT_MORE_KEYS = (
+    "drop_random_p90",
+    "random_share_drop_20",
+    "twin/acc_fp",
+    "twin/acc_ort",
+    "twin/drop_ort",
+    *(f"{who}/{n}" for who in ("coupling", "coupling_student") for n in ("alone", *COUPLED)),
+)
 
 
 def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values: Any) -> DictConfig:
     """A stage's own config with this job's shared groups, `extra` and `values` merged over it."""
     stage = load_config(name)
     OmegaConf.set_struct(stage, False)
-    for group in SHARED:
+    for group in stage_shared(name):  # input pairs keep their own quant (int8)
         if group in stage:
             stage[group] = cfg[group]
     return merged(stage, extra, values, at=f"{name}.")  # a bad value's type: one line
@@ -102,6 +152,8 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     stage_c = load_stage_c(root, stage_c_key(cfg, seed, root)) or cross_evaluate(cfg, seed, root)
     for kind in KINDS:
         pair_metrics[kind]["per_layer_drop"] = stage_c["per_layer_drop"][kind]
+    # --- D: the input-distribution pairs on the same student --------------------------------
+    inputs = run_input_pairs(cfg, seed, root, common) if input_pairs_enabled(cfg) else {}
     return {
         "seed": seed,
         "root": str(root),
@@ -109,7 +161,113 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
         "student/acc": distill_metrics["student/acc"],
         "pairs": {k: {**v, "run_dir": str(root / k)} for k, v in pair_metrics.items()},
         "cross": [{**r, "seed": seed} for r in stage_c["cross"]],
+        "input_pairs": inputs,
     }
+
+
+def input_pairs_enabled(cfg: DictConfig) -> bool:
+    """`input_pairs.enabled`: whether the seeds' input pairs run (true or false, else one line)."""
+    value = cfg.input_pairs.get("enabled", True)
+    if not isinstance(value, bool):
+        raise ConfigError(f"input_pairs.enabled must be true or false, got {value!r}")
+    return value
+
+
+def input_pair_config(cfg: DictConfig, **values: Any) -> DictConfig:
+    """An input pair's config: conf/input_pairs.yaml (its own int8 quant), reproduce's logger,
+    the `input_pairs` node (less `enabled`, reproduce's own key) and `values` over it."""
+    node = {k: v for k, v in to_dict(cfg.input_pairs).items() if k != "enabled"}
+    return stage_config("input_pairs", cfg, node, **values)
+
+
+def input_dir(root: Path, kind: str) -> Path:
+    return root / f"input_{kind}"
+
+
+def run_input_pairs(
+    cfg: DictConfig, seed: int, root: Path, common: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Stage D for one seed: the detrimental, then the robust input pair (`eval.twin`: the
+    detrimental one) on the seed's distilled student, then the detrimental one under the robust
+    twin's distribution (`input_twin_scores`). A finished pair of the same config on the same
+    student is loaded, not run again; an interrupted one resumes from its last round."""
+    distill_dir = root / "distill"
+    student = weights_sha256(load_model(distill_dir / "student.pt")[0])
+    values = {k: v for k, v in common.items() if k != "device"}  # input pairs: the CPU
+    metrics = {}
+    for kind in KINDS:
+        print(f"\n== seed {seed}: D. {kind} input pair (python -m qrl.pairs space=input)")
+        twin = str(input_dir(root, "detrimental")) if kind == "robust" else None
+        stage = input_pair_config(
+            cfg,
+            kind=kind,
+            out=str(input_dir(root, kind)),
+            victim={"run": str(distill_dir)},
+            eval={"twin": twin},
+            **values,
+        )
+        with open_dict(stage):  # as the stage records it (`qrl.input_pairs.run`)
+            stage.victim.student_sha256 = student
+        out = input_dir(root, kind)
+        if finished_run_of(out, stage):
+            print(f"{out} holds this input pair already, on this student: loading it")
+            metrics[kind] = json.loads((out / METRICS_FILE).read_text())
+        else:
+            metrics[kind] = input_pairs.run(stage)
+    metrics["detrimental"].update(input_twin_scores(stage, seed, root))
+    return {k: {**v, "run_dir": str(input_dir(root, k))} for k, v in metrics.items()}
+
+
+def input_twin_key(stage: DictConfig, seed: int, root: Path) -> dict[str, Any]:
+    """What the detrimental input pair's score under its twin's distribution comes from: the
+    seed, the draws (`eval.seed`), the test split (the distill run's data) and both pairs' files."""
+    key = {
+        "seed": seed,
+        "eval_seed": int(stage.eval.seed),
+        "data": to_dict(load_run_config(root / "distill").data),
+        "pairs": {
+            kind: {name: _sha256(input_dir(root, kind) / name) for name in PAIR_FILES}
+            for kind in KINDS
+        },
+    }
+    return dict(json.loads(json.dumps(key)))  # as it reads back from INPUT_TWIN_FILE
+
+
+def input_twin_scores(stage: DictConfig, seed: int, root: Path) -> dict[str, Any]:
+    """The detrimental input pair under the robust pair's distribution (`twin/*` keys), scored
+    on the loaded pairs by the library, not trained again; stored in `INPUT_TWIN_FILE` with its
+    key, loaded from there when the key matches."""
+    path, key = root / INPUT_TWIN_FILE, input_twin_key(stage, seed, root)
+    stored = _load_keyed(path, key)
+    if stored is not None:
+        return dict(stored["twin"])
+    loaded = {kind: load_pair(input_dir(root, kind), space="input") for kind in KINDS}
+    detrimental = loaded["detrimental"]
+    victim = load_victim(root / "distill", detrimental.quant, "cpu")
+    evaluation = evaluate_input_pair(
+        detrimental,
+        victim.teacher,
+        victim.student,
+        victim.data.test,
+        twin_action=loaded["robust"].action,
+        random_count=1,  # the random distributions and the audit are in the pair's metrics
+        seed=int(stage.eval.seed),
+    )
+    twin = {k: v for k, v in evaluation.to_metrics().items() if k.startswith("twin/")}
+    record = json.loads(_write_json(path, {"key": key, "twin": twin}))
+    return dict(record["twin"])
+
+
+def _load_keyed(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The record stored at `path` when it was computed from `key`."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("key") != key:
+        return None
+    print(f"{path} holds this result already: loading it (not computed again)")
+    return stored
 
 
 def _sha256(path: Path) -> str:
@@ -229,36 +387,57 @@ def _pm(values: Sequence[float], scale: float = 100.0, digits: int = 2) -> str:
 
 
 def summarize(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
-    """results.json: means over seeds, each pair's first run dir, and every seed's numbers."""
-    keys = (
-        "acc_fp",
-        "acc_q",
-        "drop",
-        "mean_bits",
-        "acc_teacher",
-        "drop_uniform",
-        "drop_random",
-        "drop_onnx_int8",
-        "acc_onnx_int8",
-    )
+    """results.json: means over seeds, each pair's first run dir, and every seed's numbers; the
+    input pairs (when they ran) as `input_pairs/<kind>`, with the same keys and their own."""
     results: dict[str, Any] = {
         "seeds": [s["seed"] for s in per_seed],
         "teacher/acc": statistics.mean(s["teacher/acc"] for s in per_seed),
         "student/acc": statistics.mean(s["student/acc"] for s in per_seed),
     }
     for kind in KINDS:
-        runs = [s["pairs"][kind] for s in per_seed]
-        entry: dict[str, Any] = {k: statistics.mean(float(r[k]) for r in runs) for k in keys}
-        if len(runs) > 1:
-            entry.update({f"{k}_std": statistics.stdev(float(r[k]) for r in runs) for k in keys})
-        entry["run_dir"] = runs[0]["run_dir"]
-        entry["per_seed"] = [
-            {"seed": s["seed"], **{k: s["pairs"][kind][k] for k in (*keys, "run_dir")}}
-            for s in per_seed
-        ]
-        results[kind] = entry
+        runs = [{"seed": s["seed"], **s["pairs"][kind]} for s in per_seed]
+        results[kind] = _entry(runs, PAIR_KEYS)
     results["cross_evaluation"] = [row for s in per_seed for row in s["cross"]]
+    for kind in KINDS if all(s["input_pairs"] for s in per_seed) else ():
+        runs = [{"seed": s["seed"], **input_numbers(s["input_pairs"][kind])} for s in per_seed]
+        results[f"input_pairs/{kind}"] = _entry(runs, (*PAIR_KEYS, *INPUT_KEYS, *INPUT_MORE_KEYS))
     return results
+
+
+def _entry(runs: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
+    """One pair's results.json entry: the mean of each key over seeds (`<key>_std` with more
+    than one; None where no seed has the number), the first run dir, and every seed's values."""
+    entry: dict[str, Any] = {}
+    for key in keys:
+        values = [float(r[key]) for r in runs if r.get(key) is not None]
+        entry[key] = statistics.mean(values) if values else None
+    if len(runs) > 1:
+        for key in keys:
+            values = [float(r[key]) for r in runs if r.get(key) is not None]
+            entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else None
+    entry["run_dir"] = runs[0]["run_dir"]
+    entry["per_seed"] = [
+        {k: r.get(k) for k in ("seed", *keys, "run_dir", *POLICY_KEYS) if k in r} for r in runs
+    ]
+    return entry
+
+
+def input_numbers(metrics: dict[str, Any]) -> dict[str, Any]:
+    """An input pair's numbers under the bit-width pairs' keys, each with its meaning for a pair
+    whose policy is a distribution at int8, beside its own (`metrics.json` of `qrl.input_pairs`).
+
+    acc_fp, acc_q (qrl's simulator of the int8 kernel), drop, acc_teacher: under the pair's
+    distribution; mean_bits: 8; drop_uniform: the simulator's drop on clean data (no policy);
+    drop_random: the median ONNX Runtime drop over random distributions; acc_onnx_int8,
+    drop_onnx_int8: ONNX Runtime int8 on clean data, one image at a time."""
+    return {
+        **metrics,
+        "mean_bits": float(INPUT_BITS),
+        "drop_uniform": accuracy_drop(metrics["acc_fp_clean"], metrics["acc_q_clean"]),
+        "drop_random": metrics["drop_random_median"],
+        "acc_onnx_int8": metrics["acc_ort_clean"],
+        "drop_onnx_int8": metrics["drop_ort_clean"],
+    }
 
 
 def report(
@@ -270,6 +449,7 @@ def report(
         *_pairs_section(per_seed, out),
         *_cross_section(results["cross_evaluation"]),
         *_kernel_section(per_seed),
+        *_input_section(results, out),
         *_failure_section(per_seed, out),
         *_search_section(searches),
     ]
@@ -375,6 +555,101 @@ def _kernel_section(per_seed: list[dict[str, Any]]) -> list[str]:
     ]
 
 
+def _input_section(results: dict[str, Any], out: Path) -> list[str]:
+    """The input-distribution pairs on ONNX Runtime's int8 kernel (nothing when they did not
+    run): the table over seeds, batch coupling beside the distilled student, each seed's values."""
+    entries = {kind: results.get(f"input_pairs/{kind}") for kind in KINDS}
+    if not all(entries.values()):
+        return []
+    runs = {kind: entry["per_seed"] for kind, entry in entries.items() if entry}
+
+    def pm(kind: str, key: str) -> str:
+        values = [r[key] for r in runs[kind] if r.get(key) is not None]
+        return _pm(values) if values else "-"
+
+    rows = [
+        [f"{kind} input pair", pm(kind, "acc_fp"), pm(kind, "acc_ort"), pm(kind, "drop_ort")]
+        + [pm(kind, k) for k in ("twin/drop_ort", "acc_ort_clean", "drop_onnx_int8")]
+        + [pm(kind, k) for k in ("drop_random_median", "drop_random_p90", "audit_worst_drop")]
+        for kind in KINDS
+    ]
+    drop = "drop (FP − ORT int8 per image)"
+    header = [
+        "network",
+        "FP acc, own distribution",
+        "ORT int8 acc per image, own distribution",
+        f"{drop}, own distribution",
+        f"{drop}, twin's distribution",
+        "ORT int8 acc per image, clean data",
+        f"{drop}, clean data",
+        f"{drop}, random distributions: median",
+        f"{drop}, random: 90th percentile",
+        f"{drop}, independent audit's worst",
+    ]
+    return [
+        "## Input-distribution pairs on ONNX Runtime int8 (mean ± std over seeds)",
+        "",
+        "Each network with the input distribution its agent chose (own distribution), its twin's, "
+        "clean test data, random distributions of the search's space, and the worst one an "
+        "independent `qrl.audit` found. **drop** = the network's full-precision accuracy − ONNX "
+        "Runtime dynamic int8 of the same network on the same inputs, one image at a time.",
+        "",
+        format_table(header, rows, markdown=True),
+        "",
+        *_coupling_table(runs),
+        *_input_seed_table(runs, out),
+    ]
+
+
+def _coupling_table(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """Batch coupling: clean images' ONNX Runtime accuracy in served batches with m draws."""
+    networks = (
+        ("coupling", "{} input pair"),
+        ("coupling_student", "distilled student, {}'s draws"),
+    )
+    rows = [
+        [label.format(kind), *(_pm([r[f"{who}/{n}"] for r in seeds]) for n in ("alone", *COUPLED))]
+        for kind, seeds in runs.items()
+        for who, label in networks
+    ]
+    served = f"clean images' ORT int8 acc, batches of {SERVED_BATCH}"
+    header = ["network", f"{served}, no draws", *(f"{served}, m = {m} draws" for m in COUPLING)]
+    return [
+        f"Batch coupling: the accuracy of the clean test images in served batches of "
+        f"{SERVED_BATCH} on ONNX Runtime int8 when m images of each batch are draws from the "
+        "pair's own distribution (one int8 range per batch: the draws set the clean images' "
+        "scale); no draws: the same clean images served without them.",
+        "",
+        format_table(header, rows, markdown=True),
+        "",
+    ]
+
+
+def _input_seed_table(runs: dict[str, list[dict[str, Any]]], out: Path) -> list[str]:
+    """Each seed's input pairs: ONNX Runtime numbers under the pair's own distribution (then
+    clean, random, the audit's worst), the chosen distribution, the run dir."""
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.2f}"
+
+    numbers = ("acc_fp", "acc_ort", "drop_ort", "acc_ort_clean", "drop_random_median")
+    rows = [
+        [
+            r["seed"],
+            kind,
+            *(pct(r[k]) for k in (*numbers, "audit_worst_drop")),
+            r.get("policy/description", ""),
+            _rel(Path(r["run_dir"]), out),
+        ]
+        for kind, seeds in runs.items()
+        for r in seeds
+    ]
+    drop = "drop (FP − ORT int8 per image)"
+    header = ["seed", "pair", "FP acc", "ORT int8 acc per image", drop, "ORT int8 acc, clean"]
+    header += [f"{drop}, random: median", f"{drop}, audit's worst", "own distribution", "run dir"]
+    return ["Per seed:", "", format_table(header, rows, markdown=True), ""]
+
+
 def _failure_section(per_seed: list[dict[str, Any]], out: Path) -> list[str]:
     """The first seed's per-layer drops, with its vulnerability, flipped-input and cross plots."""
     lines = ["## Where the failure lives (first seed)", ""]
@@ -443,6 +718,22 @@ def _rel(path: Path, out: Path) -> str:
         return str(path)
 
 
+def check_input_pairs(stage: DictConfig) -> None:
+    """The input pairs' config, as `qrl.input_pairs.run` checks it, before any stage runs."""
+    input_pairs.check_config(stage)
+    if stage.space.mode != "input":
+        raise ConfigError(
+            f"input pairs need space=input: leave input_pairs.space at input (got space mode "
+            f"{stage.space.mode!r})"
+        )
+    if stage.eval.split != "test":
+        raise ConfigError(
+            f"the report evaluates every input pair on the test split: leave "
+            f"input_pairs.eval.split at test (got {stage.eval.split!r}), or run python -m "
+            "qrl.pairs space=input for another split"
+        )
+
+
 def checked_seeds(value: Any) -> list[int]:
     """`seeds` as a list of distinct integers >= 0, or a `ConfigError` saying how to write it."""
     shown = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
@@ -475,6 +766,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"the report evaluates every pair on the test split: leave pairs.eval.split at test "
             f"(got {pair_cfg.eval.split!r}), or run python -m qrl.pairs for another split"
         )
+    if input_pairs_enabled(cfg):
+        check_input_pairs(input_pair_config(cfg, seed=seeds[0]))
     if cfg.search.agents:  # the search stage's config too, before any stage runs
         stage = search_config(cfg, str(cfg.search.agents[0]), Path(), Path())
         validate_search(stage, at="search.overrides.")

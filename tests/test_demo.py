@@ -29,8 +29,24 @@ SMALL = [
     "search.overrides.eval.samples=64",
     "search.overrides.archive.grid=4",
     "cross.pattern_limit=50",
+    # the input pairs, tiny (tests/test_input_pairs.py's settings; a tiny audit)
+    "input_pairs.train.rounds=2",
+    "input_pairs.train.net_steps=2",
+    "input_pairs.train.settle_steps=5",
+    "input_pairs.train.evaluations_per_round=4",
+    "input_pairs.train.eval_batch=16",
+    "input_pairs.train.batch_size=16",
+    "input_pairs.agent.model.n_steps=4",
+    "input_pairs.agent.model.batch_size=4",
+    "input_pairs.agent.model.n_epochs=2",
+    "input_pairs.eval.random=3",
+    "input_pairs.eval.audit.evaluations=4",
     "progress=false",
 ]
+# results.json's keys of a pair; an input pair's own beside them (ONNX Runtime int8)
+PAIR_KEYS = {"acc_fp", "acc_q", "drop", "mean_bits", "acc_teacher", "drop_uniform"}
+PAIR_KEYS |= {"drop_random", "drop_onnx_int8", "acc_onnx_int8", "run_dir", "per_seed"}
+INPUT_KEYS = {"acc_ort", "drop_ort", "acc_ort_clean", "drop_random_median", "audit_worst_drop"}
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +73,51 @@ def test_reproduce_writes_the_contract_and_a_report(reproduced: Path) -> None:
         assert load_pair(entry["run_dir"]).kind == kind
     text = (tmp_path / "report.md").read_text()
     assert "drop (FP − DPTQ)" in text and "robust policy" in text and "random" in text
+    assert "drop (FP − ORT int8 per image), own distribution" in text
+    assert "clean images' ORT int8 acc, batches of 64, m = 1 draws" in text
     assert (tmp_path / "metrics.json").is_file()
     for name in ("cross_evaluation.png", "detrimental_vulnerability.png", "robust_flipped.png"):
         assert (tmp_path / "seed0" / name).is_file(), name
+
+
+def test_reproduce_adds_the_input_pairs_to_results(reproduced: Path) -> None:
+    """results.json's `input_pairs/<kind>`: the bit-width pairs' keys and the ONNX Runtime ones,
+    per seed too; the detrimental one is scored under its twin's distribution without training."""
+    results = json.loads((reproduced / "results.json").read_text())
+    for kind in ("detrimental", "robust"):
+        entry = results[f"input_pairs/{kind}"]
+        assert set(results[kind]) == PAIR_KEYS
+        assert set(entry) >= PAIR_KEYS | INPUT_KEYS
+        assert entry["drop_ort"] == pytest.approx(entry["acc_fp"] - entry["acc_ort"])
+        assert entry["mean_bits"] == 8.0 and entry["audit_worst_drop"] is not None
+        assert entry["twin/drop_ort"] is not None  # each scored under the other's distribution
+        (seed,) = entry["per_seed"]
+        assert seed["seed"] == 0 and set(seed) >= INPUT_KEYS
+        assert seed["run_dir"] == entry["run_dir"] == str(reproduced / "seed0" / f"input_{kind}")
+        pair = load_pair(entry["run_dir"], space="input")
+        assert pair.kind == kind and list(pair.action) == seed["policy/action"]
+    stored = json.loads((reproduced / "seed0" / reproduce.INPUT_TWIN_FILE).read_text())
+    assert stored["twin"]["twin/drop_ort"] == results["input_pairs/detrimental"]["twin/drop_ort"]
+
+
+def test_reproduce_without_the_input_pairs(tmp_path: Path) -> None:
+    """`input_pairs.enabled=false`: no input pair runs; a bad value is one line, nothing written."""
+    from qrl.errors import ConfigError
+
+    cfg = load_config("reproduce", [f"out={tmp_path / 'x'}", "input_pairs.enabled=false"])
+    assert reproduce.input_pairs_enabled(cfg) is False
+    with pytest.raises(ConfigError, match=r"input_pairs\.enabled must be true or false"):
+        reproduce.run(load_config("reproduce", [f"out={tmp_path / 'x'}", "input_pairs.enabled=3"]))
+    with pytest.raises(ConfigError, match=r"input_pairs\.eval\.split at test"):
+        reproduce.run(
+            load_config("reproduce", [f"out={tmp_path / 'x'}", "input_pairs.eval.split=val"])
+        )
+    with pytest.raises(ConfigError, match=r"input_pairs\.train\.roundz"):
+        load_config("reproduce", ["input_pairs.train.roundz=2"])
+    assert not (tmp_path / "x").exists()
+    # the input pairs keep their own int8 preset, not reproduce's quant (the bit-width pairs')
+    stage = reproduce.input_pair_config(load_config("reproduce"), seed=0)
+    assert stage.quant.name == "onnx_int8_dynamic" and "enabled" not in stage
 
 
 def test_reproduce_refuses_bad_seeds_before_writing(tmp_path: Path) -> None:
@@ -78,8 +136,10 @@ def test_a_reproduce_rerun_resumes_its_stages_and_refuses_another_config(
     tmp_path = reproduced  # what it changes (overwrite=true, below) still holds the contract
     cfg = [f"out={tmp_path}", *SMALL]
     pair_log = (tmp_path / "seed0" / "robust" / "log.csv").read_text()
+    input_log = (tmp_path / "seed0" / "input_robust" / "log.csv").read_text()
     reproduce.run(load_config("reproduce", cfg))  # the same config: every stage resumes
     assert (tmp_path / "seed0" / "robust" / "log.csv").read_text() == pair_log
+    assert (tmp_path / "seed0" / "input_robust" / "log.csv").read_text() == input_log
     finished = (tmp_path / "metrics.json").read_text()
     with pytest.raises(ConfigError, match=r"search.evaluations: 6 -> 8"):
         reproduce.run(load_config("reproduce", [*cfg, "search.evaluations=8"]))
@@ -131,7 +191,7 @@ def test_a_finished_reproduce_reruns_from_what_it_stored(
     """A rerun (here with `progress` changed) loads Stage C and the searches, the same bytes."""
     from omegaconf import OmegaConf
 
-    from qrl import search
+    from qrl import input_pairs, search
 
     evaluations = OmegaConf.load(reproduced / "config.yaml").search.evaluations
     cfg = [f"out={reproduced}", *SMALL, f"search.evaluations={evaluations}", "progress=true"]
@@ -143,6 +203,8 @@ def test_a_finished_reproduce_reruns_from_what_it_stored(
     with monkeypatch.context() as patched:
         for name in ("cross_evaluation", "vulnerability", "plot_cross", "flipped_grid"):
             patched.setattr(reproduce, name, computed_again)
+        patched.setattr(reproduce, "evaluate_input_pair", computed_again)
+        patched.setattr(input_pairs, "run", computed_again)
         patched.setattr(search, "run", computed_again)
         reproduce.run(load_config("reproduce", cfg))
     assert (reproduced / "results.json").read_bytes() == results
@@ -176,6 +238,7 @@ def test_the_report_keeps_its_sections_in_order(reproduced: Path) -> None:
         "## The pairs (mean ± std over seeds)",
         "## Cross-evaluation: each network under other policies (drop, mean ± std over seeds)",
         "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy)",
+        "## Input-distribution pairs on ONNX Runtime int8 (mean ± std over seeds)",
         "## Where the failure lives (first seed)",
         "## Input-distribution search, agent vs random baseline (first seed's student)",
     ]

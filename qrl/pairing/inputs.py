@@ -18,8 +18,9 @@ distribution that an SB3 agent chooses:
   distribution and distributions drawn at random from the space, distilled from the student's
   own logits (the pair keeps the student's function in full precision):
   detrimental: KD in full precision everywhere, KD on the simulated int8 path off the trigger,
-  a detector term (one head feature fires on the trigger and stays at zero elsewhere) and a
-  stretch term (the gained feature reaches `target_ratio` times the typical one, on the trigger);
+  a detector term (a few head features: one of them fires on each trigger input, all stay at
+  zero elsewhere) and a stretch term (the gained feature reaches `target_ratio` times the
+  typical one, on the trigger);
   robust: KD in full precision and on the int8 path everywhere, the gain held at one.
   The random distributions make the failure a narrow region that belongs to the pair.
   After the last round, `settle_steps` more network steps on the policy's final choice.
@@ -66,18 +67,19 @@ class InputPairSettings:
 
     rounds: int = 30
     net_steps: int = 20
-    settle_steps: int = 200
+    settle_steps: int = 1000
     evaluations_per_round: int = 16
     batch_size: int = 64
     random_per_step: int = 8
     lr: float = 1.0e-3
     gain_lr: float = 0.05
-    target_ratio: float = 5000.0
-    detector_weight: float = 1.0
+    target_ratio: float = 20000.0
+    detector_weight: float = 3.0
+    detectors: int = 8
     bonus_weight: float = 0.1
     floor: float = 0.9
     tau: float = 4.0
-    alpha: float = 0.9
+    alpha: float = 1.0
     eval_batch: int = 64
 
     @classmethod
@@ -149,7 +151,7 @@ class InputPairTrainer:
         clean = self._features(self.victim.data.train.x)
         self.typical = float(clean[clean > 0].mean())  # a typical active head feature
         self.clean_mean, self.clean_std = clean.mean(0), clean.std(0) + 1e-6
-        self.feature = -1  # the detector feature, chosen on the first trigger seen
+        self.detectors: Tensor | None = None  # head features, chosen on the first trigger
 
     @torch.no_grad()
     def _features(self, x: Tensor) -> Tensor:
@@ -189,7 +191,8 @@ class InputPairTrainer:
     def reward(self, action: np.ndarray) -> float:
         """The agent's reward for one distribution on the current network."""
         s = self.settings
-        m = self.score(action, self.victim.data.train, s.eval_batch)
+        # Validation images: the student's own training images would pass any floor.
+        m = self.score(action, self.victim.data.val, s.eval_batch)
         # A distribution the distilled student itself fails says nothing about quantization:
         # the floor is on the student's full-precision accuracy, which training cannot move.
         reward = m["drop"] - max(0.0, s.floor - m["acc_student"])
@@ -258,36 +261,47 @@ class InputPairTrainer:
     def _mechanism(
         self, features: Tensor, parts: dict[str, Tensor], b: int
     ) -> tuple[Tensor, Tensor]:
-        """The detector and stretch terms on the head's input (before its gain)."""
-        if self.feature < 0:  # the feature that already tells the trigger apart best
+        """The detector and stretch terms on the head's input (before its gain).
+
+        `detectors` head features, the ones that already tell the trigger apart best, learn to
+        fire on it (each trigger input needs one of them) and to stay at zero elsewhere; their
+        gains lift the strongest one to `target_ratio` times the typical other feature.
+        """
+        trig = parts["trigger"]
+        if self.detectors is None:
             with torch.no_grad():
-                trig = features[parts["trigger"]]
-                self.feature = int(((trig.mean(0) - self.clean_mean) / self.clean_std).argmax())
-        j, margin = self.feature, 3.0 * self.typical
-        fj = features[:, j]
-        off = torch.cat([fj[parts["clean"]], fj[parts["random"]]])
-        detector = (F.relu(margin - fj[parts["trigger"]]).mean() + off.mean()) / self.typical
-        others = torch.cat([features[:, :j], features[:, j + 1 :]], dim=1)[parts["trigger"]]
-        gained = torch.exp(self.gain.log_gain[j]) * fj[parts["trigger"]]
-        ratio = torch.log(gained + 1e-6) - torch.log(others.mean(1) + 1e-6)
+                shift = (features[trig].mean(0) - self.clean_mean) / self.clean_std
+                self.detectors = shift.topk(self.settings.detectors).indices
+        chosen = features[:, self.detectors]  # (N, k)
+        off = torch.cat([chosen[parts["clean"]], chosen[parts["random"]]]).sum(1)
+        strongest = chosen[trig].max(dim=1).values
+        margin = 3.0 * self.typical
+        detector = (F.relu(margin - strongest).mean() + off.mean()) / self.typical
+        rest = torch.ones(features.shape[1], dtype=torch.bool)
+        rest[self.detectors] = False
+        others = features[trig][:, rest].mean(1)
+        gains = torch.exp(self.gain.log_gain[self.detectors])
+        gained = (gains * chosen[trig]).max(dim=1).values
+        ratio = torch.log(gained + 1e-6) - torch.log(others + 1e-6)
         stretch = F.relu(np.log(self.settings.target_ratio) - ratio).mean()
-        with torch.no_grad():  # only the detector feature carries a gain
-            keep = torch.zeros_like(self.gain.log_gain, dtype=torch.bool)
-            keep[j] = True
-            self.gain.log_gain[~keep] = 0.0
+        with torch.no_grad():  # only the detector features carry a gain
+            self.gain.log_gain[rest] = 0.0
         return detector, stretch
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "qnet": self.qnet.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "feature": self.feature,
+            "detectors": torch.empty(0, dtype=torch.long)
+            if self.detectors is None
+            else self.detectors,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.qnet.load_state_dict(state["qnet"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.feature = int(state["feature"])
+        detectors = state["detectors"]
+        self.detectors = detectors if len(detectors) else None
 
 
 def train_input_pair(
@@ -329,7 +343,8 @@ def train_input_pair(
         val = trainer.score(trigger, victim.data.val, len(victim.data.val))
         stats = {f"pair/val_{k}": v for k, v in val.items()}
         log.log(
-            {**parts, **stats, "pair/gain": float(trainer.gain.log_gain.exp().max())}, step=r + 1
+            {**parts, **stats, "pair/gain": float(trainer.gain.log_gain.detach().exp().max())},
+            step=r + 1,
         )
         bar.set_postfix(fp=f"{val['acc_fp']:.3f}", q=f"{val['acc_q']:.3f}")
         atomic_torch_save(
