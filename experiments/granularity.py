@@ -49,9 +49,9 @@ def rows_for(
     acc_fp = rate(correct(predict_logits(network, x), y))
     records = []
     for granularity in GRANULARITIES:
-        qnet = quantized_copy(network, dataclasses.replace(quant, act_granularity=granularity))
+        quantized = quantized_copy(network, dataclasses.replace(quant, act_granularity=granularity))
         for policy, bits in policies.items():
-            acc_q = rate(quantized_right(qnet.eval(), x, y, bits, batch=batch))
+            acc_q = rate(quantized_right(quantized.eval(), x, y, bits, batch=batch))
             records.append(
                 {
                     "seed": seed,

@@ -131,8 +131,8 @@ class _KernelCheck:
             mirror_name,
             mirror,
             victim.quant,
-            _input_task(task, dataclasses.replace(victim, qstudent=backend)),
-            _input_task(task, dataclasses.replace(victim, qstudent=simulated, quant=mirror)),
+            _input_task(task, dataclasses.replace(victim, quantized=backend)),
+            _input_task(task, dataclasses.replace(victim, quantized=simulated, quant=mirror)),
             comparable,
         )
 

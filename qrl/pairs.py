@@ -117,8 +117,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else:
             for name in (PAIR_FILE, NETWORK_FILE, POLICY_FILE):  # another config's pair
                 (out / name).unlink(missing_ok=True)
-            qnet, ppo, decoder = train_pair(victim, cfg, out, log)
-            save_pair(out, kind, qnet, ppo, decoder, quant, spec, InputSpec.of(victim.data))
+            quantized, ppo, decoder = train_pair(victim, cfg, out, log)
+            save_pair(out, kind, quantized, ppo, decoder, quant, spec, InputSpec.of(victim.data))
         pair = load_pair(out, space="bits").to(victim.device)  # Stage C where it trained
         split = getattr(victim.data, str(cfg.eval.split))
         evaluation = evaluate_pair(pair, victim.teacher, split, seed=int(cfg.eval.random_seed))

@@ -68,9 +68,9 @@ def _evaluate(victim: Victim, quant: QuantConfig, bits_list: list[int], cfg: Dic
     hidden = None if cfg.progress else True  # tqdm's `disable`: None hides it off a terminal
     with tqdm(total=steps, desc="quant_eval", disable=hidden, leave=False) as bar:
         for bits in bits_list:
-            qmodel = quantized_copy(victim.student, quant.with_bits(bits)).eval()
+            quantized = quantized_copy(victim.student, quant.with_bits(bits)).eval()
             label = f"qrl {quant.act_granularity} {bits}-bit"
-            scores.record(label, predict_logits(qmodel, x, bs), f"quant/{bits}bit")
+            scores.record(label, predict_logits(quantized, x, bs), f"quant/{bits}bit")
             bar.update(1)
         scores.metrics["cpu/int8_accumulation"] = int8_accumulation()
         warnings = _score_kernels(scores, victim.student, x, cfg, bar.update)

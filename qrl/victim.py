@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,16 +36,16 @@ class Victim:
     Attributes:
         teacher: queried for logits only.
         student: the full-precision student.
-        qstudent: S_q: `quantized_copy(student, quant)`, or a real int8 backend.
+        quantized: S_q: `quantized_copy(student, quant)`, or a real int8 backend.
         data: the data set the student was distilled on (its test split is held out).
-        quant: the quantizer of `qstudent`.
-        device: where teacher, student and a simulated `qstudent` compute (`qrl.devices`); the
+        quant: the quantizer of `quantized`.
+        device: where teacher, student and a simulated `quantized` compute (`qrl.devices`); the
             data stay on the CPU and each batch moves over (real int8 backends: CPU only).
     """
 
     teacher: nn.Module
     student: nn.Module
-    qstudent: nn.Module | RealBackend
+    quantized: nn.Module | RealBackend
     data: ImageData
     quant: QuantConfig
     device: torch.device = CPU
@@ -57,20 +58,26 @@ class Victim:
         where labels, scores and archives live.
         """
         on_device = x.to(self.device)
-        q_in = on_device if isinstance(self.qstudent, nn.Module) else x.cpu()
+        q_in = on_device if isinstance(self.quantized, nn.Module) else x.cpu()
         return (
             self.teacher(on_device).cpu(),
             self.student(on_device).cpu(),
-            self.qstudent(q_in).cpu(),
+            self.quantized(q_in).cpu(),
         )
+
+    @property
+    def qstudent(self) -> nn.Module | RealBackend:
+        """Deprecated: the quantized student is `quantized`."""
+        warnings.warn("Victim.qstudent is now Victim.quantized", DeprecationWarning, stacklevel=2)
+        return self.quantized
 
     def to(self, device: torch.device | str) -> Victim:
         """Move teacher, student and a simulated quantized copy to `device`, in place; a real
         int8 backend stays on the CPU, where its kernels run. Returns the victim."""
         self.device = torch.device(device)
         self.teacher, self.student = self.teacher.to(self.device), self.student.to(self.device)
-        if isinstance(self.qstudent, nn.Module):
-            self.qstudent = self.qstudent.to(self.device)
+        if isinstance(self.quantized, nn.Module):
+            self.quantized = self.quantized.to(self.device)
         return self
 
     @classmethod
@@ -90,13 +97,13 @@ class Victim:
         teacher, student = teacher.eval(), student.eval()
         _check_shape(student, data)
         _check_shape(teacher, data)
-        qstudent: nn.Module | RealBackend
+        quantized: nn.Module | RealBackend
         if quant.backend != "fake":
-            qstudent = real_backend(quant.backend, student, data.test.head(8))
+            quantized = real_backend(quant.backend, student, data.test.head(8))
         teacher, student = teacher.to(device), student.to(device)
         if quant.backend == "fake":
-            qstudent = quantized_copy(student, quant).eval()  # a copy on the student's device
-        return cls(teacher, student, qstudent, data, quant, device)
+            quantized = quantized_copy(student, quant).eval()  # a copy on the student's device
+        return cls(teacher, student, quantized, data, quant, device)
 
 
 def _check_shape(model: nn.Module, data: ImageData) -> None:

@@ -141,7 +141,13 @@ SWEEPS: dict[str, tuple[list[str], dict[str, str]]] = {
     ),
     "search_benchmark": (["members.count=2"], {"members.count": "2", "progress": "false"}),
 }
-IN_PROCESS = {"planted_vulnerability", "policy_alone", "simulator_fidelity", "tune_agents"}
+IN_PROCESS = {
+    "input_pairs_table",
+    "planted_vulnerability",
+    "policy_alone",
+    "simulator_fidelity",
+    "tune_agents",
+}
 SCRIPTS = sorted(p.stem for p in EXPERIMENTS.glob("*.py") if p.name != "common.py")
 
 
@@ -278,3 +284,35 @@ def test_the_tuning_script_searches_tuning_members_only(
     member, agent, seed, budget, options = stopped.value.args
     assert asked == [2] and member == "member0" and seed == 3 and budget == 50
     assert agent.name == "ppo" and "model" in agent and options
+
+
+def test_the_input_pairs_script_trains_both_kinds_audits_and_writes_its_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_script("input_pairs_table", monkeypatch)
+    readme = tmp_path / "README.md"
+    readme.write_text("# Experiments\n")
+    monkeypatch.setattr(module.common, "README", readme)
+    monkeypatch.setattr(module.common, "README_LOCK", tmp_path / "readme.lock")
+    tiny = [
+        "train.rounds=1",
+        "train.net_steps=1",
+        "train.settle_steps=2",
+        "train.evaluations_per_round=2",
+        "train.eval_batch=8",
+        "train.batch_size=8",
+        "agent.model.n_steps=2",
+        "agent.model.batch_size=2",
+        "eval.random=2",
+        "eval.audit.evaluations=4",
+    ]
+    argv = ["--runs", "mlp=0", "--audit-agents", "random", "--audit-evaluations", "4"]
+    monkeypatch.setattr(sys, "argv", ["input_pairs_table.py", *argv, "--out", str(tmp_path), *tiny])
+    assert module.main() == 0
+    for kind in ("detrimental", "robust"):  # both pairs, through the CLI
+        assert (tmp_path / "mlp" / "s0" / kind / "pair.json").is_file()
+    audited = json.loads((tmp_path / "mlp" / "s0" / "audit_random" / "ort_drop.json").read_text())
+    assert -1.0 <= audited["drop_ort"] <= 1.0
+    section = readme.read_text()
+    assert "<!-- input_pairs:start -->" in section
+    assert section.count("| mlp ") == 3  # one row in each table: detrimental, robust, audits

@@ -28,6 +28,7 @@ from qrl.quant import QuantConfig, quantized_copy, using_bits
 from qrl.quant.functional import quantize_activation
 from qrl.runs import load_run_config
 from qrl.scoring import predict_logits
+from qrl.victim import Victim
 from tests.conftest import QUICK
 
 TINY_PAIR = [
@@ -99,8 +100,8 @@ def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tin
     assert bits.dtype == torch.int64 and bits.shape == (20, len(pair.layer_names))
     assert set(bits.unique().tolist()) <= {2, 3, 4, 5, 6, 8}
     assert (bits.float().mean(dim=1) <= 4.0 + 1e-9).all()
-    with using_bits(pair.qnetwork, bits):
-        expected = pair.qnetwork(x)
+    with using_bits(pair.quantized, bits):
+        expected = pair.quantized(x)
     assert torch.allclose(pair.logits(x), expected)
     assert torch.allclose(pair.network(x), predict_logits(pair.network, x))
     metrics = json.loads((tiny_pairs["detrimental"] / "metrics.json").read_text())
@@ -114,6 +115,12 @@ def test_a_trained_pair_loads_with_its_contract(tiny_pairs: dict[str, Path], tin
     assert any(not torch.equal(v, saved[k]) for k, v in student.state_dict().items())
     # The checkpoints for resuming are gone once the pair is finished.
     assert not (tiny_pairs["detrimental"] / pair_training.STATE_FILE).exists()
+    # The quantized copy's old names still read, with a deprecation warning.
+    with pytest.warns(DeprecationWarning, match="Pair.quantized"):
+        assert pair.qnetwork is pair.quantized
+    victim = Victim.from_models(student, student, data, pair.quant)
+    with pytest.warns(DeprecationWarning, match="Victim.quantized"):
+        assert victim.qstudent is victim.quantized
 
 
 def test_a_pair_evaluation_becomes_the_metrics_keys_of_a_pair() -> None:
@@ -274,16 +281,16 @@ def test_pair_loss_pushes_the_quantized_path_the_right_way() -> None:
     weights = pairs.LossWeights.of(load_config("pairs").train)
     results = {}
     for kind in pairs.KINDS:
-        qnet = quantized_copy(net, QuantConfig(act_bits=4, act_range_grad=True)).eval()
-        trainer = Trainer(qnet, lr=3e-3, weight_decay=0.0, total_steps=60)
+        quantized = quantized_copy(net, QuantConfig(act_bits=4, act_range_grad=True)).eval()
+        trainer = Trainer(quantized, lr=3e-3, weight_decay=0.0, total_steps=60)
         bits = torch.full((64, 2), 2)
         for _ in range(60):
             loss, parts = pairs.pair_loss(
-                kind, qnet, x, y, teacher_logits, bits, torch.full((2,), 4), weights
+                kind, quantized, x, y, teacher_logits, bits, torch.full((2,), 4), weights
             )
             trainer.step(loss)
-        with torch.no_grad(), using_bits(qnet, bits):
-            results[kind] = float((qnet(x).argmax(1) == y).float().mean())
+        with torch.no_grad(), using_bits(quantized, bits):
+            results[kind] = float((quantized(x).argmax(1) == y).float().mean())
     assert results["robust"] > 0.9
     assert results["detrimental"] < 0.5
     assert np.isfinite(list(parts.values())).all()

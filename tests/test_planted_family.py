@@ -66,7 +66,7 @@ def _accuracies(member: Member, action: np.ndarray) -> tuple[float, float, float
         fp = member.model(x)
         assert torch.allclose(fp, base(x), atol=1e-4)  # float outputs unchanged
         acc = lambda logits: float((logits.argmax(1) == y).float().mean())  # noqa: E731
-        return acc(fp), acc(member.victim.qstudent(x)), member.trigger_rate(action)
+        return acc(fp), acc(member.victim.quantized(x)), member.trigger_rate(action)
 
 
 def test_the_member_is_a_function_of_its_seed(member: Member) -> None:

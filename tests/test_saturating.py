@@ -96,10 +96,10 @@ def test_the_saturating_layer_trains_like_the_exact_one() -> None:
     saturating_cfg = dataclasses.replace(exact_cfg, accumulation="saturating_pairs")
     outs, grads = [], []
     for cfg in (exact_cfg, saturating_cfg):
-        qmodel = quantized_copy(model, cfg)
-        out = qmodel(x)
+        quantized = quantized_copy(model, cfg)
+        out = quantized(x)
         out.sum().backward()
         outs.append(out.detach())
-        grads.append(next(qmodel.parameters()).grad)
+        grads.append(next(quantized.parameters()).grad)
     assert (outs[1] < outs[0] - 1.0).all()  # clipped pair sums: a smaller output
     torch.testing.assert_close(grads[0], grads[1])  # straight through: the exact path's gradient

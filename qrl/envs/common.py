@@ -63,13 +63,13 @@ def check_action(action: Any, space: spaces.Space) -> np.ndarray:
     return np.clip(a, space.low, space.high)
 
 
-def range_features(qmodel: nn.Module | Any, batch: int) -> np.ndarray:
+def range_features(quantized: nn.Module | Any, batch: int) -> np.ndarray:
     """Per-input, per-layer activation ranges of the last forward, squashed into [0, 1).
 
     tanh(log1p(hi - lo) / 3): monotone in the range, bounded for any activation scale.
     Shaped (batch, layers); zeros when the model records no ranges (a real backend).
     """
-    layers = quantized_layers(qmodel) if isinstance(qmodel, nn.Module) else []
+    layers = quantized_layers(quantized) if isinstance(quantized, nn.Module) else []
     if not layers:
         return np.zeros((batch, 0), dtype=np.float32)
     cols = []

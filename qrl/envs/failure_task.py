@@ -160,7 +160,7 @@ class FailureTask:
     def measure(self, action: np.ndarray, x: Tensor, y: Tensor) -> Measurement:
         """Score T, S and S_q on (x, y), S_q at the action's bit-widths (else the preset's)."""
         _, bits = self.split_action(action)
-        q = self.victim.qstudent
+        q = self.victim.quantized
         if isinstance(q, nn.Module):
             per_layer = [int(b) for b in bits] if bits is not None else self.victim.quant.act_bits
             with using_bits(q, per_layer):
@@ -171,7 +171,7 @@ class FailureTask:
         return Measurement(Outcome.of(t_logits, fp_logits, q_logits, y), mean_bits)
 
     def _num_layers(self) -> int:
-        q = self.victim.qstudent
+        q = self.victim.quantized
         if isinstance(q, nn.Module):
             return len(layer_names(q))
         if self.mode != "input":

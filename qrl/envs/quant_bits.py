@@ -41,7 +41,7 @@ def observation_side(image_size: tuple[int, int]) -> tuple[int, int]:
 
 @torch.no_grad()
 def bits_observation(
-    qmodel: nn.Module, x: Tensor, side: tuple[int, int]
+    quantized: nn.Module, x: Tensor, side: tuple[int, int]
 ) -> tuple[np.ndarray, Tensor]:
     """What a bit-width policy sees of a batch before it chooses bits, and the float logits.
 
@@ -49,9 +49,11 @@ def bits_observation(
     full-precision network's class probabilities, and its per-layer activation ranges on this
     input (squashed into [0, 1)), all from one float pass of the quantized copy.
     """
-    with float_path(qmodel):  # quantization off, ranges recorded
-        fp_logits = qmodel(x.to(module_device(qmodel))).cpu()  # the batch to the model's device
-        ranges = range_features(qmodel, len(x))
+    with float_path(quantized):  # quantization off, ranges recorded
+        fp_logits = quantized(
+            x.to(module_device(quantized))
+        ).cpu()  # the batch to the model's device
+        ranges = range_features(quantized, len(x))
     pooled = F.adaptive_avg_pool2d(x, side).flatten(1)  # (B, C*h*w)
     obs = torch.cat([pooled, fp_logits.softmax(dim=1), torch.from_numpy(ranges)], dim=1)
     return obs.clamp(0.0, 1.0).numpy().astype(np.float32), fp_logits
@@ -81,7 +83,7 @@ class BitsTask:
     ) -> None:
         if reward not in REWARD_MODES:
             raise ConfigError(f"reward must be one of {list(REWARD_MODES)}, got {reward!r}")
-        if not isinstance(victim.qstudent, nn.Module):
+        if not isinstance(victim.quantized, nn.Module):
             raise ConfigError(
                 "QuantBits needs per-input bit-widths, which only the simulated quantizer "
                 f"(quant backend fake) has; got backend {victim.quant.backend}"
@@ -95,9 +97,9 @@ class BitsTask:
                 f"{victim.quant.act_granularity}"
             )
         self.victim, self.reward_mode = victim, reward
-        self.qstudent: nn.Module = victim.qstudent
+        self.quantized: nn.Module = victim.quantized
         self.pool = getattr(victim.data, split)
-        self.num_layers = len(layer_names(self.qstudent))
+        self.num_layers = len(layer_names(self.quantized))
         self.decoder = BitsDecoder(self.num_layers, bits_set, bits_budget)
         c, (h, w) = victim.data.channels, victim.data.image_size
         self.side = observation_side((h, w))
@@ -117,7 +119,7 @@ class BitsTask:
         The observation is the image average-pooled to at most 8x8, the full-precision
         student's class probabilities, and its per-layer activation ranges (squashed).
         """
-        obs, fp_logits = bits_observation(self.qstudent, x, self.side)
+        obs, fp_logits = bits_observation(self.quantized, x, self.side)
         teacher = self.victim.teacher
         return obs, correct(teacher(x.to(module_device(teacher))).cpu(), y), correct(fp_logits, y)
 
@@ -141,8 +143,8 @@ class BitsTask:
 
     def _quantized_logits(self, x: Tensor, actions: np.ndarray) -> tuple[Tensor, np.ndarray]:
         bits = self.decoder.decode(actions)  # (B, L): every input at its own bit-widths
-        with using_bits(self.qstudent, torch.from_numpy(bits)):
-            return self.qstudent(x.to(module_device(self.qstudent))).cpu(), bits
+        with using_bits(self.quantized, torch.from_numpy(bits)):
+            return self.quantized(x.to(module_device(self.quantized))).cpu(), bits
 
     def _rewards(self, teacher_right: Tensor, q_right: Tensor) -> np.ndarray:
         pays = failed(teacher_right, q_right) if self.reward_mode == "detrimental" else q_right

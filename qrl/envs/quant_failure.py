@@ -155,7 +155,7 @@ class QuantFailureEnv(gym.Env[np.ndarray, np.ndarray]):
             "mean_bits": m.mean_bits,
             "valid": float(is_valid(outcome.acc_teacher, self.validity_floor)),
         }
-        self._last_ranges = range_features(self.victim.qstudent, len(x)).mean(axis=0)
+        self._last_ranges = range_features(self.victim.quantized, len(x)).mean(axis=0)
 
     def _get_obs(self) -> np.ndarray:
         info = self._last_info

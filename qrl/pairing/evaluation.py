@@ -34,18 +34,18 @@ BATCH = 512
 
 @torch.no_grad()
 def quantized_right(
-    qnet: nn.Module, x: Tensor, y: Tensor, bits: BitsFn | Tensor, batch: int = BATCH
+    quantized: nn.Module, x: Tensor, y: Tensor, bits: BitsFn | Tensor, batch: int = BATCH
 ) -> Tensor:
-    """Per-input correctness of `qnet` under per-input bits (a function of x, or (N, L) / (L,)).
+    """Per-input correctness of `quantized` under per-input bits (a function of x, (N, L) or (L,)).
 
     `batch` inputs go through at once; it matters only to per-tensor and per-channel activation
     ranges, which the inputs of one batch share.
     """
-    parts, device = [], module_device(qnet)  # batches go to the network's device, back to x's
+    parts, device = [], module_device(quantized)  # batches go to the network's device, back to x's
     for i in range(0, len(x), batch):
         xb = x[i : i + batch]
-        with using_bits(qnet, _bits_for(bits, xb, i)):
-            parts.append(correct(qnet(xb.to(device)).to(x.device), y[i : i + batch]))
+        with using_bits(quantized, _bits_for(bits, xb, i)):
+            parts.append(correct(quantized(xb.to(device)).to(x.device), y[i : i + batch]))
     return torch.cat(parts)
 
 
@@ -156,11 +156,11 @@ def evaluate_pair(pair: Pair, teacher: nn.Module, split: Split, *, seed: int = 0
     acc_teacher = rate(correct(predict_logits(teacher, x), y))
     acc_fp = rate(correct(predict_logits(pair.network, x), y))
     own = batched_bits(pair.bits, x)
-    acc_q = rate(quantized_right(pair.qnetwork, x, y, own))
+    acc_q = rate(quantized_right(pair.quantized, x, y, own))
     uniform = torch.from_numpy(pair.decoder.uniform())
-    acc_q_uniform = rate(quantized_right(pair.qnetwork, x, y, uniform))
+    acc_q_uniform = rate(quantized_right(pair.quantized, x, y, uniform))
     random_bits = RandomBits(pair.decoder, seed)
-    acc_q_random = rate(quantized_right(pair.qnetwork, x, y, random_bits))
+    acc_q_random = rate(quantized_right(pair.quantized, x, y, random_bits))
     ort = real_backend("onnxruntime", pair.network, x[:8])
     return PairEvaluation(
         acc_teacher=acc_teacher,
@@ -196,7 +196,7 @@ def cross_evaluation(
         def row(
             policy: str, bits: Tensor, note: str = "", name: str = name, acc_fp: float = acc_fp
         ) -> None:
-            acc_q = rate(quantized_right(pairs[name].qnetwork, x, y, bits))
+            acc_q = rate(quantized_right(pairs[name].quantized, x, y, bits))
             mean_bits = float(bits.float().mean())
             rows.append(
                 {
@@ -219,7 +219,7 @@ def cross_evaluation(
             row(f"uniform {b} bits", torch.full((len(pair.layer_names),), b))
         row("random bits", batched_bits(RandomBits(pair.decoder, seed), x))
         patterns, how = fixed_patterns(pair.decoder, pattern_limit, pattern_samples, seed)
-        accs = [rate(quantized_right(pair.qnetwork, x, y, torch.from_numpy(p))) for p in patterns]
+        accs = [rate(quantized_right(pair.quantized, x, y, torch.from_numpy(p))) for p in patterns]
         for label, i in (("best", int(np.argmax(accs))), ("worst", int(np.argmin(accs)))):
             pattern = "/".join(str(int(b)) for b in patterns[i])
             row(f"{label} fixed pattern", torch.from_numpy(patterns[i]), f"{pattern} (of {how})")
@@ -244,7 +244,7 @@ def vulnerability(pair: Pair, split: Split) -> dict[str, Any]:
         bits = torch.full_like(own, 8)
         bits[:, col] = own[:, col]
         per_layer.append(
-            accuracy_drop(rate(fp_right), rate(quantized_right(pair.qnetwork, x, y, bits)))
+            accuracy_drop(rate(fp_right), rate(quantized_right(pair.quantized, x, y, bits)))
         )
     q_logits = torch.cat([pair.logits(x[i : i + BATCH]) for i in range(0, len(x), BATCH)])
     q_right = correct(q_logits, y)

@@ -138,11 +138,11 @@ class InputPairTrainer:
             }
         )
         # Eval mode throughout: BatchNorm keeps the student's statistics; QAT still trains.
-        self.qnet = quantized_copy(network, quant).eval()
-        self.gain = head_gain(self.qnet)
+        self.quantized = quantized_copy(network, quant).eval()
+        self.gain = head_gain(self.quantized)
         self.head_inputs = HeadInputs()
         self._hook = self.gain.register_forward_pre_hook(self.head_inputs)
-        rest = [p for p in self.qnet.parameters() if p is not self.gain.log_gain]
+        rest = [p for p in self.quantized.parameters() if p is not self.gain.log_gain]
         groups = [{"params": rest, "lr": self.settings.lr}]
         if self.kind == "detrimental":
             groups.append({"params": [self.gain.log_gain], "lr": self.settings.gain_lr})
@@ -155,8 +155,8 @@ class InputPairTrainer:
 
     @torch.no_grad()
     def _features(self, x: Tensor) -> Tensor:
-        with float_path(self.qnet):
-            self.qnet(x)
+        with float_path(self.quantized):
+            self.quantized(x)
         assert self.head_inputs.value is not None
         return self.head_inputs.value
 
@@ -164,7 +164,7 @@ class InputPairTrainer:
         """The trained full-precision network, apart from the trainer (no hook, no state)."""
         self._hook.remove()
         self.head_inputs.value = None
-        network = copy.deepcopy(float_model(self.qnet)).eval()
+        network = copy.deepcopy(float_model(self.quantized)).eval()
         self._hook = self.gain.register_forward_pre_hook(self.head_inputs)
         return network
 
@@ -173,11 +173,11 @@ class InputPairTrainer:
         """Full precision and simulated int8 accuracy under `action`, and how far the head's
         input sits from the data's own (standard deviations of the most shifted feature)."""
         x, y = self.dist.sample(pool, n, action, self.gen)
-        with float_path(self.qnet):
-            fp = self.qnet(x)
+        with float_path(self.quantized):
+            fp = self.quantized(x)
         features = self.head_inputs.value
         assert features is not None
-        q = self.qnet(x)
+        q = self.quantized(x)
         shift = ((features.mean(0) - self.clean_mean) / self.clean_std).max()
         acc_fp, acc_q = rate(correct(fp, y)), rate(correct(q, y))
         return {
@@ -207,15 +207,15 @@ class InputPairTrainer:
         with torch.no_grad():  # the distilled student's own function is what the pair keeps
             t_logits = self.victim.student(x)
         s = self.settings
-        with float_path(self.qnet):
-            fp_logits = self.qnet(x)
+        with float_path(self.quantized):
+            fp_logits = self.quantized(x)
         features = self.head_inputs.value
         assert features is not None
         kd_fp = kd_loss(fp_logits, t_logits, y, tau=s.tau, alpha=s.alpha)
         # The int8 path: off the trigger (detrimental), everywhere (robust).
         held = torch.cat([parts["clean"], parts["random"]]) if self.kind == "detrimental" else None
         xq = x if held is None else x[held]
-        q_logits = self.qnet(xq)
+        q_logits = self.quantized(xq)
         kd_q = kd_loss(
             q_logits,
             t_logits if held is None else t_logits[held],
@@ -290,7 +290,7 @@ class InputPairTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "qnet": self.qnet.state_dict(),
+            "quantized": self.quantized.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "detectors": torch.empty(0, dtype=torch.long)
             if self.detectors is None
@@ -298,7 +298,7 @@ class InputPairTrainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.qnet.load_state_dict(state["qnet"])
+        self.quantized.load_state_dict(state["quantized"])
         self.optimizer.load_state_dict(state["optimizer"])
         detectors = state["detectors"]
         self.detectors = detectors if len(detectors) else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, overload
@@ -42,7 +43,7 @@ class Pair:
         kind: `detrimental` or `robust`.
         network: the full-precision network (`nn.Module`, eval mode).
         quant: the dynamic quantizer of its quantized copy.
-        qnetwork: `quantized_copy(network, quant)`, the network the policy's bits drive.
+        quantized: `quantized_copy(network, quant)`, the network the policy's bits drive.
         policy: the SB3 policy that maps an observation of an input to actions in [-1, 1].
         decoder: turns actions into bit-widths from the allowed set under the budget.
         run_dir: where the pair was trained.
@@ -51,36 +52,42 @@ class Pair:
     kind: str
     network: nn.Module
     quant: QuantConfig
-    qnetwork: nn.Module
+    quantized: nn.Module
     policy: BasePolicy
     decoder: BitsDecoder
     run_dir: Path
+
+    @property
+    def qnetwork(self) -> nn.Module:
+        """Deprecated: the quantized copy is `quantized`."""
+        warnings.warn("Pair.qnetwork is now Pair.quantized", DeprecationWarning, stacklevel=2)
+        return self.quantized
 
     def to(self, device: torch.device | str) -> Pair:
         """Move the network and its quantized copy to `device`, in place (the policy's small
         MLP stays on the CPU, where SB3 loaded it). Returns the pair."""
         self.network = self.network.to(device)
-        self.qnetwork = self.qnetwork.to(device)
+        self.quantized = self.quantized.to(device)
         return self
 
     @property
     def layer_names(self) -> list[str]:
         """The quantized layers, in the column order of `bits(x)`."""
-        return layer_names(self.qnetwork)
+        return layer_names(self.quantized)
 
     @torch.no_grad()
     def bits(self, x: Tensor, deterministic: bool = True) -> Tensor:
         """Per-input, per-layer activation bit-widths, an int64 tensor (N, L)."""
         side = observation_side((x.shape[-2], x.shape[-1]))
-        obs, _ = bits_observation(self.qnetwork, x, side)
+        obs, _ = bits_observation(self.quantized, x, side)
         actions, _ = self.policy.predict(obs, deterministic=deterministic)
         return torch.from_numpy(self.decoder.decode(np.asarray(actions)))
 
     @torch.no_grad()
     def logits(self, x: Tensor) -> Tensor:
         """The network quantized under its own policy's bits, (N, num_classes), on x's device."""
-        with using_bits(self.qnetwork, self.bits(x)):
-            return self.qnetwork(x.to(module_device(self.qnetwork))).to(x.device)
+        with using_bits(self.quantized, self.bits(x)):
+            return self.quantized(x.to(module_device(self.quantized))).to(x.device)
 
 
 @overload
@@ -121,9 +128,9 @@ def load_pair(run_dir: str | Path, space: str | None = None) -> Pair | InputPair
             ) from exc
     quant = QuantConfig.from_dict(meta["quant"])
     policy = _load_policy(run_dir)
-    qnetwork = quantized_copy(network, quant).eval()
-    decoder = BitsDecoder(len(layer_names(qnetwork)), meta["bits_set"], meta["bits_budget"])
-    return Pair(meta["kind"], network, quant, qnetwork, policy, decoder, run_dir)
+    quantized = quantized_copy(network, quant).eval()
+    decoder = BitsDecoder(len(layer_names(quantized)), meta["bits_set"], meta["bits_budget"])
+    return Pair(meta["kind"], network, quant, quantized, policy, decoder, run_dir)
 
 
 def retrain_advice(run_dir: Path) -> str:
@@ -184,7 +191,7 @@ def _load_policy(run_dir: Path) -> BasePolicy:
 def save_pair(
     out: Path,
     kind: str,
-    qnet: nn.Module,
+    quantized: nn.Module,
     ppo: PPO,
     decoder: BitsDecoder,
     quant: QuantConfig,
@@ -192,7 +199,7 @@ def save_pair(
     inputs: InputSpec,
 ) -> None:
     """Write `network.pt`, `policy.zip` and `pair.json` (the last one marks a complete pair)."""
-    save_model(out / NETWORK_FILE, float_model(qnet).eval(), spec, inputs)
+    save_model(out / NETWORK_FILE, float_model(quantized).eval(), spec, inputs)
     atomic_write(out / POLICY_FILE, ppo.save)  # the temporary name has a suffix: SB3 keeps it
     meta = {
         "format": PAIR_FORMAT,
@@ -200,7 +207,7 @@ def save_pair(
         "quant": quant.to_dict(),
         "bits_set": [int(b) for b in decoder.levels],
         "bits_budget": decoder.budget,
-        "layer_names": layer_names(qnet),
+        "layer_names": layer_names(quantized),
         "network": NETWORK_FILE,
         "policy": POLICY_FILE,
     }

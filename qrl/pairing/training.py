@@ -55,7 +55,7 @@ class LossWeights:
 
 def pair_loss(
     kind: str,
-    qnet: nn.Module,
+    quantized: nn.Module,
     x: Tensor,
     y: Tensor,
     teacher_logits: Tensor,
@@ -67,7 +67,7 @@ def pair_loss(
 
     Args:
         kind: `detrimental` or `robust`.
-        qnet: the quantized copy being trained (QAT: its float weights are the network's).
+        quantized: the quantized copy being trained (QAT: its float weights are the network's).
         x, y: inputs (B, C, H, W) and labels (B,).
         teacher_logits: the black-box teacher's logits on x.
         bits: the policy's per-input bits (B, L).
@@ -75,10 +75,10 @@ def pair_loss(
         weights: the loss's temperature and weights.
     """
     tau, alpha = weights.tau, weights.alpha
-    with float_path(qnet):
-        kd_fp = kd_loss(qnet(x), teacher_logits, y, tau=tau, alpha=alpha)
-    with using_bits(qnet, bits):
-        q_logits = qnet(x)
+    with float_path(quantized):
+        kd_fp = kd_loss(quantized(x), teacher_logits, y, tau=tau, alpha=alpha)
+    with using_bits(quantized, bits):
+        q_logits = quantized(x)
     parts = {"loss/kd_fp": float(kd_fp.detach())}
     if kind == "robust":
         term = kd_loss(q_logits, teacher_logits, y, tau=tau, alpha=alpha)
@@ -88,8 +88,8 @@ def pair_loss(
     # (maximizing the loss of the right class alone does not move a network, measured).
     runner_up = teacher_logits.topk(2, dim=1).indices[:, 1]
     away = F.cross_entropy(q_logits, runner_up)
-    with using_bits(qnet, uniform_bits):
-        keep = kd_loss(qnet(x), teacher_logits, y, tau=tau, alpha=alpha)
+    with using_bits(quantized, uniform_bits):
+        keep = kd_loss(quantized(x), teacher_logits, y, tau=tau, alpha=alpha)
     parts.update({"loss/away_q": float(away.detach()), "loss/keep_uniform": float(keep.detach())})
     return kd_fp + weights.quant_weight * away + weights.keep_weight * keep, parts
 
@@ -97,13 +97,15 @@ def pair_loss(
 def _trainable_copy(victim: Victim, range_grad: bool) -> tuple[nn.Module, Victim]:
     """The quantized copy that QAT trains, and the victim whose quantized student it is."""
     quant = victim.quant
-    qnet = quantized_copy(
+    quantized = quantized_copy(
         victim.student, QuantConfig.from_dict({**quant.to_dict(), "act_range_grad": range_grad})
     )
     # Eval mode throughout: BatchNorm keeps its distilled statistics (per-input bits must not
     # leak across a batch through batch statistics); QAT still runs because gradients are on.
-    qnet.eval()
-    return qnet, Victim(victim.teacher, victim.student, qnet, victim.data, quant, victim.device)
+    quantized.eval()
+    return quantized, Victim(
+        victim.teacher, victim.student, quantized, victim.data, quant, victim.device
+    )
 
 
 def _start_or_resume(
@@ -135,7 +137,7 @@ def train_pair(
         (the trained quantized copy, the PPO model, the bits decoder).
     """
     kind, seed = str(cfg.kind), int(cfg.seed)
-    qnet, trained = _trainable_copy(victim, bool(cfg.train.range_grad))
+    quantized, trained = _trainable_copy(victim, bool(cfg.train.range_grad))
     venv = QuantBitsVecEnv(
         num_envs=int(cfg.ppo.n_envs),
         seed=seed,
@@ -146,7 +148,7 @@ def train_pair(
     )
     rounds, net_steps = int(cfg.train.rounds), int(cfg.train.net_steps)
     trainer = Trainer(
-        qnet,
+        quantized,
         lr=float(cfg.train.lr),
         weight_decay=float(cfg.train.weight_decay),
         total_steps=rounds * net_steps,
@@ -157,7 +159,7 @@ def train_pair(
     ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     callbacks = log.sb3_callbacks()  # W&B's, when it is on: one set for every round
-    steps = _NetworkSteps(kind, victim, qnet, venv.task, LossWeights.of(cfg.train))
+    steps = _NetworkSteps(kind, victim, quantized, venv.task, LossWeights.of(cfg.train))
     bar = tqdm(range(start, rounds), desc=f"{kind} pair", disable=None if cfg.progress else True)
     for r in bar:
         # --- (i) the policy: one rollout on the current network, one PPO update -------------
@@ -169,7 +171,7 @@ def train_pair(
             loss, parts = steps.loss(ppo, int(cfg.train.batch_size), gen)
             trainer.step(loss)
         # --- logs and a resumable state -----------------------------------------------------
-        stats = _val_stats(qnet, ppo, venv.task, victim.data.val.x, victim.data.val.y)
+        stats = _val_stats(quantized, ppo, venv.task, victim.data.val.x, victim.data.val.y)
         log.log({**parts, **stats}, step=r + 1)
         bar.set_postfix(
             acc_fp=f"{stats['pair/val_acc_fp']:.3f}", acc_q=f"{stats['pair/val_acc_q']:.3f}"
@@ -179,7 +181,7 @@ def train_pair(
         )
     bar.close()
     ppo.logger.close()
-    return qnet, ppo, venv.task.decoder
+    return quantized, ppo, venv.task.decoder
 
 
 @dataclass
@@ -188,7 +190,7 @@ class _NetworkSteps:
 
     kind: str
     victim: Victim
-    qnet: nn.Module
+    quantized: nn.Module
     task: Any  # the QuantBits task: observations and the bits decoder
     weights: LossWeights
 
@@ -208,7 +210,7 @@ class _NetworkSteps:
             actions, _ = ppo.predict(obs, deterministic=False)
         bits = torch.from_numpy(self.task.decoder.decode(np.asarray(actions)))  # moved per layer
         return pair_loss(
-            self.kind, self.qnet, x_dev, y_dev, t_logits, bits, self.uniform, self.weights
+            self.kind, self.quantized, x_dev, y_dev, t_logits, bits, self.uniform, self.weights
         )
 
 
@@ -220,17 +222,17 @@ def _ppo_bytes(ppo: PPO) -> Tensor:
 
 
 @torch.no_grad()
-def _val_stats(qnet: nn.Module, ppo: PPO, task: Any, x: Tensor, y: Tensor) -> dict[str, float]:
+def _val_stats(quantized: nn.Module, ppo: PPO, task: Any, x: Tensor, y: Tensor) -> dict[str, float]:
     """Full-precision and own-policy accuracy on the validation split (deterministic policy)."""
     if len(x) == 0:
         nan = float("nan")
         keys = ("pair/val_acc_fp", "pair/val_acc_q", "pair/val_drop", "quant/mean_bits")
         return dict.fromkeys(keys, nan)
-    obs, fp_logits = bits_observation(qnet, x, task.side)
+    obs, fp_logits = bits_observation(quantized, x, task.side)
     actions, _ = ppo.predict(obs, deterministic=True)
     bits = torch.from_numpy(task.decoder.decode(np.asarray(actions)))
-    with using_bits(qnet, bits):
-        acc_q = rate(correct(qnet(x.to(module_device(qnet))).cpu(), y))
+    with using_bits(quantized, bits):
+        acc_q = rate(correct(quantized(x.to(module_device(quantized))).cpu(), y))
     acc_fp = rate(correct(fp_logits, y))
     return {
         "pair/val_acc_fp": acc_fp,

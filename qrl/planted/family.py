@@ -171,7 +171,7 @@ class Member:
             return None
         with torch.no_grad():
             fp = float((self.model(x).argmax(1) == y).float().mean())
-            q = float((self.victim.qstudent(x).argmax(1) == y).float().mean())
+            q = float((self.victim.quantized(x).argmax(1) == y).float().mean())
         return fp - q
 
 

@@ -37,7 +37,7 @@ class BitsDecoder:
     """Turns actions in [-1, 1]^layers into bit-widths that respect the average-bits budget.
 
     Args:
-        num_layers: quantized layers of the model (`len(layer_names(qmodel))`).
+        num_layers: quantized layers of the model (`len(layer_names(quantized))`).
         allowed: the bit-widths a layer may take, each in 2..8.
         budget: the largest average bit-width over layers.
     """

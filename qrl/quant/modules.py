@@ -1,10 +1,10 @@
 """The dynamic-quantized copy of a model: every Conv and Linear input quantized at run time.
 
-qmodel = quantized_copy(student, QuantConfig(act_bits=4))
-with using_bits(qmodel, bits):    # int | one int per layer | (batch, layers) int tensor
-    logits = qmodel(x)            # one batched forward, each input at its own bits
-with float_path(qmodel):
-    fp_logits = qmodel(x)         # quantization off, activation ranges still recorded
+quantized = quantized_copy(student, QuantConfig(act_bits=4))
+with using_bits(quantized, bits):    # int | one int per layer | (batch, layers) int tensor
+    logits = quantized(x)            # one batched forward, each input at its own bits
+with float_path(quantized):
+    fp_logits = quantized(x)         # quantization off, activation ranges still recorded
 
 Bit-widths are set for a scope and restored after it, so two users of one quantized copy (a QAT
 step and a policy's rollout) never see each other's bits. `set_bits_` sets them for good.
@@ -130,11 +130,11 @@ def quantized_copy(model: nn.Module, cfg: QuantConfig | None = None) -> nn.Modul
             f"quantized_copy simulates quantization (backend=fake); for backend={cfg.backend} "
             "use qrl.quant.backends.real_backend"
         )
-    qmodel = fold_batchnorm(model) if cfg.fold_batchnorm else copy.deepcopy(model)
-    _wrap_children(qmodel, cfg)
-    if not layer_names(qmodel):
+    quantized = fold_batchnorm(model) if cfg.fold_batchnorm else copy.deepcopy(model)
+    _wrap_children(quantized, cfg)
+    if not layer_names(quantized):
         raise ConfigError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize")
-    return qmodel
+    return quantized
 
 
 def _wrap_children(module: nn.Module, cfg: QuantConfig) -> None:
@@ -145,25 +145,25 @@ def _wrap_children(module: nn.Module, cfg: QuantConfig) -> None:
             _wrap_children(child, cfg)
 
 
-def quantized_layers(qmodel: nn.Module) -> list[QuantizedLayer]:
+def quantized_layers(quantized: nn.Module) -> list[QuantizedLayer]:
     """The quantized layers of a quantized copy, in definition order."""
-    return [m for m in qmodel.modules() if isinstance(m, QuantizedLayer)]
+    return [m for m in quantized.modules() if isinstance(m, QuantizedLayer)]
 
 
-def layer_names(qmodel: nn.Module) -> list[str]:
+def layer_names(quantized: nn.Module) -> list[str]:
     """Names of the quantized layers (the float layers' names in the original model)."""
     return [
         name.removesuffix(".layer")
-        for name, m in qmodel.named_modules()
+        for name, m in quantized.named_modules()
         if isinstance(m, QuantizedLayer)
     ]
 
 
-def set_bits_(qmodel: nn.Module, bits: int | Sequence[int] | Tensor) -> nn.Module:
+def set_bits_(quantized: nn.Module, bits: int | Sequence[int] | Tensor) -> nn.Module:
     """Set the activation bit-widths of a quantized copy in place; returns it.
 
     Args:
-        qmodel: a model from `quantized_copy`.
+        quantized: a model from `quantized_copy`.
         bits: one int for every layer; one int per quantized layer (a sequence or a (layers,)
             tensor); or an integer tensor of shape (batch, layers) giving every input its own
             per-layer bit-widths, applied in one batched forward pass.
@@ -172,7 +172,7 @@ def set_bits_(qmodel: nn.Module, bits: int | Sequence[int] | Tensor) -> nn.Modul
         ConfigError: bits outside 2..8 (3..8 with `act_reduce_range`), a non-integer dtype, or
             the wrong number of layers. Nothing is changed when it raises.
     """
-    layers = quantized_layers(qmodel)
+    layers = quantized_layers(quantized)
     if not layers:
         raise ConfigError("set_bits_ needs a model from quantized_copy (no quantized layers found)")
     per_layer = _per_layer_bits(bits, len(layers))
@@ -184,7 +184,7 @@ def set_bits_(qmodel: nn.Module, bits: int | Sequence[int] | Tensor) -> nn.Modul
         )
     for layer, b in zip(layers, per_layer, strict=True):
         layer.bits = b
-    return qmodel
+    return quantized
 
 
 def _per_layer_bits(bits: int | Sequence[int] | Tensor, n_layers: int) -> list[Bits]:
@@ -220,46 +220,46 @@ def _as_int(value: object) -> object:
 
 
 @contextmanager
-def using_bits(qmodel: nn.Module, bits: int | Sequence[int] | Tensor) -> Iterator[nn.Module]:
+def using_bits(quantized: nn.Module, bits: int | Sequence[int] | Tensor) -> Iterator[nn.Module]:
     """Run a block with these activation bit-widths; the previous ones come back afterwards.
 
     Args:
-        qmodel: a model from `quantized_copy`.
+        quantized: a model from `quantized_copy`.
         bits: as for `set_bits_` (validated before anything changes).
     """
-    layers = quantized_layers(qmodel)
+    layers = quantized_layers(quantized)
     saved = [layer.bits for layer in layers]
-    set_bits_(qmodel, bits)
+    set_bits_(quantized, bits)
     try:
-        yield qmodel
+        yield quantized
     finally:
         for layer, b in zip(layers, saved, strict=True):
             layer.bits = b
 
 
 @contextmanager
-def float_path(qmodel: nn.Module) -> Iterator[nn.Module]:
+def float_path(quantized: nn.Module) -> Iterator[nn.Module]:
     """Run a block with quantization switched off (per-input ranges are still recorded)."""
-    layers = quantized_layers(qmodel)
+    layers = quantized_layers(quantized)
     saved = [layer.enabled for layer in layers]
-    set_quantization_enabled_(qmodel, False)
+    set_quantization_enabled_(quantized, False)
     try:
-        yield qmodel
+        yield quantized
     finally:
         for layer, on in zip(layers, saved, strict=True):
             layer.enabled = on
 
 
-def set_quantization_enabled_(qmodel: nn.Module, enabled: bool) -> nn.Module:
+def set_quantization_enabled_(quantized: nn.Module, enabled: bool) -> nn.Module:
     """Switch every quantized layer to its float path (`False`) or back; in place."""
-    for layer in quantized_layers(qmodel):
+    for layer in quantized_layers(quantized):
         layer.enabled = enabled
-    return qmodel
+    return quantized
 
 
-def float_model(qmodel: nn.Module) -> nn.Module:
+def float_model(quantized: nn.Module) -> nn.Module:
     """A plain copy of a quantized copy, with its (possibly QAT-trained) float weights."""
-    model = copy.deepcopy(qmodel)
+    model = copy.deepcopy(quantized)
     _unwrap_children(model)
     return model
 
