@@ -32,9 +32,11 @@ before ONNX Runtime quantizes the weights, so the rescaled gamma lands in the co
 `per_channel=True` (only `MatMulInteger` weights are per channel), so the rescaled channels
 stretch the grid until the other channels' weights round to zero; (3) its symmetric int8 weight
 grid is [-127, 127] with scale absmax / 127, not torch's [-128, 127] with absmax / 127.5.
-(4) On x86 CPUs without VNNI, ONNX Runtime's 8-bit-weight kernel adds u8 x s8 products in
-saturating 16-bit pairs; qrl does not simulate that path, and the `CPU:` line below says which
-path this machine took (`qrl.quant.cpu`); the 7-bit-weight path
+(4) On x86 CPUs without VNNI, ONNX Runtime's 8-bit-weight MatMul adds u8 x s8 products in
+saturating 16-bit pairs (its ConvInteger stays exact). `onnx_int8_dynamic` simulates the path
+this machine's CPU runs (`accumulation: auto`; the line below names it), and the last table checks
+both simulated paths against the kernel's outputs recorded on such a CPU
+(`tests/fixtures/onnxruntime-x86-avx2`); the 7-bit-weight path
 (`onnx_int8_dynamic_reduce_range`) cannot saturate."""
 
 
