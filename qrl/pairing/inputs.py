@@ -203,7 +203,6 @@ class InputPairTrainer:
     def step(self, trigger: np.ndarray) -> dict[str, float]:
         """One network step against the distribution `trigger`; returns the loss's parts."""
         x, y, parts = self._batch(trigger)
-        b = self.settings.batch_size
         with torch.no_grad():  # the distilled student's own function is what the pair keeps
             t_logits = self.victim.student(x)
         s = self.settings
@@ -226,7 +225,7 @@ class InputPairTrainer:
         loss = kd_fp + kd_q
         logs = {"loss/kd_fp": float(kd_fp.detach()), "loss/kd_q": float(kd_q.detach())}
         if self.kind == "detrimental":
-            detector, stretch = self._mechanism(features, parts, b)
+            detector, stretch = self._mechanism(features, parts)
             loss = loss + s.detector_weight * detector + stretch
             logs.update(
                 {"loss/detector": float(detector.detach()), "loss/stretch": float(stretch.detach())}
@@ -258,9 +257,7 @@ class InputPairTrainer:
         }
         return torch.cat(xs), torch.cat(ys), parts
 
-    def _mechanism(
-        self, features: Tensor, parts: dict[str, Tensor], b: int
-    ) -> tuple[Tensor, Tensor]:
+    def _mechanism(self, features: Tensor, parts: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         """The detector and stretch terms on the head's input (before its gain).
 
         `detectors` head features, the ones that already tell the trigger apart best, learn to
