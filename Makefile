@@ -26,8 +26,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m qrl.reproduce hydra.run.dir=$(DEMO_DIR) $(DEMO_INPUT_PAIRS)
 
+# One pytest-xdist worker per core, each test file on one worker (its module fixtures once).
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadfile
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -94,10 +94,20 @@ def distribution_of(cfg: DictConfig, victim: Victim) -> InputDistribution:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one input pair (Stage B), save it, evaluate it on the test split (Stage C)."""
+    return _stages(cfg, evaluate=True)
+
+
+def train(cfg: DictConfig) -> None:
+    """Stage B alone: train the pair and save it, or find it saved. `run` with the same config
+    then evaluates it; the run is not finished (no `metrics.json`) until it has."""
+    _stages(cfg, evaluate=False)
+
+
+def _stages(cfg: DictConfig, evaluate: bool) -> dict[str, Any]:
     quant = check_config(cfg)
     if cfg.space.mode != "input":
         raise ConfigError(f"input pairs need space=input, got space mode {cfg.space.mode!r}")
-    twin = Path(cfg.eval.twin) if cfg.eval.twin else None
+    twin = Path(cfg.eval.twin) if cfg.eval.twin and evaluate else None
     twin_action = None if twin is None else load_pair(twin, space="input").action
     victim, spec, victim_run = distilled_victim(
         cfg.victim.run or None, str(cfg.victim.model), quant, "cpu", bool(cfg.progress)
@@ -115,6 +125,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             for name in (PAIR_FILE, NETWORK_FILE, POLICY_FILE):  # another config's pair
                 (out / name).unlink(missing_ok=True)
             _train(cfg, victim, dist, spec, victim_run, out, log)
+        if not evaluate:
+            return {}
         pair = load_pair(out, space="input")
         audit_action = _audit(cfg, pair, victim, out)
         evaluation = evaluate_input_pair(

@@ -21,11 +21,16 @@ from qrl.runs import atomic_write
 
 def pyplot() -> Any:
     """matplotlib's pyplot on the Agg backend (files only: no screen is needed)."""
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # Bar labels such as "2" or "4.0" are meant as categories; matplotlib's INFO line saying so
+    # would reach the console through Hydra's logging at every plot.
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)
     return plt
 
 

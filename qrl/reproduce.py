@@ -65,6 +65,7 @@ from qrl.runs import (
 )
 from qrl.schema import merged, validate_reproduce, validate_search
 from qrl.scoring import accuracy_drop
+from qrl.side_by_side import Job, SideBySide, resolve_jobs
 from qrl.sweeps import task_device
 from qrl.tables import format_table
 from qrl.victim import load_victim
@@ -119,8 +120,12 @@ def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values:
     return merged(stage, extra, values, at=f"{name}.")  # a bad value's type: one line
 
 
-def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
-    """Stages A, B and C for one seed; returns this seed's numbers and the cross-evaluation."""
+def run_seed(
+    cfg: DictConfig, seed: int, root: Path, side: SideBySide | None = None
+) -> dict[str, Any]:
+    """Stages A to D for one seed; returns this seed's numbers and the cross-evaluation.
+    `side` runs the independent stages (default: in turn, in this process)."""
+    side = side or SideBySide(1)
     common = {
         "seed": seed,
         "progress": bool(cfg.progress),
@@ -133,27 +138,34 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
     distill_metrics = distill.run(
         stage_config("distill", cfg, cfg.distill, out=str(distill_dir), **common)
     )
-    # --- B: the two pairs ----------------------------------------------------------------------
-    pair_metrics = {}
-    for kind in KINDS:
-        print(f"\n== seed {seed}: B. {kind} pair (python -m qrl.pairs kind={kind})")
-        pair_cfg = stage_config(
-            "pairs",
-            cfg,
-            cfg.pairs,
-            kind=kind,
-            out=str(root / kind),
-            victim={"run": str(distill_dir)},
-            **common,
+    # --- B: the two pairs, side by side where there are cores for both ------------------------
+    print(f"\n== seed {seed}: B. detrimental and robust pairs (python -m qrl.pairs kind=...)")
+    jobs = [
+        Job(
+            f"{kind} pair",
+            pairs.run,
+            (
+                stage_config(
+                    "pairs",
+                    cfg,
+                    cfg.pairs,
+                    kind=kind,
+                    out=str(root / kind),
+                    victim={"run": str(distill_dir)},
+                    **{**common, **quiet_beside(side)},
+                ),
+            ),
         )
-        pair_metrics[kind] = pairs.run(pair_cfg)
+        for kind in KINDS
+    ]
+    pair_metrics = dict(zip(KINDS, side.run(jobs), strict=True))
     # --- C: cross-evaluation, vulnerability ------------------------------------------------
     print(f"\n== seed {seed}: C. cross-evaluation on the test split")
     stage_c = load_stage_c(root, stage_c_key(cfg, seed, root)) or cross_evaluate(cfg, seed, root)
     for kind in KINDS:
         pair_metrics[kind]["per_layer_drop"] = stage_c["per_layer_drop"][kind]
     # --- D: the input-distribution pairs on the same student --------------------------------
-    inputs = run_input_pairs(cfg, seed, root, common) if input_pairs_enabled(cfg) else {}
+    inputs = run_input_pairs(cfg, seed, root, common, side) if input_pairs_enabled(cfg) else {}
     return {
         "seed": seed,
         "root": str(root),
@@ -163,6 +175,21 @@ def run_seed(cfg: DictConfig, seed: int, root: Path) -> dict[str, Any]:
         "cross": [{**r, "seed": seed} for r in stage_c["cross"]],
         "input_pairs": inputs,
     }
+
+
+def side_by_side_processes(cfg: DictConfig) -> int:
+    """`jobs`: how many independent stages (the two pairs, the two input pairs' training, the
+    searches) run at once, one process each; `auto`: one per core, at most 2."""
+    try:
+        return resolve_jobs(cfg.get("jobs", "auto"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def quiet_beside(side: SideBySide) -> dict[str, Any]:
+    """Stages that run side by side draw no progress bars (they would overwrite each other's
+    line): each prints when it finishes, and logs each round to its own `log.csv`."""
+    return {"progress": False} if side.parallel else {}
 
 
 def input_pairs_enabled(cfg: DictConfig) -> bool:
@@ -185,7 +212,7 @@ def input_dir(root: Path, kind: str) -> Path:
 
 
 def run_input_pairs(
-    cfg: DictConfig, seed: int, root: Path, common: dict[str, Any]
+    cfg: DictConfig, seed: int, root: Path, common: dict[str, Any], side: SideBySide
 ) -> dict[str, dict[str, Any]]:
     """Stage D for one seed: the detrimental, then the robust input pair (`eval.twin`: the
     detrimental one) on the seed's distilled student, then the detrimental one under the robust
@@ -194,11 +221,10 @@ def run_input_pairs(
     distill_dir = root / "distill"
     student = weights_sha256(load_model(distill_dir / "student.pt")[0])
     values = {k: v for k, v in common.items() if k != "device"}  # input pairs: the CPU
-    metrics = {}
+    stages = {}
     for kind in KINDS:
-        print(f"\n== seed {seed}: D. {kind} input pair (python -m qrl.pairs space=input)")
         twin = str(input_dir(root, "detrimental")) if kind == "robust" else None
-        stage = input_pair_config(
+        stages[kind] = stage = input_pair_config(
             cfg,
             kind=kind,
             out=str(input_dir(root, kind)),
@@ -208,13 +234,28 @@ def run_input_pairs(
         )
         with open_dict(stage):  # as the stage records it (`qrl.input_pairs.run`)
             stage.victim.student_sha256 = student
+    # Training first, side by side (the robust pair needs its twin only to be evaluated), then
+    # each pair's Stage C in turn, which loads what the training saved.
+    to_train = [k for k in KINDS if not finished_run_of(input_dir(root, k), stages[k])]
+    if side.parallel and len(to_train) > 1 and all(stages[k].resume for k in to_train):
+        print(f"\n== seed {seed}: D. detrimental and robust input pairs' training")
+        quiet = quiet_beside(side)
+        side.run(
+            [
+                Job(f"{k} input pair", input_pairs.train, (merged(stages[k], quiet),))
+                for k in to_train
+            ]
+        )
+    metrics = {}
+    for kind in KINDS:
+        print(f"\n== seed {seed}: D. {kind} input pair (python -m qrl.pairs space=input)")
         out = input_dir(root, kind)
-        if finished_run_of(out, stage):
+        if kind in to_train:
+            metrics[kind] = input_pairs.run(stages[kind])
+        else:
             print(f"{out} holds this input pair already, on this student: loading it")
             metrics[kind] = json.loads((out / METRICS_FILE).read_text())
-        else:
-            metrics[kind] = input_pairs.run(stage)
-    metrics["detrimental"].update(input_twin_scores(stage, seed, root))
+    metrics["detrimental"].update(input_twin_scores(stages["robust"], seed, root))
     return {k: {**v, "run_dir": str(input_dir(root, k))} for k, v in metrics.items()}
 
 
@@ -333,7 +374,9 @@ def _write_json(path: Path, value: Any) -> str:
     return text
 
 
-def run_search(cfg: DictConfig, victim_run: Path, root: Path) -> list[dict[str, Any]]:
+def run_search(
+    cfg: DictConfig, victim_run: Path, root: Path, side: SideBySide | None = None
+) -> list[dict[str, Any]]:
     """The agent-vs-baseline input-distribution search on one student, each agent alike.
 
     A finished search of the same config on the same student (`SEARCH_VICTIMS_FILE`) is
@@ -341,16 +384,19 @@ def run_search(cfg: DictConfig, victim_run: Path, root: Path) -> list[dict[str, 
     victims_path = root / SEARCH_VICTIMS_FILE
     victims = json.loads(victims_path.read_text()) if victims_path.is_file() else {}
     student = weights_sha256(load_model(victim_run / "student.pt")[0])
-    for agent in cfg.search.agents:
+    side = side or SideBySide(1)
+    jobs = []
+    for agent in map(str, cfg.search.agents):
         print(f"\n== search: {agent}, {cfg.search.evaluations} evaluations (python -m qrl.search)")
-        search_cfg = search_config(cfg, str(agent), victim_run, root)
+        search_cfg = search_config(cfg, agent, victim_run, root)
         out = Path(search_cfg.out)
-        if victims.get(str(agent)) == student and finished_run_of(out, search_cfg):
+        if victims.get(agent) == student and finished_run_of(out, search_cfg):
             print(f"{out} holds this search already, on this student: loading it")
             continue
-        search.run(search_cfg)
-        victims[str(agent)] = student
-        _write_json(victims_path, victims)
+        jobs.append(Job(agent, search.run, (merged(search_cfg, quiet_beside(side)),)))
+    side.run(jobs)
+    victims.update(dict.fromkeys((job.name for job in jobs), student))
+    _write_json(victims_path, victims)
     return collect_runs(root)
 
 
@@ -757,6 +803,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seeds = checked_seeds(cfg.seeds)
     # every stage's values checked before any dir is touched
     task_device(cfg)  # device=cuda without a GPU: one clear error
+    side_by_side_processes(cfg)  # jobs=0: one clear error
     validate_reproduce(cfg)  # its own stage nodes, `search` and `cross` (qrl.schema)
     distill.check_config(stage_config("distill", cfg, cfg.distill))
     pair_cfg = stage_config("pairs", cfg, cfg.pairs)
@@ -774,12 +821,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out, started = start_run(cfg)
     for name in (RESULTS_FILE, REPORT_FILE):  # until this run finishes, no result stands here
         (out / name).unlink(missing_ok=True)
-    per_seed = [run_seed(cfg, seed, out / f"seed{seed}") for seed in seeds]
-    searches = (
-        run_search(cfg, out / f"seed{seeds[0]}" / "distill", out / "search")
-        if cfg.search.agents
-        else []
-    )
+    with SideBySide(side_by_side_processes(cfg)) as side:
+        per_seed = [run_seed(cfg, seed, out / f"seed{seed}", side) for seed in seeds]
+        searches = (
+            run_search(cfg, out / f"seed{seeds[0]}" / "distill", out / "search", side)
+            if cfg.search.agents
+            else []
+        )
     results = summarize(per_seed)
     if searches:
         results["search"] = {

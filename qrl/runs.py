@@ -25,7 +25,7 @@ CONFIG_FILE = "config.yaml"
 # resumes the run in its dir (`logger` chooses where metrics go, not what they are).
 # `device` chooses where a run computes: a CPU run resumes on a GPU (and runs from before the key
 # existed still resume).
-NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger", "device"})
+NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger", "device", "jobs"})
 
 
 def seed_everything(seed: int) -> None:

@@ -8,6 +8,11 @@ from collections.abc import Sequence
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # `make test` runs one pytest-xdist worker per core: one thread each (and in the commands
+    # they start), so the workers share the cores instead of fighting over them.
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path
 
@@ -51,11 +56,21 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default distillation (`python -m qrl.distill data=digits seed=0`) run once."""
-    from qrl import distill
+    """The default distillation (`python -m qrl.distill data=digits seed=0`) run once, shared
+    by the pytest-xdist workers of one session: the first trains it, the others load it. Tests
+    read it and copy it before they change anything."""
+    from filelock import FileLock
 
-    out = tmp_path_factory.mktemp("digits-distill")
-    distill.run(load_config("distill", [f"out={out}", "progress=false"]))
+    from qrl import distill
+    from qrl.runs import METRICS_FILE
+
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        root = root.parent  # the session's folder, above each worker's own
+    out = root / "digits-distill"
+    with FileLock(f"{out}.lock"):
+        if not (out / METRICS_FILE).is_file():  # written last by a finished run
+            distill.run(load_config("distill", [f"out={out}", "progress=false"]))
     return out
 
 

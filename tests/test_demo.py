@@ -134,7 +134,7 @@ def test_a_reproduce_rerun_resumes_its_stages_and_refuses_another_config(
     from qrl.errors import ConfigError
 
     tmp_path = reproduced  # what it changes (overwrite=true, below) still holds the contract
-    cfg = [f"out={tmp_path}", *SMALL]
+    cfg = [f"out={tmp_path}", *SMALL, "jobs=1"]  # the first run's stages ran side by side
     pair_log = (tmp_path / "seed0" / "robust" / "log.csv").read_text()
     input_log = (tmp_path / "seed0" / "input_robust" / "log.csv").read_text()
     reproduce.run(load_config("reproduce", cfg))  # the same config: every stage resumes
@@ -195,6 +195,7 @@ def test_a_finished_reproduce_reruns_from_what_it_stored(
 
     evaluations = OmegaConf.load(reproduced / "config.yaml").search.evaluations
     cfg = [f"out={reproduced}", *SMALL, f"search.evaluations={evaluations}", "progress=true"]
+    cfg.append("jobs=1")  # in this process, where the patches below apply
     results = (reproduced / "results.json").read_bytes()
 
     def computed_again(*args: object, **kwargs: object) -> None:

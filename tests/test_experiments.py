@@ -286,6 +286,9 @@ def test_the_tuning_script_searches_tuning_members_only(
     assert agent.name == "ppo" and "model" in agent and options
 
 
+# Slow (about 20 s): the pairs' training and Stage C are checked in `make test` by
+# tests/test_input_pairs.py; this is the script's own table and section around them.
+@pytest.mark.slow
 def test_the_input_pairs_script_trains_both_kinds_audits_and_writes_its_section(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -30,7 +30,7 @@ from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, quantized_copy, using_bits
 from qrl.quant.modules import float_path
 from qrl.runs import atomic_torch_save
-from qrl.scoring import accuracy_drop, correct, rate
+from qrl.scoring import accuracy_drop, correct, predict_logits, rate
 from qrl.specs import build
 from qrl.training import Trainer
 from qrl.victim import Victim
@@ -196,6 +196,12 @@ class _NetworkSteps:
 
     def __post_init__(self) -> None:
         self.uniform = torch.from_numpy(self.task.decoder.uniform())
+        # The teacher is fixed: its logits on the training split once, not at every step
+        # (a wide teacher's forward was a quarter of a step).
+        train = self.victim.data.train
+        self.teacher_logits = torch.cat(
+            [predict_logits(self.victim.teacher, x) for x, _ in train.batches(1024)]
+        )
 
     def loss(
         self, ppo: PPO, batch_size: int, gen: torch.Generator
@@ -204,9 +210,9 @@ class _NetworkSteps:
         idx = torch.randint(0, len(train), (batch_size,), generator=gen)
         x, y = train.rows(idx), train.y[idx]
         x_dev, y_dev = x.to(device), y.to(device)  # the network trains there; no-ops on the CPU
-        with torch.no_grad():
-            t_logits = self.victim.teacher(x_dev)
-            obs, _, _ = self.task.observe(x, y)
+        t_logits = self.teacher_logits[idx].to(device)
+        with torch.no_grad():  # the policy's observation alone (the teacher's is cached)
+            obs, _ = bits_observation(self.quantized, x, self.task.side)
             actions, _ = ppo.predict(obs, deterministic=False)
         bits = torch.from_numpy(self.task.decoder.decode(np.asarray(actions)))  # moved per layer
         return pair_loss(
