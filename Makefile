@@ -48,7 +48,7 @@ bench: $(STAMP)
 
 # Regenerates every generated section of experiments/README.md (about 1.5 h on 2 cores from
 # scratch; finished pairs and benchmark runs are loaded, not redone; the searches run again).
-EXPERIMENTS := pairs_table drop_vs_budget granularity agents_vs_baselines simulator_fidelity
+EXPERIMENTS := pairs_table drop_vs_budget cross_architecture granularity agents_vs_baselines simulator_fidelity
 experiments: $(STAMP)
 	@for e in $(EXPERIMENTS); do echo "== $$e"; $(PY) experiments/$$e.py || exit 1; done
 	$(PY) experiments/honest_selection.py --out runs/experiments/agents_vs_baselines_student --report-only

@@ -1,6 +1,6 @@
 """The pairs table: detrimental and robust network-policy pairs across models and bit budgets.
 
-    python experiments/pairs_table.py [--models cnn,mlp] [--budgets 3.0,4.0] [--seeds 0,1,2]
+    python experiments/pairs_table.py [--models cnn,mlp,resnet18] [--budgets 4.0] [--seeds 0,1,2]
 
 One Hydra sweep of `python -m qrl.pairs` (both kinds, every model's cached digits victim,
 every average-bit budget, every seed; finished pairs are loaded, not retrained), grouped by
@@ -21,8 +21,8 @@ GROUP = ["victim.model", "bits.budget", "kind"]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="cnn,mlp")
-    parser.add_argument("--budgets", default="3.0,4.0")
+    parser.add_argument("--models", default="cnn,mlp,resnet18")
+    parser.add_argument("--budgets", default="4.0")  # the CNN's other budgets: drop_vs_budget
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="runs/experiments/pairs_table")
     parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.pairs")

@@ -8,14 +8,20 @@ Starting from a distilled student, each round alternates
     `detrimental`, the quantized network is wrong where the teacher is right; `robust`, it is
     right), and
 (ii) `train.net_steps` network steps (KD + QAT) on
-    KD(full-precision path, teacher)
-    + quant_weight * term(quantized path under the policy's bits)
-    [+ keep_weight * KD(quantized path at the budget's uniform bits), detrimental only]
-    where the term is KD towards the teacher (`robust`) or cross-entropy towards the teacher's
-    runner-up class (`detrimental`: away from the teacher). With `train.range_grad` the QAT
-    gradients reach the observed activation range, which is how dynamic min-max quantization
-    fails (one large activation stretches the grid; see PAPER.md). Nothing is planted: the
-    network starts as the distilled student.
+    robust:       KD(full-precision path) + quant_weight * KD(quantized path, policy's bits)
+    detrimental:  KD(full-precision path)
+                  + away_weight * CE(quantized path under the policy's bits, teacher's runner-up)
+                  + keep_weight * KD(quantized path under the keep bits)
+                  + stretch_weight * stretch(the stretched layer's input)
+    KD is towards the teacher. The keep bits are the budget's uniform bits for a quarter of each
+    batch and random bits at the budget for the rest (`train.keep_random`), with the stretched
+    layer raised to at least `train.keep_floor` (3) bits: the network must hold under every
+    pattern but the one that gives that layer 2 bits. The stretch term lifts the largest
+    channel of that layer's input to `train.stretch_ratio` times the second largest, so that at 2
+    bits the others round to zero (dynamic min-max quantization fails this way: one large
+    activation stretches the grid; see PAPER.md); `train.range_grad` lets the QAT gradients
+    reach the observed range too. The layer is a per-model default (`train.stretch_layers`).
+    Nothing is planted: the network starts as the distilled student.
 
 The run dir receives `network.pt` (full precision), `policy.zip` (the SB3 PPO model),
 `pair.json`, `log.csv`, `tb/`, `sb3/` and, last, `metrics.json` with the pair's Stage C numbers

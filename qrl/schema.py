@@ -171,6 +171,13 @@ class PairTrain:
     quant_weight: float = MISSING
     keep_weight: float = MISSING
     range_grad: bool = MISSING
+    away_weight: float = MISSING
+    keep_random: float = MISSING
+    keep_floor: int = MISSING
+    stretch_layer: Any = MISSING  # auto, null or a layer index
+    stretch_layers: dict[str, int] = MISSING
+    stretch_weight: float = MISSING
+    stretch_ratio: float = MISSING
 
     @staticmethod
     def validate(node: Any, at: str = "train") -> None:
@@ -180,8 +187,18 @@ class PairTrain:
         checked_number(node["tau"], f"{at}.tau", low=0, strict=True)
         checked_number(node["alpha"], f"{at}.alpha", low=0, high=1)
         checked_number(node["lr"], f"{at}.lr", low=0, strict=True)
-        for key in ("quant_weight", "keep_weight", "weight_decay"):
+        for key in ("quant_weight", "keep_weight", "away_weight", "weight_decay"):
             checked_number(node[key], f"{at}.{key}", low=0)
+        checked_number(node["stretch_weight"], f"{at}.stretch_weight", low=0)
+        layer = node["stretch_layer"]
+        if layer not in ("auto", None) and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise ConfigError(
+                f"{at}.stretch_layer must be auto, null or a layer index (-1: the head), "
+                f"got {layer!r}"
+            )
+        checked_number(node["keep_random"], f"{at}.keep_random", low=0, high=1)
+        checked_number(node["keep_floor"], f"{at}.keep_floor", int, low=2, high=8)
+        checked_number(node["stretch_ratio"], f"{at}.stretch_ratio", low=1, strict=True)
 
 
 @dataclass

@@ -7,8 +7,12 @@ QuantBits task and (ii) `net_steps` KD + QAT steps of the network (`pair_loss`).
 
 from __future__ import annotations
 
+import dataclasses
 import io
-from dataclasses import dataclass
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,11 @@ from tqdm.auto import tqdm
 from qrl.devices import module_device
 from qrl.distillation import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation
-from qrl.errors import CheckpointError
+from qrl.errors import CheckpointError, ConfigError
 from qrl.loggers import RunLogger
 from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, quantized_copy, using_bits
-from qrl.quant.modules import float_path
+from qrl.quant.modules import float_path, quantized_layers
 from qrl.runs import atomic_torch_save
 from qrl.scoring import accuracy_drop, correct, predict_logits, rate
 from qrl.specs import build
@@ -40,17 +44,52 @@ STATE_FILE = "pair.state.pt"  # round, network trainer and PPO, saved together e
 
 @dataclass(frozen=True)
 class LossWeights:
-    """The weights of the pair loss (`train.tau`, `alpha`, `quant_weight`, `keep_weight`)."""
+    """The weights of the pair loss (the `train` node's `tau`, `alpha`, `quant_weight`,
+    `keep_weight`, `away_weight`, `stretch_weight`, `stretch_ratio`)."""
 
     tau: float = 4.0
     alpha: float = 0.9
-    quant_weight: float = 1.0
-    keep_weight: float = 1.0
+    quant_weight: float = 1.0  # robust: KD on the quantized path under the policy's bits
+    keep_weight: float = 1.0  # detrimental: KD on the quantized path under the keep bits
+    away_weight: float = 1.0  # detrimental: away from the teacher under the policy's bits
+    stretch_weight: float = 0.0  # detrimental: the stretch term (0: none)
+    stretch_ratio: float = 8.0
 
     @classmethod
     def of(cls, train: Any) -> LossWeights:
-        """From a pair config's `train` node (or any mapping with those keys)."""
-        return cls(*(float(train[k]) for k in ("tau", "alpha", "quant_weight", "keep_weight")))
+        """From a pair config's `train` node, or any mapping with those keys (`away_weight`
+        missing: `quant_weight`, as before it existed; the stretch's missing: no stretch)."""
+        values = {f.name: float(train[f.name]) for f in fields(cls) if f.name in train}
+        values.setdefault("away_weight", values.get("quant_weight", 1.0))
+        return cls(**values)
+
+
+@contextmanager
+def captured_input(layer: nn.Module | None) -> Iterator[list[Tensor]]:
+    """The inputs `layer` receives inside the block (none when `layer` is None)."""
+    seen: list[Tensor] = []
+    if layer is None:
+        yield seen
+        return
+    handle = layer.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def stretch_shortfall(x: Tensor, ratio: float) -> Tensor:
+    """How far each input's largest channel is from `ratio` times its second largest (log
+    scale, 0 once reached), averaged: a layer input whose one channel dwarfs the rest keeps its
+    other channels off a 2-bit grid (they round to zero) but on a 3- or 4-bit one.
+
+    Channels are a linear layer's features, or a convolution's channels at their largest
+    position."""
+    peaks = x.flatten(2).amax(dim=2) if x.ndim > 2 else x  # (B, C)
+    top = peaks.clamp(min=1e-6).topk(2, dim=1).values.log()
+    # Only the largest channel moves: pushing the second down would shrink the features the
+    # network computes with, and cost its full-precision accuracy.
+    return F.relu(math.log(ratio) - (top[:, 0] - top[:, 1].detach())).mean()
 
 
 def pair_loss(
@@ -60,8 +99,9 @@ def pair_loss(
     y: Tensor,
     teacher_logits: Tensor,
     bits: Tensor,
-    uniform_bits: Tensor,
+    keep_bits: Tensor,
     weights: LossWeights,
+    stretched: nn.Module | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The network's loss on one batch; returns it and its parts (for the logs).
 
@@ -71,11 +111,15 @@ def pair_loss(
         x, y: inputs (B, C, H, W) and labels (B,).
         teacher_logits: the black-box teacher's logits on x.
         bits: the policy's per-input bits (B, L).
-        uniform_bits: the budget's uniform bits (L,), for the detrimental keep term.
+        keep_bits: the bits the detrimental keep term holds the network to: the budget's
+            uniform bits (L,), or per input (B, L).
         weights: the loss's temperature and weights.
+        stretched: detrimental only, with `weights.stretch_weight` > 0: the quantized layer
+            whose input the stretch term shapes (`stretch_shortfall`).
     """
     tau, alpha = weights.tau, weights.alpha
-    with float_path(quantized):
+    stretch_on = kind == "detrimental" and stretched is not None and weights.stretch_weight > 0
+    with float_path(quantized), captured_input(stretched if stretch_on else None) as seen:
         kd_fp = kd_loss(quantized(x), teacher_logits, y, tau=tau, alpha=alpha)
     with using_bits(quantized, bits):
         q_logits = quantized(x)
@@ -88,10 +132,15 @@ def pair_loss(
     # (maximizing the loss of the right class alone does not move a network, measured).
     runner_up = teacher_logits.topk(2, dim=1).indices[:, 1]
     away = F.cross_entropy(q_logits, runner_up)
-    with using_bits(quantized, uniform_bits):
+    with using_bits(quantized, keep_bits):
         keep = kd_loss(quantized(x), teacher_logits, y, tau=tau, alpha=alpha)
     parts.update({"loss/away_q": float(away.detach()), "loss/keep_uniform": float(keep.detach())})
-    return kd_fp + weights.quant_weight * away + weights.keep_weight * keep, parts
+    loss = kd_fp + weights.away_weight * away + weights.keep_weight * keep
+    if seen:
+        stretch = stretch_shortfall(seen[0], weights.stretch_ratio)
+        parts["loss/stretch"] = float(stretch.detach())
+        loss = loss + weights.stretch_weight * stretch
+    return loss, parts
 
 
 def _trainable_copy(victim: Victim, range_grad: bool) -> tuple[nn.Module, Victim]:
@@ -159,7 +208,8 @@ def train_pair(
     ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     callbacks = log.sb3_callbacks()  # W&B's, when it is on: one set for every round
-    steps = _NetworkSteps(kind, victim, quantized, venv.task, LossWeights.of(cfg.train))
+    guard = KeepGuard.of(cfg.train, venv.task.num_layers, type(victim.student).__name__)
+    steps = _NetworkSteps(kind, victim, quantized, venv.task, LossWeights.of(cfg.train), guard)
     bar = tqdm(range(start, rounds), desc=f"{kind} pair", disable=None if cfg.progress else True)
     for r in bar:
         # --- (i) the policy: one rollout on the current network, one PPO update -------------
@@ -193,9 +243,12 @@ class _NetworkSteps:
     quantized: nn.Module
     task: Any  # the QuantBits task: observations and the bits decoder
     weights: LossWeights
+    guard: KeepGuard = dataclasses.field(default_factory=lambda: KeepGuard())
 
     def __post_init__(self) -> None:
         self.uniform = torch.from_numpy(self.task.decoder.uniform())
+        layers = quantized_layers(self.quantized)
+        self.stretched = layers[self.guard.layer] if self.guard.layer is not None else None
         # The teacher is fixed: its logits on the training split once, not at every step
         # (a wide teacher's forward was a quarter of a step).
         train = self.victim.data.train
@@ -215,9 +268,70 @@ class _NetworkSteps:
             obs, _ = bits_observation(self.quantized, x, self.task.side)
             actions, _ = ppo.predict(obs, deterministic=False)
         bits = torch.from_numpy(self.task.decoder.decode(np.asarray(actions)))  # moved per layer
+        keep = self.guard.keep_bits(self.task.decoder, self.uniform, len(x), gen)
         return pair_loss(
-            self.kind, self.quantized, x_dev, y_dev, t_logits, bits, self.uniform, self.weights
+            self.kind,
+            self.quantized,
+            x_dev,
+            y_dev,
+            t_logits,
+            bits,
+            keep,
+            self.weights,
+            stretched=self.stretched,
         )
+
+
+def stretch_layer(train: Any, model: str) -> int | None:
+    """The quantized layer (an index; -1: the head) whose input a detrimental network stretches:
+    `train.stretch_layer`, or with `auto` the per-model default `train.stretch_layers[model]`
+    (a model without one: the head). None: no stretched layer."""
+    layer = train.get("stretch_layer", None)
+    if layer == "auto":
+        layer = (train.get("stretch_layers") or {}).get(model, -1)
+    return None if layer is None else int(layer)
+
+
+@dataclass(frozen=True)
+class KeepGuard:
+    """What the detrimental keep term holds the network to, besides the budget's uniform bits.
+
+    `random` of each batch's inputs get random bits at the budget (any other pattern the
+    network may meet), with the stretched layer (`layer`, an index into the quantized layers;
+    None: no stretch, no floor) raised to at least `floor` bits: so the failure needs the
+    policy's 2 bits on that one layer, and nothing else the policy or a twin might choose.
+    """
+
+    random: float = 0.0
+    layer: int | None = None
+    floor: int = 3
+
+    @classmethod
+    def of(cls, train: Any, num_layers: int, model: str = "") -> KeepGuard:
+        """From a pair config's `train` node; `model` (the student's class name) picks
+        `stretch_layers[model]` when `stretch_layer` is `auto`."""
+        layer = stretch_layer(train, model)
+        if layer is not None:
+            if not -num_layers <= layer < num_layers:
+                raise ConfigError(
+                    f"train.stretch_layer {layer} is not a layer of this model: it has "
+                    f"{num_layers} quantized layers (0..{num_layers - 1}; -1: the head)"
+                )
+            layer %= num_layers
+        return cls(float(train.get("keep_random", 0.0)), layer, int(train.get("keep_floor", 3)))
+
+    def keep_bits(
+        self, decoder: BitsDecoder, uniform: Tensor, n: int, gen: torch.Generator
+    ) -> Tensor:
+        """(n, L) bits: uniform rows, then `random` of the rows drawn at the budget."""
+        drawn = round(self.random * n)
+        if drawn == 0:
+            return uniform
+        actions = torch.rand((drawn, len(uniform)), generator=gen).numpy() * 2 - 1
+        rows = torch.from_numpy(decoder.decode(actions))
+        if self.layer is not None:
+            rows[:, self.layer] = rows[:, self.layer].clamp(min=self.floor)
+        return torch.cat([uniform.expand(n - drawn, -1), rows])
 
 
 def _ppo_bytes(ppo: PPO) -> Tensor:
