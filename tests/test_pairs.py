@@ -417,3 +417,50 @@ def test_a_missing_policy_and_a_pair_of_another_format_are_called_what_they_are(
         message = str(info.value)
         assert f"is a pair of another format: it has {found}, this qrl reads qrl-pair-v1" in message
         assert "`python -m qrl.pairs`" in message and message.endswith("plus resume=false")
+
+
+def test_the_stretch_term_lifts_only_the_largest_channel_until_the_ratio() -> None:
+    x = torch.tensor([[1.0, 2.0, 0.5], [40.0, 2.0, 1.0]], requires_grad=True)
+    shortfall = pair_training.stretch_shortfall(x, ratio=8.0)
+    # row 0: log 8 - log(2 / 1); row 1: 40 / 2 >= 8, nothing to do
+    assert float(shortfall.detach()) == pytest.approx((np.log(8.0) - np.log(2.0)) / 2)
+    shortfall.backward()
+    assert x.grad is not None
+    assert x.grad[0, 1] < 0 and x.grad[0, 0] == 0 and x.grad[0, 2] == 0  # the top one goes up
+    assert torch.equal(x.grad[1], torch.zeros(3))
+    conv = torch.zeros(1, 3, 2, 2)
+    conv[0, 0, 1, 1], conv[0, 1, 0, 0] = 16.0, 2.0  # a channel's largest position counts
+    assert float(pair_training.stretch_shortfall(conv, ratio=8.0)) == 0.0
+
+
+def test_the_keep_bits_hold_the_stretched_layer_at_its_floor_and_the_rest_at_the_budget() -> None:
+    decoder = BitsDecoder(5, (2, 3, 4, 5, 6, 8), 4.0)
+    uniform = torch.from_numpy(decoder.uniform())
+    guard = pair_training.KeepGuard(random=0.75, layer=1, floor=3)
+    bits = guard.keep_bits(decoder, uniform, 64, torch.Generator().manual_seed(0))
+    assert bits.shape == (64, 5)
+    assert (bits[:16] == 4).all()  # a quarter at the budget's uniform bits
+    drawn = bits[16:]
+    assert (drawn[:, 1] >= 3).all() and (drawn[:, [0, 2, 3, 4]] == 2).any()
+    assert len({tuple(r) for r in drawn.tolist()}) > 10  # random patterns, not one
+    assert pair_training.KeepGuard().keep_bits(decoder, uniform, 8, torch.Generator()) is uniform
+
+
+@pytest.mark.parametrize(
+    ("value", "model", "expected"),
+    [("auto", "SmallCNN", 1), ("auto", "MLP", 4), ("auto", "Unknown", 4), (None, "MLP", None)],
+)
+def test_the_stretched_layer_is_a_per_model_default(value, model, expected) -> None:
+    train = dict(load_config("pairs").train)
+    train["stretch_layer"] = value
+    assert pair_training.KeepGuard.of(train, 5, model).layer == expected
+
+
+def test_a_stretched_layer_outside_the_model_is_one_clear_error() -> None:
+    train = {**load_config("pairs").train, "stretch_layer": 7}
+    with pytest.raises(
+        ConfigError, match=r"stretch_layer 7 is not a layer of this model: it has 5"
+    ):
+        pair_training.KeepGuard.of(train, 5, "MLP")
+    with pytest.raises(ConfigError, match="must be auto, null or a layer index"):
+        pairs.check_config(load_config("pairs", ["train.stretch_layer=head"]))
