@@ -78,7 +78,7 @@ def main() -> int:
         ),
         "",
         "Each model's cached digits victim; both pairs trained with the defaults of "
-        f"conf/pairs.yaml ({common.pair_settings(runs)}); evaluated on the test split. Points, "
+        f"conf/pairs.yaml ({common.pair_settings(runs)}). Points, "
         "mean ± std over seeds (n). **drop** = the network's own full-precision accuracy minus "
         "its quantized accuracy under the named bits: its own policy, the robust twin's policy "
         "(the same seed's), random per-input bits at the budget, and the best and worst fixed "

@@ -135,6 +135,10 @@ SWEEPS: dict[str, tuple[list[str], dict[str, str]]] = {
         ["--model", "mlp", "--budgets", "3.0,5.0", "--seeds", "4"],
         {"victim.model": "mlp", "bits.budget": "3.0,5.0", "seed": "4"},
     ),
+    "cross_architecture": (
+        ["--cases", "mlp:3.0", "--seeds", "4"],
+        {"victim.model": "mlp", "bits.budget": "3.0", "kind": "detrimental,robust", "seed": "4"},
+    ),
     "granularity": (
         ["--model", "mlp", "--budget", "5.0", "--seeds", "4"],
         {"victim.model": "mlp", "bits.budget": "5.0", "kind": "detrimental,robust", "seed": "4"},
@@ -319,3 +323,30 @@ def test_the_input_pairs_script_trains_both_kinds_audits_and_writes_its_section(
     section = readme.read_text()
     assert "<!-- input_pairs:start -->" in section
     assert section.count("| mlp ") == 3  # one row in each table: detrimental, robust, audits
+
+
+def test_the_cross_architecture_table_pairs_each_seed_s_twins_and_groups_over_seeds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = _load_script("cross_architecture", monkeypatch)
+
+    def record(model: str, budget: float, seed: int, kind: str) -> dict:
+        config = {"victim": {"model": model}, "bits": {"budget": budget}, "seed": seed}
+        return {"config": {**config, "kind": kind}, "run_dir": f"{model}-{budget}-{seed}-{kind}"}
+
+    runs = [record("mlp", 4.0, s, k) for s in (0, 1) for k in module.KINDS]
+    runs.append(record("cnn", 4.0, 0, "detrimental"))  # its twin is missing
+    assert module.pair_dir(runs, "mlp", 4.0, 1, "robust") == Path("mlp-4.0-1-robust")
+    assert module.pair_dir(runs, "mlp", 3.0, 1, "robust") is None
+    assert module.found(runs, "mlp", 4.0, 0) and not module.found(runs, "cnn", 4.0, 0)
+    columns = [c[0] for c in module.COLUMNS]
+    rows = [
+        {"model": "mlp", "budget": 4.0, "seed": s, **dict.fromkeys(columns, v)}
+        for s, v in ((0, 0.70), (1, 0.74))
+    ]
+    table = module.summary_table(rows)
+    body = [line for line in table.splitlines() if line.startswith("| mlp")]
+    assert len(body) == 1
+    cells = [c.strip() for c in body[0].split("|")[1:-1]]
+    assert cells[:3] == ["mlp", "4.0", "2"]
+    assert cells[3:] == ["72.00 ± 2.83"] * len(columns)  # mean ± std over seeds, in points
