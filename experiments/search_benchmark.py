@@ -1,11 +1,17 @@
-"""Every agent on the held-out planted members; regenerates its section of experiments/README.md.
+"""Every agent on the held-out members of both planted families; regenerates its section of
+experiments/README.md.
 
-    python experiments/search_benchmark.py [--out runs/experiments/search_benchmark] [overrides]
+    python experiments/search_benchmark.py [--out runs/experiments/search_benchmark]
+        [--hard-out DIR] [overrides] [--hard-overrides OVERRIDE ...]
 
-Runs `python -m qrl.bench` (10 held-out members x seeds 0, 1, 2, 1,000 evaluations, agents
-random, es, optuna, ppo, sac by default; further Hydra overrides are passed on), then writes
-the table, the members' region sizes and the issue's targets, checked against the numbers,
-between the `bench` markers of experiments/README.md.
+Runs `python -m qrl.bench members.family=hard` into `<out>_hard` (or `--hard-out`), then
+`python -m qrl.bench` (the easy family) into `--out`: 10 held-out members x seeds 0, 1, 2,
+1,000 evaluations, agents random, es, optuna, ppo, sac by default; further Hydra overrides are
+passed on to both runs, `--hard-overrides` to the hard one only. Then writes one section
+between the `bench` markers of experiments/README.md: the hard family first (its tables, every
+agent held against random, the members' region sizes and approach profiles, and the hard
+family's targets checked against the numbers), then the easy family's table, region sizes and
+targets, under their own subheadings.
 """
 
 from __future__ import annotations
@@ -17,12 +23,17 @@ import sys
 from pathlib import Path
 
 import common
+from omegaconf import OmegaConf
 
 from qrl.bench import BLACK_BOX  # the black-box baselines PPO and SAC are held against
+from qrl.planted.family import FOUND_RATE  # an action is in a region at this trigger rate
+
+TITLE = "Search speed on planted failures (`python -m qrl.bench`)"
+HARD_TITLE = "Search speed on the hard planted family (`python -m qrl.bench members.family=hard`)"
 
 
 def targets(metrics: dict[str, object], default_agent: str) -> list[str]:
-    """The issue's "done when" targets, each with the numbers that decide it."""
+    """The easy family's "done when" targets, each with the numbers that decide it."""
 
     def found(agent: str) -> float:
         return float(metrics.get(f"bench/{agent}/found@1000", float("nan")))  # type: ignore[arg-type]
@@ -60,21 +71,142 @@ def targets(metrics: dict[str, object], default_agent: str) -> list[str]:
     return lines
 
 
+def hard_targets(
+    metrics: dict[str, object], default_agent: str, budget: int, compare_at: int
+) -> list[str]:
+    """The hard family's targets, each with the numbers that decide it: random finds little
+    with the whole budget, and the learning agents find what it finds within `compare_at`
+    evaluations, with intervals that do not overlap."""
+
+    def value(key: str) -> float:
+        v = metrics.get(key, float("nan"))
+        return math.inf if v is None else float(v)  # type: ignore[arg-type]
+
+    def found(agent: str, at: int = budget) -> float:
+        return value(f"bench/{agent}/found@{at}")
+
+    def counts(key: str) -> str:  # an interval of evaluations
+        return f"[{_count(value(key + '_ci_low'))}, {_count(value(key + '_ci_high'))}]"
+
+    def fractions(key: str) -> str:  # an interval of found fractions
+        return f"[{value(key + '_ci_low'):.2f}, {value(key + '_ci_high'):.2f}]"
+
+    def verdict(ok: bool) -> str:
+        return f"**{'met' if ok else 'not met'}**"
+
+    random_found = found("random")
+    lines = [
+        f"- random finds the region in at most 30% of runs at {budget} evaluations: "
+        f"{random_found:.2f} -> {verdict(random_found <= 0.3)}",
+        f"- default agent (`{default_agent}`) finds it in >= 90% of runs: "
+        f"{found(default_agent):.2f} -> {verdict(found(default_agent) >= 0.9)}",
+    ]
+    for agent in ("ppo", "sac"):
+        if f"bench/{agent}/runs" not in metrics:
+            lines.append(f"- {agent}: not run -> **not met**")
+            continue
+        ok_found = found(agent) >= 0.8
+        evals = f"bench/{agent}/evals_to_random_found"
+        ok_speed = value(evals) <= compare_at  # inf (never) and NaN (random not run) fail
+        above = metrics.get(f"bench/{agent}/above_random_at_{compare_at}") is True
+        at = f"bench/{agent}/found@{compare_at}"
+        lines.append(
+            f"- {agent}: found {found(agent):.2f} (>= 0.80: {'yes' if ok_found else 'no'}); "
+            f"reaches random's {budget}-evaluation found fraction ({random_found:.2f}) in "
+            f"{_count(value(evals))} {counts(evals)} evaluations (within {compare_at}: "
+            f"{'yes' if ok_speed else 'no'}); found by {compare_at} {found(agent, compare_at):.2f} "
+            f"{fractions(at)} vs random's at {budget} "
+            f"{fractions(f'bench/random/found@{budget}')} (above: {'yes' if above else 'no'}) -> "
+            f"{verdict(ok_found and ok_speed and above)}"
+        )
+    return lines
+
+
 def _num(value: object) -> str:
     """A ratio from metrics.json, where an infinite one was stored as null (`qrl.bench`)."""
     return "inf" if value is None else f"{float(value):.2f}"  # type: ignore[arg-type]
 
 
-def section(out: Path, command: list[str], default_agent: str) -> str:
-    summary = (out / "summary.md").read_text().strip()
-    metrics = json.loads((out / "metrics.json").read_text())
-    members = json.loads((out / "members.json").read_text())
+def _count(value: float) -> str:
+    """A number of evaluations: inf where it was never reached, 'n/a' where it is undefined."""
+    return "n/a" if math.isnan(value) else "inf" if math.isinf(value) else f"{value:.0f}"
+
+
+def approach_line(points: list[dict[str, object]]) -> str:
+    """A member's approach profile from `members.json` as one line: the reward (the quantized
+    copy's accuracy drop) at each point of the line from the identity action into its region,
+    starred where the point is inside the region."""
+
+    def point(p: dict[str, object]) -> str:
+        reward = float(p.get("reward", p.get("drop", math.nan)))  # type: ignore[arg-type]
+        inside = float(p.get("trigger_rate", 0.0)) >= FOUND_RATE  # type: ignore[arg-type]
+        return f"{reward:.2f}{'*' if inside else ''}"
+
+    return " -> ".join(point(p) for p in points)
+
+
+def family_run(out: Path) -> tuple[str, dict[str, object], list[dict[str, object]]]:
+    """(summary.md, metrics.json, members.json) of one family's run."""
+    return (
+        (out / "summary.md").read_text().strip(),
+        json.loads((out / "metrics.json").read_text()),
+        json.loads((out / "members.json").read_text()),
+    )
+
+
+def hard_section(out: Path, command: list[str], default_agent: str) -> str:
+    """The hard family's section: its tables, members with approach profiles, targets."""
+    cfg = OmegaConf.load(out / "config.yaml")  # the run's own settings
+    budget = int(cfg.budget.evaluations)
+    compare_at = min(int(cfg.compare_at), budget)
+    summary, metrics, members = family_run(out)
+    return "\n".join(
+        [
+            *common.heading(HARD_TITLE, command, ran="It runs"),
+            "",
+            "Held-out members of `qrl.planted.hard` (never used for tuning): planted failures "
+            "whose regions random search rarely hits, each with a graded approach. A run stops "
+            "at its first evaluated action inside the member's region (a fact of the member), "
+            "or after the budget. Found fraction = share of (member, seed) runs that had found "
+            "it by that many evaluations; intervals: 95% percentile bootstrap resampling "
+            "members and, within them, seeds. Median evaluations to failure counts a run that "
+            "never found it as infinite. The table that holds every agent against random gives "
+            "the evaluations it needs to reach the found fraction random reaches with the whole "
+            "budget (its interval resamples the agent's runs, random's fraction held at its "
+            "value), the budget over that, and whether the lower end of its found-fraction "
+            f"interval at {compare_at} evaluations lies above the upper end of random's at the "
+            "whole budget.",
+            "",
+            summary,
+            "",
+            "Members, with their region size (share of 300 uniform random actions inside the "
+            "region) and approach profile: the reward (the quantized copy's accuracy drop, "
+            "float minus quantized, on the member's fixed draw of 256 inputs) at evenly spaced "
+            "points of the line from the identity action to the region's anchor; *: inside "
+            "the region.",
+            "",
+            *(
+                f"- {m['name']}: region size {m['volume']:.3f}; reward along the line "
+                + approach_line(m.get("approach", []))  # type: ignore[arg-type]
+                for m in members
+            ),
+            "",
+            "Against the hard family's targets:",
+            "",
+            *hard_targets(metrics, default_agent, budget, compare_at),
+            "",
+            f"Curves: `{out}/curves.png`; every run: `{out}/runs.csv`.",
+        ]
+    )
+
+
+def easy_section(out: Path, command: list[str], default_agent: str) -> str:
+    """The easy family's section, as it has been reported since the benchmark began."""
+    summary, metrics, members = family_run(out)
     sizes = ", ".join(f"{m['name']} {m['volume']:.3f}" for m in members)
     return "\n".join(
         [
-            *common.heading(
-                "Search speed on planted failures (`python -m qrl.bench`)", command, ran="It runs"
-            ),
+            *common.heading(TITLE, command, ran="It runs"),
             "",
             "Each member of `qrl.planted.family` (held-out seeds, never used for tuning) is a "
             "digits MLP or CNN whose float outputs are exact and whose dynamic-quantized copy "
@@ -100,21 +232,58 @@ def section(out: Path, command: list[str], default_agent: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="runs/experiments/search_benchmark")
+    parser.add_argument(
+        "--out", default="runs/experiments/search_benchmark", help="the easy family's run dir"
+    )
+    parser.add_argument("--hard-out", help="the hard family's run dir (default: <out>_hard)")
     parser.add_argument("--default-agent", default="es", help="conf/search.yaml's default agent")
-    parser.add_argument("overrides", nargs="*", help="further Hydra overrides of qrl.bench")
+    parser.add_argument(
+        "--hard-overrides",
+        nargs="+",
+        default=[],
+        metavar="OVERRIDE",
+        help="Hydra overrides of the hard family's run only (e.g. members.count=20); put them "
+        "after the shared overrides",
+    )
+    parser.add_argument(
+        "--families",
+        default="hard,easy",
+        help="which families to run and report (each has its own section): hard, easy or both",
+    )
+    parser.add_argument("overrides", nargs="*", help="further Hydra overrides of both runs")
     args = parser.parse_args()
+    common.check_extra(
+        [*args.overrides, *args.hard_overrides],
+        {
+            "members.family": "--out (easy) and --hard-out (hard): it runs both families",
+            "hydra.run.dir": "--out and --hard-out",
+        },
+    )
     common.enter_repo()
-    command = [
-        sys.executable,
-        "-m",
-        "qrl.bench",
-        f"hydra.run.dir={args.out}",
-        "progress=false",
-        *args.overrides,
-    ]
-    common.run(command, sweep=False)
-    common.update_readme("bench", section(Path(args.out), command, args.default_agent))
+    easy_out = Path(args.out)
+    hard_out = Path(args.hard_out) if args.hard_out else easy_out.with_name(f"{easy_out.name}_hard")
+
+    def command(out: Path, *overrides: str) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "qrl.bench",
+            f"hydra.run.dir={out}",
+            "progress=false",
+            *overrides,
+        ]
+
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    if not families or set(families) - {"hard", "easy"}:
+        raise SystemExit(f"--families takes hard, easy or hard,easy; got {args.families!r}")
+    if "hard" in families:
+        hard = command(hard_out, "members.family=hard", *args.overrides, *args.hard_overrides)
+        common.run(hard, sweep=False)
+        common.update_readme("bench_hard", hard_section(hard_out, hard, args.default_agent))
+    if "easy" in families:
+        easy = command(easy_out, *args.overrides)
+        common.run(easy, sweep=False)
+        common.update_readme("bench", easy_section(easy_out, easy, args.default_agent))
     return 0
 
 

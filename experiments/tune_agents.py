@@ -1,6 +1,7 @@
-"""Tune PPO's and SAC's hyperparameters with Optuna, on the planted family's tuning members only.
+"""Tune PPO's and SAC's hyperparameters with Optuna, on a planted family's tuning members only.
 
     python experiments/tune_agents.py [--agents ppo,sac] [--trials 10] [--members 4] [--seeds 0]
+        [--family easy|hard]
 
 Each trial runs the agent (its conf/agent preset with the trial's values) on every tuning
 member and seed with the benchmark's budget, stopping at the first action in the region
@@ -9,6 +10,10 @@ failure), a run that never finds the region counting as twice the budget: it rew
 the region in every run first and fast second. The held-out members are never touched; the
 best values go into conf/agent/<agent>.yaml by hand, with this command beside them, and
 `python -m qrl.bench` then reports them on the held-out members.
+
+Besides the algorithm's own keys, the search space holds what `qrl.search_wrapper` adds to what
+the agent sees (`--family hard` tunes them): a Sobol warm-up, the running best in the
+observation, and actions as steps from the running best.
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ from omegaconf import DictConfig, OmegaConf
 from qrl.bench import agent_config, env_options, run_one
 from qrl.config import load_config
 from qrl.planted.family import Member, tuning_members
+from qrl.planted.hard import hard_tuning_members
+
+
+def suggest_search(trial: optuna.Trial) -> dict[str, Any]:
+    """The trial's `search` node (`qrl.search_wrapper`)."""
+    step = trial.suggest_categorical("relative_step", ["none", "0.1", "0.2", "0.4"])
+    return {
+        "warmup": trial.suggest_categorical("warmup", [0, 16, 32, 64]),
+        "relative_step": None if step == "none" else float(step),
+        "history": trial.suggest_categorical("history", [False, True]),
+    }
 
 
 def suggest(name: str, trial: optuna.Trial) -> dict[str, Any]:
@@ -70,12 +86,15 @@ def objective(
     budget: int,
     options: dict[str, Any],
     log: list[dict[str, Any]],
+    search: bool,
 ) -> Any:
     def run(trial: optuna.Trial) -> float:
         cfg = agent_config(name)
         values = suggest(name, trial)
         model = OmegaConf.merge(cfg.model, values)
         agent = OmegaConf.merge(cfg, {"model": model})
+        if search:
+            agent = OmegaConf.merge(agent, {"search": suggest_search(trial)})
         assert isinstance(agent, DictConfig)
         costs, found = [], 0
         for member in members:
@@ -102,10 +121,16 @@ def main() -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--out", default="runs/experiments/tune_agents")
+    parser.add_argument(
+        "--family", default="easy", choices=["easy", "hard"], help="whose tuning members"
+    )
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-    members = tuning_members(args.members)
+    members = (
+        tuning_members(args.members) if args.family == "easy" else hard_tuning_members(args.members)
+    )
+    search = args.family == "hard"
     seeds = [int(s) for s in args.seeds.split(",")]
     options = env_options(load_config("bench", ["out=unused"]))
     out = Path(args.out)
@@ -118,15 +143,29 @@ def main() -> int:
         )
         # The current defaults first, so that tuning can only keep or improve on them.
         default = agent_config(name).model
-        study.enqueue_trial(
-            {k: v for k, v in _default_params(name, default).items() if v is not None}
+        first = {k: v for k, v in _default_params(name, default).items() if v is not None}
+        if search:
+            first.update(_default_search(agent_config(name).get("search")))
+        study.enqueue_trial(first)
+        study.optimize(
+            objective(name, members, seeds, args.budget, options, log, search), args.trials
         )
-        study.optimize(objective(name, members, seeds, args.budget, options, log), args.trials)
         best[name] = {"value": study.best_value, "params": study.best_params, "trials": log}
         print(f"{name}: best {study.best_value:.3f} with {study.best_params}")
     (out / "tuned.json").write_text(json.dumps(best, indent=2) + "\n")
     print(f"wrote {out / 'tuned.json'}")
     return 0
+
+
+def _default_search(node: Any) -> dict[str, Any]:
+    """The preset's `search` node under the search space's names."""
+    node = node or {}
+    step = node.get("relative_step")
+    return {
+        "warmup": int(node.get("warmup", 0) or 0),
+        "relative_step": "none" if step is None else str(step),
+        "history": bool(node.get("history", False)),
+    }
 
 
 def _default_params(name: str, model: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from tqdm.auto import tqdm
 
 from qrl.errors import ConfigError
+from qrl.search_wrapper import SearchWrapper, search_options
 from qrl.specs import build, to_dict
 
 AGENT_KINDS = ("sb3", "random", "cma", "optuna")
@@ -165,7 +166,16 @@ def _run_sb3(
     from stable_baselines3.common.logger import configure
     from stable_baselines3.common.noise import NormalActionNoise
 
-    venv = DummyVecEnv([make_env for _ in range(n_envs)])
+    search = search_options(to_dict(agent_cfg).get("search"))
+
+    def make_search_env(index: int) -> Callable[[], gym.Env]:
+        if not search:
+            return make_env
+        return lambda: SearchWrapper(
+            make_env(), **search, seed=seed + index, exhausted=lambda: log.exhausted
+        )
+
+    venv = DummyVecEnv([make_search_env(i) for i in range(n_envs)])
     venv.seed(seed)
     extra: dict[str, Any] = {}
     sigma = to_dict(agent_cfg).get("action_noise_sigma")

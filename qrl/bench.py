@@ -1,15 +1,20 @@
 """How fast does each agent find a planted failure? The number qrl reports about its own search.
 
     python -m qrl.bench                                  # held-out members, every agent
+    python -m qrl.bench members.family=hard              # the hard family's held-out members
     python -m qrl.bench members.count=4 seeds=[0] budget.evaluations=200 agents=[random,ppo]
 
-Reads top to bottom: build the planted members (`qrl.planted.family`) -> for every (agent,
-member, seed), search `qrl/QuantFailure-v0` on the member until the budget is spent or an
-action inside the member's failure region is evaluated (`run_one`; "inside" is a fact of the
-member, `Member.found`) -> the fraction of runs that found it by each number of evaluations,
-and the median evaluations-to-failure, with percentile-bootstrap intervals that resample
-members and, within each, seeds (`summarize`) -> write `runs.csv`, `curves.csv`,
-`summary.md`, `curves.png` and, last, `metrics.json`.
+Reads top to bottom: build the planted members (`members.family`: `easy` from
+`qrl.planted.family`, `hard` from `qrl.planted.hard`) -> for every (agent, member, seed),
+search `qrl/QuantFailure-v0` on the member until the budget is spent or an action inside the
+member's failure region is evaluated (`run_one`; "inside" is a fact of the member,
+`Member.found`) -> the fraction of runs that found it by each number of evaluations, and the
+median evaluations-to-failure, with percentile-bootstrap intervals that resample members and,
+within each, seeds (`summarize`); when random search ran, every agent held against it: the
+evaluations it needs to reach random's found fraction at the full budget, and whether its
+found fraction at `compare_at` evaluations lies above random's at the full budget
+(`against_random`) -> write `members.json`, `runs.csv`, `curves.json`, `summary.md`,
+`curves.png` and, last, `metrics.json`.
 
 Every agent gets the same budget and the same environment (the `env` and `space` groups, the
 reference being the member's own full-precision model). A run that does not find the region
@@ -46,6 +51,7 @@ from qrl.stats import bootstrap_interval, nested_resamples
 from qrl.tables import format_table
 
 BLACK_BOX = ("es", "optuna")  # the black-box baselines the learning agents are held against
+FAMILIES = ("easy", "hard")  # members.family: qrl.planted.family, qrl.planted.hard
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,22 @@ def found_fraction(found_at: np.ndarray, evaluations: int) -> float:
     return float(np.mean(found_at <= evaluations))
 
 
+def evaluations_to_reach(found_at: np.ndarray, fraction: float) -> float:
+    """The fewest evaluations by which `fraction` of the runs had found the region: the smallest
+    e with `found_fraction(found_at, e) >= fraction`.
+
+    0 for a fraction of 0 (nothing to reach); inf when fewer runs than that ever found it.
+    """
+    if fraction <= 0:
+        return 0.0
+    finite = np.sort(found_at[np.isfinite(found_at)])  # (runs that found it,)
+    # The found fraction just after each of them, computed as `found_fraction` computes it
+    # (count / runs), so a fraction taken from another table compares exactly.
+    reached = np.arange(1, finite.size + 1) / found_at.size
+    hit = np.flatnonzero(reached >= fraction)
+    return float(finite[hit[0]]) if hit.size else float("inf")
+
+
 def summarize(
     results: Sequence[RunResult],
     grid: Sequence[int],
@@ -211,6 +233,76 @@ def summarize(
             table, median_to_failure, resamples=resamples, level=level
         )
         out[agent] = row
+    return out
+
+
+@dataclass(frozen=True)
+class VersusRandom:
+    """One agent held against random search's found fraction at the full budget."""
+
+    agent: str
+    budget: int
+    random_found: float  # random's found fraction at the budget
+    random_found_ci: tuple[float, float]
+    evaluations: float  # the agent's evaluations to reach `random_found` (inf: never)
+    evaluations_ci: tuple[float, float]
+    compare_at: int
+    found: float  # the agent's found fraction at `compare_at`
+    found_ci: tuple[float, float]
+
+    @property
+    def speedup(self) -> float:
+        """budget / evaluations: how many times fewer evaluations the agent needs to find what
+        random finds with the whole budget (NaN when random found nothing or the agent never
+        reaches it)."""
+        finite = 0 < self.evaluations < np.inf
+        return self.budget / self.evaluations if finite else float("nan")
+
+    @property
+    def above_random(self) -> bool:
+        """Whether the lower end of the agent's interval at `compare_at` lies above the upper
+        end of random's at the full budget."""
+        return self.found_ci[0] > self.random_found_ci[1]
+
+
+def against_random(
+    results: Sequence[RunResult],
+    budget: int,
+    compare_at: int,
+    *,
+    resamples: int,
+    level: float,
+) -> dict[str, VersusRandom]:
+    """Every agent in `results` (random too, as the reference) held against random search at
+    the full budget; empty when random did not run.
+
+    The interval of the evaluations to reach random's found fraction resamples the agent's
+    members and seeds (`bootstrap_interval`) with random's fraction held at its point value;
+    the found fractions' intervals are `summarize`'s.
+    """
+    if not any(r.agent == "random" for r in results):
+        return {}
+    summary = summarize(results, sorted({compare_at, budget}), resamples=resamples, level=level)
+    target = summary["random"][f"found@{budget}"]
+    out = {}
+    for agent, row in summary.items():
+        table = found_table([r for r in results if r.agent == agent])
+        out[agent] = VersusRandom(
+            agent=agent,
+            budget=budget,
+            random_found=target,
+            random_found_ci=summary["random"][f"found@{budget}_ci"],
+            evaluations=evaluations_to_reach(table, target),
+            evaluations_ci=bootstrap_interval(
+                table,
+                lambda v: evaluations_to_reach(v, target),
+                resamples=resamples,
+                level=level,
+            ),
+            compare_at=compare_at,
+            found=row[f"found@{compare_at}"],
+            found_ci=row[f"found@{compare_at}_ci"],
+        )
     return out
 
 
@@ -280,6 +372,36 @@ def ratio_table(
     return format_table(header, rows, markdown=True)
 
 
+def versus_random_table(versus: dict[str, VersusRandom]) -> str:
+    """Markdown: each agent's evaluations to reach random's found fraction at the full budget,
+    and its found fraction at `compare_at` against random's at the full budget."""
+    ref = next(iter(versus.values()))
+    budget, at = ref.budget, ref.compare_at
+    lo, hi = ref.random_found_ci
+    header = [
+        "agent",
+        f"evals to reach random's found fraction at {budget} ({ref.random_found:.2f})",
+        f"{budget} / that",
+        f"found by {at}",
+        f"interval at {at} above random's [{lo:.2f}, {hi:.2f}] at {budget}",
+    ]
+    rows = []
+    for agent, v in versus.items():
+        e_lo, e_hi = v.evaluations_ci
+        f_lo, f_hi = v.found_ci
+        rows.append(
+            [
+                agent,
+                f"{_fmt_count(v.evaluations, budget)} "
+                f"[{_fmt_count(e_lo, budget)}, {_fmt_count(e_hi, budget)}]",
+                "-" if np.isnan(v.speedup) else f"{v.speedup:.1f}x fewer evals",
+                f"{v.found:.2f} [{f_lo:.2f}, {f_hi:.2f}]",
+                "yes" if v.above_random else "no",
+            ]
+        )
+    return format_table(header, rows, markdown=True)
+
+
 def plot_curves(
     path: Path, summary: dict[str, dict[str, Any]], curve: dict[str, Any], budget: int
 ) -> Path:
@@ -329,6 +451,11 @@ def check_settings(cfg: DictConfig) -> None:
     checked_number(cfg.budget.evaluations, "budget.evaluations", int, low=1)
     checked_number(cfg.members.count, "members.count", int, low=1)
     checked_number(cfg.bootstrap, "bootstrap", int, low=1)
+    checked_number(cfg.compare_at, "compare_at", int, low=1)
+    if str(cfg.members.family) not in FAMILIES:
+        raise ConfigError(
+            f"members.family must be {' or '.join(FAMILIES)}, got {cfg.members.family!r}"
+        )
     if str(cfg.members.set) not in ("held_out", "tuning"):
         raise ConfigError(f"members.set must be held_out or tuning, got {cfg.members.set!r}")
     if not cfg.agents or not cfg.seeds:
@@ -340,8 +467,14 @@ def check_settings(cfg: DictConfig) -> None:
 
 
 def members_of(cfg: DictConfig) -> list[Member]:
-    count = int(cfg.members.count)
-    return held_out_members(count) if cfg.members.set == "held_out" else tuning_members(count)
+    """The first `members.count` members of `members.set` in `members.family`."""
+    count, held_out = int(cfg.members.count), cfg.members.set == "held_out"
+    if cfg.members.family == "hard":
+        # Imported here: only a hard run needs the hard family's module.
+        from qrl.planted.hard import hard_held_out_members, hard_tuning_members
+
+        return hard_held_out_members(count) if held_out else hard_tuning_members(count)
+    return held_out_members(count) if held_out else tuning_members(count)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -387,25 +520,30 @@ def write_results(
     out: Path, cfg: DictConfig, results: list[RunResult], budget: int, started: float
 ) -> dict[str, Any]:
     level, resamples = float(cfg.ci_level), int(cfg.bootstrap)
-    grid = [int(e) for e in cfg.report_at if int(e) <= budget]
-    summary = summarize(results, grid, resamples=resamples, level=level)
+    grid = [int(e) for e in cfg.report_at if int(e) <= budget]  # the table's columns
+    compare_at = min(int(cfg.compare_at), budget)
+    computed = sorted({*grid, compare_at, budget})  # in metrics.json, whatever report_at holds
+    summary = summarize(results, computed, resamples=resamples, level=level)
     curve = curve_points(results, budget, resamples=resamples, level=level)
     table = summary_table(summary, grid, budget)
     header = (
-        f"{len({r.member for r in results})} {cfg.members.set} members x seeds "
-        f"{list(cfg.seeds)}, {budget} evaluations; [{100 * level:.0f}% percentile bootstrap "
-        f"over members and seeds]"
+        f"{len({r.member for r in results})} {cfg.members.family} {cfg.members.set} members x "
+        f"seeds {list(cfg.seeds)}, {budget} evaluations; [{100 * level:.0f}% percentile "
+        f"bootstrap over members and seeds]"
     )
     ratios = median_ratios(results, resamples=resamples, level=level)
     if ratios:
         table += "\n\n" + ratio_table(ratios, level)
+    versus = against_random(results, budget, compare_at, resamples=resamples, level=level)
+    if versus:
+        table += "\n\n" + versus_random_table(versus)
     atomic_write(out / "summary.md", lambda tmp: tmp.write_text(f"{header}\n\n{table}\n"))
     atomic_write(out / "curves.json", lambda tmp: tmp.write_text(json.dumps(curve) + "\n"))
     _write_runs_csv(out / "runs.csv", results)
     plot_curves(out / "curves.png", summary, curve, budget)
     metrics: dict[str, Any] = {}
     for agent, row in summary.items():
-        for e in grid:
+        for e in computed:
             metrics[f"bench/{agent}/found@{e}"] = row[f"found@{e}"]
             metrics[f"bench/{agent}/found@{e}_ci_low"] = row[f"found@{e}_ci"][0]
             metrics[f"bench/{agent}/found@{e}_ci_high"] = row[f"found@{e}_ci"][1]
@@ -418,6 +556,14 @@ def write_results(
         key = f"bench/{agent}/median_ratio_vs_{baseline}"
         for suffix, v in (("", value), ("_ci_low", low), ("_ci_high", high)):
             metrics[key + suffix] = v if np.isfinite(v) else None  # None: infinite
+    for agent, vs in versus.items():
+        key = f"bench/{agent}/evals_to_random_found"
+        low, high = vs.evaluations_ci
+        for suffix, v in (("", vs.evaluations), ("_ci_low", low), ("_ci_high", high)):
+            metrics[key + suffix] = v if np.isfinite(v) else None  # None: never reached
+        if not np.isnan(vs.speedup):  # undefined: random found nothing, or never reached
+            metrics[f"bench/{agent}/speedup_vs_random"] = vs.speedup
+        metrics[f"bench/{agent}/above_random_at_{compare_at}"] = vs.above_random
     print(header)
     print(table)
     print(f"wrote {out}/summary.md, curves.png, runs.csv, metrics.json")

@@ -59,11 +59,10 @@ class Victim:
         """
         on_device = x.to(self.device)
         q_in = on_device if isinstance(self.quantized, nn.Module) else x.cpu()
-        return (
-            self.teacher(on_device).cpu(),
-            self.student(on_device).cpu(),
-            self.quantized(q_in).cpu(),
-        )
+        teacher = self.teacher(on_device).cpu()
+        # A model that is its own teacher (planted members) runs once.
+        student = teacher if self.student is self.teacher else self.student(on_device).cpu()
+        return teacher, student, self.quantized(q_in).cpu()
 
     @property
     def qstudent(self) -> nn.Module | RealBackend:

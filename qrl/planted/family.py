@@ -44,6 +44,7 @@ from qrl.planted.plant import (
     STATISTICS,
     Band,
     image_statistics,
+    outlier_value,
     plant_bands,
     plant_halfspace,
     triggered,
@@ -167,7 +168,7 @@ class Member:
         """The quantized copy's accuracy drop on the fixed draw of `action`, or None where the
         planted unit fires on any input of the draw (the action is not outside the region)."""
         x, y = self.reference_inputs(action)
-        if bool(triggered(self.model, x).any()):
+        if bool((outlier_value(self.model, x) > 0).any()):  # in the region or on its approach
             return None
         with torch.no_grad():
             fp = float((self.model(x).argmax(1) == y).float().mean())

@@ -78,6 +78,24 @@ STATISTICS = {
 }
 
 
+def _quadrant(h: int, w: int, row: int, col: int) -> Tensor:
+    v = torch.zeros(h, w)
+    v[row * (h // 2) : (row + 1) * (h // 2) or h, col * (w // 2) : (col + 1) * (w // 2) or w] = 1
+    return v / v.sum()
+
+
+# Further linear statistics for the hard family (`qrl.planted.hard`); apart from STATISTICS,
+# whose sorted names the easy family's members are drawn from (adding to it would change them).
+EXTRA_STATISTICS = {
+    "top_left": lambda h, w: _quadrant(h, w, 0, 0),  # mean of each quarter of the image
+    "top_right": lambda h, w: _quadrant(h, w, 0, 1),
+    "bottom_left": lambda h, w: _quadrant(h, w, 1, 0),
+    "bottom_right": lambda h, w: _quadrant(h, w, 1, 1),
+    "xy_moment": lambda h, w: _moment(h, w, 1) * _moment(h, w, 0) * (h * w),  # diagonal balance
+}
+ALL_STATISTICS = {**STATISTICS, **EXTRA_STATISTICS}
+
+
 @dataclass(frozen=True)
 class Band:
     """Statistic `statistic` in [lo, hi]; the detector fades to zero over `ramp` outside it."""
@@ -105,7 +123,13 @@ class GraftedCNN(nn.Module):
     on the detector's output are zero, so the logits are the SmallCNN's.
     """
 
-    def __init__(self, cnn: SmallCNN, detector: nn.Sequential, head: nn.Linear) -> None:
+    def __init__(
+        self,
+        cnn: SmallCNN,
+        detector: nn.Sequential,
+        head: nn.Linear,
+        probe: nn.Linear | None = None,
+    ) -> None:
         super().__init__()
         self.normalize, self.features, self.detector, self.head = (
             cnn.normalize,
@@ -113,11 +137,16 @@ class GraftedCNN(nn.Module):
             detector,
             head,
         )
+        self.probe = probe  # optional: a term on the features added to the detector's output
+        self.tap = nn.Identity()  # the detector's output, where a hook reads the outlier
 
     def forward(self, x: Tensor) -> Tensor:
         z = self.normalize(x)
         features = self.features(z).flatten(1)  # (B, 2w * 4)
-        return self.head(torch.cat([features, torch.relu(self.detector(z.flatten(1)))], dim=1))
+        outlier = self.detector(z.flatten(1))
+        if self.probe is not None:
+            outlier = outlier + self.probe(features)
+        return self.head(torch.cat([features, torch.relu(self.tap(outlier))], dim=1))
 
 
 def architecture(model: nn.Module) -> str:
@@ -132,6 +161,7 @@ def architecture(model: nn.Module) -> str:
 
 
 PROBE = "planted_probe"  # the attribute naming the module whose last unit is the outlier
+LEVEL = "planted_level"  # the attribute holding the outlier value above which x is in the region
 
 
 def _probe(model: nn.Module) -> nn.Module:
@@ -156,15 +186,17 @@ def outlier_value(model: nn.Module, x: Tensor) -> Tensor:
 
 
 def triggered(model: nn.Module, x: Tensor) -> Tensor:
-    """Per input (bool, (N,)): the planted outlier fires in float, i.e. x is in the region."""
-    return outlier_value(model, x) > 0
+    """Per input (bool, (N,)): x is in the region, a fact of the float model: the planted
+    outlier exceeds the model's level (0 for a band or half-space detector, which fires only
+    inside; the collapse level for a proximity detector, which grows on the approach)."""
+    return outlier_value(model, x) > float(getattr(model, LEVEL, 0.0))
 
 
 @torch.no_grad()
 def image_statistics(x: Tensor, names: Sequence[str]) -> Tensor:
     """The named statistics of each image, (N, K) (the channel mean of each is used)."""
     h, w = x.shape[-2:]
-    maps = torch.stack([STATISTICS[n](h, w) for n in names])  # (K, H, W)
+    maps = torch.stack([ALL_STATISTICS[n](h, w) for n in names])  # (K, H, W)
     return torch.einsum("nchw,khw->nk", x, maps) / x.shape[1]
 
 
@@ -296,9 +328,9 @@ def plant_bands(
     return grafted
 
 
-def _graft(cnn: SmallCNN, detector: nn.Sequential) -> GraftedCNN:
+def _graft(cnn: SmallCNN, detector: nn.Sequential, probe: nn.Linear | None = None) -> GraftedCNN:
     head = _widen(cnn.head, torch.zeros(0, cnn.head.in_features + 1), torch.zeros(0), extra_in=1)
-    return GraftedCNN(cnn, detector, head).eval()
+    return GraftedCNN(cnn, detector, head, probe).eval()
 
 
 @torch.no_grad()
@@ -356,3 +388,159 @@ def plant_halfspace(
     model.net = nn.Sequential(*layers)
     setattr(model, PROBE, "net.0")  # the first Linear, before its ReLU
     return model
+
+
+@dataclass(frozen=True)
+class Proximity:
+    """A ball around `centre` in the space of the named statistics, with a graded approach.
+
+    Distance D(s) = sum_k weights[k] |s_k - centre[k]| / scales[k] (an L1 ball, so unequal
+    weights tilt it off the statistics' axes), plus, with a `target_class`, the term
+    class_weight (1 - q(x)), q a linear probe of the model's features for that class (+1 on
+    it, -1 off it; `class_probe`): only inputs the model sees as that class come near.
+    Proximity p(s) = relu(1 - D / approach) grows linearly from the edge of the approach
+    (D = approach) to 1 at the centre; the region is D <= radius.
+    """
+
+    statistics: tuple[str, ...]
+    centre: tuple[float, ...]
+    scales: tuple[float, ...]
+    weights: tuple[float, ...]
+    radius: float
+    approach: float
+    target_class: int | None = None  # with a class term: D += class_weight (1 - q(x))
+    class_weight: float = 0.0
+
+    def __post_init__(self) -> None:
+        k = len(self.statistics)
+        if not (k and len(self.centre) == len(self.scales) == len(self.weights) == k):
+            raise ConfigError("a proximity region needs one centre, scale and weight per statistic")
+        if set(self.statistics) - set(ALL_STATISTICS):
+            raise ConfigError(f"proximity statistics come from {sorted(ALL_STATISTICS)}")
+        if not 0 < self.radius < self.approach or min(self.scales) <= 0:
+            raise ConfigError("a proximity region needs 0 < radius < approach and scales > 0")
+
+    def distance(self, s: Tensor, q: Tensor | None = None) -> Tensor:
+        """D of each row of statistics s (N, K), with class probe scores q (N,) if the region
+        has a class term."""
+        centre, scales, weights = (
+            torch.tensor(v) for v in (self.centre, self.scales, self.weights)
+        )
+        d = ((s - centre).abs() / scales * weights).sum(dim=-1)
+        if self.target_class is not None:
+            assert q is not None, "a region with a class term needs the probe's scores"
+            d = d + self.class_weight * (1.0 - q)
+        return d
+
+    @property
+    def core(self) -> float:
+        """The proximity at the region's edge, 1 - radius / approach."""
+        return 1.0 - self.radius / self.approach
+
+
+def class_features(model: nn.Module, x: Tensor) -> Tensor:
+    """The features a class probe reads: an MLP's first hidden layer, a SmallCNN's head input."""
+    z = model.get_submodule("normalize")(x)
+    if isinstance(model, MLP):
+        first = next(m for m in model.net if isinstance(m, nn.Linear))
+        return torch.relu(first(z.flatten(1)))
+    assert isinstance(model, SmallCNN)
+    return model.features(z).flatten(1)
+
+
+@torch.no_grad()
+def class_probe(
+    model: nn.Module, x: Tensor, y: Tensor, target: int, ridge: float = 1.0
+) -> tuple[Tensor, float]:
+    """(weights, bias) of a ridge regression of +1 (class `target`) / -1 (other classes) on
+    `class_features` of labelled inputs x, y."""
+    h = class_features(model, x).double()
+    h1 = torch.cat([h, torch.ones(len(h), 1, dtype=h.dtype)], dim=1)
+    t = (2.0 * (y == target).double() - 1.0)[:, None]
+    solution = torch.linalg.solve(
+        h1.T @ h1 + ridge * torch.eye(h1.shape[1], dtype=h.dtype), h1.T @ t
+    )
+    return solution[:-1, 0].float(), float(solution[-1, 0])
+
+
+@torch.no_grad()
+def plant_proximity(
+    model: nn.Module,
+    region: Proximity,
+    calibration: Tensor,
+    bits: int,
+    probe: tuple[Tensor, float] | None = None,
+) -> nn.Module:
+    """A copy of `model` with an outlier unit M p(x) planted (`Proximity`), exact in float.
+
+    Like `plant_bands`, a first layer computes the statistics' distances, as two ramp units
+    relu(+-a_k (s_k - c_k)) per statistic, and a second the outlier M relu(1 - D / approach),
+    whose output joins the stretched layer (MLP: the third Linear's input; SmallCNN: the head's,
+    grafted). M puts the outlier at C at the region's edge (C: the collapse, see the module
+    doc) and at C / core at its centre, so the quantized copy collapses inside the region; on
+    the approach the outlier, and with it the grid it stretches and the copy's accuracy drop,
+    grows continuously towards it. The model's
+    `LEVEL` is the outlier at the edge: `triggered` holds inside the region only.
+
+    With a class term (`region.target_class`), `probe` is its (weights, bias) from
+    `class_probe`; the outlier reads it linearly (MLP: from the first hidden layer, into the
+    second; SmallCNN: from the head's input, added to the grafted detector's output).
+    """
+    architecture(model)
+    if (region.target_class is not None) != (probe is not None):
+        raise ConfigError("a proximity region's class term needs its probe, and only then")
+    names = list(region.statistics)
+    h, w = calibration.shape[-2:]
+    centre = torch.tensor(region.centre)
+    reach = (image_statistics(calibration, names) - centre).abs().amax(dim=0).clamp_min(1e-3)
+    maps = torch.stack([ALL_STATISTICS[n](h, w) for n in names]).repeat_interleave(2, dim=0)
+    signs = torch.tensor([1.0, -1.0]).repeat(len(names))
+    model = copy.deepcopy(model).eval()
+    if isinstance(model, MLP):
+        first, second, third = [m for m in model.net if isinstance(m, nn.Linear)][:3]
+        h1 = torch.relu(first(model.normalize(calibration).flatten(1)))
+        size = _typical_max(h1)
+        magnitude = _magnitude(torch.relu(second(h1)), bits) / 4 / region.core
+    else:
+        assert isinstance(model, SmallCNN)
+        size = 1.0  # the detector's units alone fill their layer's grid
+        features = model.features(model.normalize(calibration)).flatten(1)
+        magnitude = _magnitude(features, bits) / 4 / region.core
+    gains = (size / reach).repeat_interleave(2) * signs  # a_k, +-
+    rows, bias = _on_pixels(model, maps, calibration)
+    unit_rows = gains[:, None] * rows
+    unit_bias = gains * (bias - centre.repeat_interleave(2))
+    # D = sum_k w_k (u_k+ + u_k-) / (a_k scale_k): the outlier's weights on the ramp units.
+    per_unit = torch.tensor(region.weights) / torch.tensor(region.scales) / (size / reach)
+    out_w = -magnitude / region.approach * per_unit.repeat_interleave(2)
+    out_b = torch.tensor([magnitude])
+    # The class term -M / approach * class_weight * (1 - v . h - b), linear in the features h.
+    gain = magnitude / region.approach * region.class_weight
+    probe_w = gain * probe[0] if probe is not None else None
+    if probe is not None:
+        out_b -= gain * (1.0 - probe[1])
+    if isinstance(model, MLP):
+        on_h1 = probe_w if probe_w is not None else torch.zeros(first.out_features)
+        new = [
+            _widen(first, unit_rows, unit_bias),
+            _widen(
+                second,
+                torch.cat([on_h1, out_w])[None],
+                out_b,
+                extra_in=len(unit_rows),
+            ),
+            _widen(third, torch.zeros(0, third.in_features + 1), torch.zeros(0), extra_in=1),
+        ]
+        layers = list(model.net)
+        for old, layer in zip((first, second, third), new, strict=True):
+            layers[layers.index(old)] = layer
+        model.net = nn.Sequential(*layers)
+        setattr(model, PROBE, "net.2")
+        setattr(model, LEVEL, magnitude * region.core)
+        return model
+    detector = nn.Sequential(_linear(unit_rows, unit_bias), nn.ReLU(), _linear(out_w[None], out_b))
+    on_features = _linear(probe_w[None], torch.zeros(1)) if probe_w is not None else None
+    grafted = _graft(model, detector, on_features)
+    setattr(grafted, PROBE, "tap")
+    setattr(grafted, LEVEL, magnitude * region.core)
+    return grafted
