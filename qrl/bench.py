@@ -394,9 +394,14 @@ def versus_random_table(versus: dict[str, VersusRandom]) -> str:
                 agent,
                 f"{_fmt_count(v.evaluations, budget)} "
                 f"[{_fmt_count(e_lo, budget)}, {_fmt_count(e_hi, budget)}]",
-                "-" if np.isnan(v.speedup) else f"{v.speedup:.1f}x fewer evals",
+                # Random against itself is the reference, not a speed-up.
+                "(reference)"
+                if agent == "random"
+                else "-"
+                if np.isnan(v.speedup)
+                else f"{v.speedup:.1f}x fewer evals",
                 f"{v.found:.2f} [{f_lo:.2f}, {f_hi:.2f}]",
-                "yes" if v.above_random else "no",
+                "(reference)" if agent == "random" else "yes" if v.above_random else "no",
             ]
         )
     return format_table(header, rows, markdown=True)
