@@ -28,7 +28,8 @@ A generated member is accepted only if
 - outside the approach the quantized copy loses at most 5 points (on the identity and
   `PROBES` random actions), and
 - the reward grows along the line from the identity to the anchor (`approach_profile`): some
-  point before the region pays a partial drop, so the approach can be climbed.
+  point before the region pays a partial drop, so the approach can be climbed, and the anchor
+  pays at least half its inputs (`MIN_REGION_DROP`).
 
 Generating a member takes seconds to minutes (most anchors give a region that is not narrow
 enough), so `hard_member` keeps each one under `$QRL_CACHE/planted`; a seed that admits no
@@ -74,7 +75,7 @@ from qrl.planted.plant import (
 from qrl.quant import QuantConfig, preset
 from qrl.victim import Victim, cache_dir
 
-VERSION = 4  # bump when generation changes: stored members are keyed on it
+VERSION = 5  # bump when generation changes: stored members are keyed on it
 HARD_TUNING_SEEDS = 3_000
 HARD_HELD_OUT_SEEDS = 4_000
 CORE_SHARE = 0.6  # the region's radius holds this share of the anchor's inputs
@@ -86,6 +87,7 @@ CLASS_WEIGHT = 1.5  # the class term's weight, in medians of the anchor's statis
 BANK_SEED = 7
 LINE_POINTS = 11  # points on the line identity -> anchor of the approach profile
 MIN_APPROACH_DROP = 0.02  # a point before the region must pay at least this drop
+MIN_REGION_DROP = 0.5  # ... and the anchor, in the region, at least this one
 
 
 @dataclass(frozen=True)
@@ -210,9 +212,15 @@ def approach_profile(member: Member, anchor: np.ndarray) -> tuple[tuple[float, f
 
 
 def climbable(profile: tuple[tuple[float, float, float], ...]) -> bool:
-    """Some point before the region pays a partial drop: the approach has a slope to climb."""
+    """Some point before the region pays a partial drop, so the approach has a slope to climb,
+    and the region itself pays at least MIN_REGION_DROP at the anchor (a collapse whose
+    constant answer is the class the region favours would cost nothing there)."""
     before = [drop for _, drop, rate in profile if rate < 0.5]
-    return len(before) < len(profile) and max(before, default=0.0) >= MIN_APPROACH_DROP
+    return (
+        len(before) < len(profile)
+        and max(before, default=0.0) >= MIN_APPROACH_DROP
+        and profile[-1][1] >= MIN_REGION_DROP
+    )
 
 
 def generate_hard_member(seed: int) -> Member:
