@@ -228,12 +228,20 @@ def generate_member(seed: int) -> Member:
     Raises:
         RuntimeError: no acceptable configuration in 10 draws (it would mean the bases changed).
     """
+    return first_acceptable(seed, _attempt, "planted region")
+
+
+def first_acceptable(
+    seed: int, attempt: Callable[[int, np.random.Generator], Member | None], what: str
+) -> Member:
+    """The first member that `attempt` makes from one of 10 configurations drawn, in turn,
+    from the generator of `seed`; a `RuntimeError` naming `what` if none is acceptable."""
     rng = np.random.default_rng(seed)
     for _ in range(10):
-        member = _attempt(seed, rng)
+        member = attempt(seed, rng)
         if member is not None:
             return member
-    raise RuntimeError(f"no acceptable planted region for seed {seed}")
+    raise RuntimeError(f"no acceptable {what} for seed {seed}")
 
 
 def _attempt(seed: int, rng: np.random.Generator) -> Member | None:

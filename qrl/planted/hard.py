@@ -62,6 +62,7 @@ from qrl.planted.family import (
     MemberSpec,
     _calibration,
     confined,
+    first_acceptable,
 )
 from qrl.planted.plant import (
     ALL_STATISTICS,
@@ -229,12 +230,7 @@ def generate_hard_member(seed: int) -> Member:
     Raises:
         RuntimeError: no acceptable configuration in 10 draws.
     """
-    rng = np.random.default_rng(seed)
-    for _ in range(10):
-        member = _attempt(seed, rng)
-        if member is not None:
-            return member
-    raise RuntimeError(f"no acceptable hard planted region for seed {seed}")
+    return first_acceptable(seed, _attempt, "hard planted region")
 
 
 def _attempt(seed: int, rng: np.random.Generator) -> Member | None:

@@ -291,27 +291,17 @@ def plant_bands(
     maps = torch.stack([STATISTICS[n](h, w) for n in names]).repeat_interleave(4, dim=0)
     model = copy.deepcopy(model).eval()
     if isinstance(model, MLP):
-        first, second, third = [m for m in model.net if isinstance(m, nn.Linear)][:3]
+        first, second = [m for m in model.net if isinstance(m, nn.Linear)][:2]
         h1 = torch.relu(first(model.normalize(calibration).flatten(1)))
         gains, offsets = _ramp_rows(bands, s_max, _typical_max(h1))
         rows, bias = _on_pixels(model, maps, calibration)
         out_w, out_b = _outlier_row(bands, gains, _magnitude(torch.relu(second(h1)), bits))
-        new = [
-            _widen(first, gains[:, None] * rows, gains * bias + offsets),
-            _widen(
-                second,
-                torch.cat([torch.zeros(first.out_features), out_w])[None],
-                torch.tensor([out_b]),
-                extra_in=len(rows),
-            ),
-            _widen(third, torch.zeros(0, third.in_features + 1), torch.zeros(0), extra_in=1),
-        ]
-        layers = list(model.net)
-        for old, layer in zip((first, second, third), new, strict=True):
-            layers[layers.index(old)] = layer
-        model.net = nn.Sequential(*layers)
-        setattr(model, PROBE, "net.2")  # the second Linear, before its ReLU
-        return model
+        on_first = torch.cat([torch.zeros(first.out_features), out_w])
+        return _splice_into_mlp(
+            model,
+            (gains[:, None] * rows, gains * bias + offsets),
+            (on_first, torch.tensor([out_b])),
+        )
     # CNN: the ramp units alone fill their layer's grid (size 1); the head's input is stretched.
     assert isinstance(model, SmallCNN)
     gains, offsets = _ramp_rows(bands, s_max, 1.0)
@@ -326,6 +316,32 @@ def plant_bands(
     grafted = _graft(model, detector)
     setattr(grafted, PROBE, "detector.2")
     return grafted
+
+
+def _splice_into_mlp(
+    model: MLP, units: tuple[Tensor, Tensor], outlier: tuple[Tensor, Tensor]
+) -> MLP:
+    """`model` (edited in place) with a detector spliced into its first three Linear layers.
+
+    Args:
+        units: (rows, biases) of the units appended to the first Linear.
+        outlier: (weights on every output of the widened first Linear, bias (1,)) of the outlier
+            unit appended to the second; the third takes it as a zero-weighted input, so the
+            float outputs do not change. `PROBE` names the second Linear (before its ReLU).
+    """
+    first, second, third = [m for m in model.net if isinstance(m, nn.Linear)][:3]
+    rows, bias = units
+    new = [
+        _widen(first, rows, bias),
+        _widen(second, outlier[0][None], outlier[1], extra_in=len(rows)),
+        _widen(third, torch.zeros(0, third.in_features + 1), torch.zeros(0), extra_in=1),
+    ]
+    layers = list(model.net)
+    for old, layer in zip((first, second, third), new, strict=True):
+        layers[layers.index(old)] = layer
+    model.net = nn.Sequential(*layers)
+    setattr(model, PROBE, "net.2")
+    return model
 
 
 def _graft(cnn: SmallCNN, detector: nn.Sequential, probe: nn.Linear | None = None) -> GraftedCNN:
@@ -497,7 +513,7 @@ def plant_proximity(
     signs = torch.tensor([1.0, -1.0]).repeat(len(names))
     model = copy.deepcopy(model).eval()
     if isinstance(model, MLP):
-        first, second, third = [m for m in model.net if isinstance(m, nn.Linear)][:3]
+        first, second = [m for m in model.net if isinstance(m, nn.Linear)][:2]
         h1 = torch.relu(first(model.normalize(calibration).flatten(1)))
         size = _typical_max(h1)
         magnitude = _magnitude(torch.relu(second(h1)), bits) / 4 / region.core
@@ -521,21 +537,7 @@ def plant_proximity(
         out_b -= gain * (1.0 - probe[1])
     if isinstance(model, MLP):
         on_h1 = probe_w if probe_w is not None else torch.zeros(first.out_features)
-        new = [
-            _widen(first, unit_rows, unit_bias),
-            _widen(
-                second,
-                torch.cat([on_h1, out_w])[None],
-                out_b,
-                extra_in=len(unit_rows),
-            ),
-            _widen(third, torch.zeros(0, third.in_features + 1), torch.zeros(0), extra_in=1),
-        ]
-        layers = list(model.net)
-        for old, layer in zip((first, second, third), new, strict=True):
-            layers[layers.index(old)] = layer
-        model.net = nn.Sequential(*layers)
-        setattr(model, PROBE, "net.2")
+        model = _splice_into_mlp(model, (unit_rows, unit_bias), (torch.cat([on_h1, out_w]), out_b))
         setattr(model, LEVEL, magnitude * region.core)
         return model
     detector = nn.Sequential(_linear(unit_rows, unit_bias), nn.ReLU(), _linear(out_w[None], out_b))
