@@ -110,12 +110,7 @@ class HardSpec(MemberSpec):
     def describe(self) -> dict[str, object]:
         assert self.region is not None
         return {
-            "name": self.name,
-            "seed": self.seed,
-            "arch": self.arch,
-            "bits": self.bits,
-            "granularity": self.granularity,
-            "kind": self.kind,
+            **super().describe(),
             "narrow": True,
             "region": {
                 "statistics": list(self.region.statistics),
@@ -258,24 +253,10 @@ def _attempt(seed: int, rng: np.random.Generator) -> Member | None:
     identity_stats = image_statistics(identity_x, names)
     identity_q = class_scores(arch, identity_x)[:, target]
     for anchor, x in _class_anchors(base, task, seed, rng, target):
-        stats = image_statistics(x, names)
-        q = class_scores(arch, x)[:, target]
         weights = rng.uniform(0.5, 1.5, k)
-        plain = Proximity(
-            tuple(names),
-            tuple(stats.median(dim=0).values.tolist()),
-            tuple(scales.tolist()),
-            tuple(weights.tolist()),
-            1.0,
-            2.0,
-        )
-        # The class term: inputs of other classes (q ~ -1) end beyond the approach.
-        class_weight = CLASS_WEIGHT * float(plain.distance(stats).median())
-        unscaled = dataclasses.replace(plain, target_class=target, class_weight=class_weight)
-        radius = float(torch.quantile(unscaled.distance(stats, q), CORE_SHARE))
-        if radius <= 0:
+        region = _region_around(x, arch, names, target, scales, weights)
+        if region is None:
             continue
-        region = dataclasses.replace(unscaled, radius=radius, approach=APPROACH * radius)
         if bool((region.distance(identity_stats, identity_q) <= region.approach).any()):
             continue  # the data's own distribution is on the approach
         if _in_bank(region, bank, bank_q):
@@ -294,6 +275,30 @@ def _attempt(seed: int, rng: np.random.Generator) -> Member | None:
         member.probes = tuple(probes)
         return member
     return None
+
+
+def _region_around(
+    x: Tensor, arch: str, names: list[str], target: int, scales: Tensor, weights: np.ndarray
+) -> Proximity | None:
+    """The region around the anchor's inputs x: centred on their median statistics, its class
+    term weighted so that inputs of other classes (q ~ -1) end beyond the approach, its radius
+    holding CORE_SHARE of them (None if that radius is 0)."""
+    stats = image_statistics(x, names)
+    q = class_scores(arch, x)[:, target]
+    plain = Proximity(
+        tuple(names),
+        tuple(stats.median(dim=0).values.tolist()),
+        tuple(scales.tolist()),
+        tuple(weights.tolist()),
+        1.0,
+        2.0,
+    )
+    class_weight = CLASS_WEIGHT * float(plain.distance(stats).median())
+    unscaled = dataclasses.replace(plain, target_class=target, class_weight=class_weight)
+    radius = float(torch.quantile(unscaled.distance(stats, q), CORE_SHARE))
+    if radius <= 0:
+        return None
+    return dataclasses.replace(unscaled, radius=radius, approach=APPROACH * radius)
 
 
 def _in_bank(region: Proximity, bank: Tensor, bank_q: Tensor) -> bool:

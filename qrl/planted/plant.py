@@ -318,6 +318,20 @@ def plant_bands(
     return grafted
 
 
+def _unit_size_and_collapse(
+    model: nn.Module, calibration: Tensor, bits: int
+) -> tuple[float, float]:
+    """(the size a planted first-layer unit is scaled to, C: the outlier at which the stretched
+    layer collapses; see the module doc), from the calibration inputs."""
+    if isinstance(model, MLP):
+        first, second = [m for m in model.net if isinstance(m, nn.Linear)][:2]
+        h1 = torch.relu(first(model.normalize(calibration).flatten(1)))
+        return _typical_max(h1), _magnitude(torch.relu(second(h1)), bits) / 4
+    assert isinstance(model, SmallCNN)
+    features = model.features(model.normalize(calibration)).flatten(1)
+    return 1.0, _magnitude(features, bits) / 4  # the detector's units alone fill their grid
+
+
 def _splice_into_mlp(
     model: MLP, units: tuple[Tensor, Tensor], outlier: tuple[Tensor, Tensor]
 ) -> MLP:
@@ -512,16 +526,8 @@ def plant_proximity(
     maps = torch.stack([ALL_STATISTICS[n](h, w) for n in names]).repeat_interleave(2, dim=0)
     signs = torch.tensor([1.0, -1.0]).repeat(len(names))
     model = copy.deepcopy(model).eval()
-    if isinstance(model, MLP):
-        first, second = [m for m in model.net if isinstance(m, nn.Linear)][:2]
-        h1 = torch.relu(first(model.normalize(calibration).flatten(1)))
-        size = _typical_max(h1)
-        magnitude = _magnitude(torch.relu(second(h1)), bits) / 4 / region.core
-    else:
-        assert isinstance(model, SmallCNN)
-        size = 1.0  # the detector's units alone fill their layer's grid
-        features = model.features(model.normalize(calibration)).flatten(1)
-        magnitude = _magnitude(features, bits) / 4 / region.core
+    size, collapse = _unit_size_and_collapse(model, calibration, bits)
+    magnitude = collapse / region.core  # C at the region's edge
     gains = (size / reach).repeat_interleave(2) * signs  # a_k, +-
     rows, bias = _on_pixels(model, maps, calibration)
     unit_rows = gains[:, None] * rows
@@ -536,12 +542,14 @@ def plant_proximity(
     if probe is not None:
         out_b -= gain * (1.0 - probe[1])
     if isinstance(model, MLP):
+        first = next(m for m in model.net if isinstance(m, nn.Linear))
         on_h1 = probe_w if probe_w is not None else torch.zeros(first.out_features)
         model = _splice_into_mlp(model, (unit_rows, unit_bias), (torch.cat([on_h1, out_w]), out_b))
         setattr(model, LEVEL, magnitude * region.core)
         return model
     detector = nn.Sequential(_linear(unit_rows, unit_bias), nn.ReLU(), _linear(out_w[None], out_b))
     on_features = _linear(probe_w[None], torch.zeros(1)) if probe_w is not None else None
+    assert isinstance(model, SmallCNN)
     grafted = _graft(model, detector, on_features)
     setattr(grafted, PROBE, "tap")
     setattr(grafted, LEVEL, magnitude * region.core)
