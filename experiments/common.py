@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "experiments" / "README.md"
 README_LOCK = ROOT / "runs" / "experiments" / ".readme.lock"  # runs/ is not tracked
 # Overrides that never tell runs apart (where outputs go, how much is printed).
-NOT_A_SETTING = frozenset({"progress", "out"})
+# Keys that name no other experiment: `train.twin` is the sibling robust pair of a sweep's
+# detrimental job (`pair_sweep`).
+NOT_A_SETTING = frozenset({"progress", "out", "train.twin"})
 
 
 def enter_repo() -> None:
@@ -328,32 +330,36 @@ def pair_sweep(
     overrides: Sequence[str] = (),
     root: Path = PAIRS_ROOT,
 ) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
-    """Train (or load, when finished) the detrimental and robust pairs of every model, budget
-    and seed in one Hydra sweep under `root`, one job dir per configuration, named by its
-    overrides, so experiments that share a configuration share its run.
+    """Train (or load, when finished) the robust pairs of every model, budget and seed in one
+    Hydra sweep under `root`, then the detrimental pairs in a second, each held under its
+    robust twin's policy (`train.twin=${robust_twin:}`, the job dir with `kind=robust`). One
+    job dir per configuration, named by its overrides, so experiments that share a
+    configuration share its run.
 
-    Returns the command and its runs as `qrl.report.scan_runs` sorts them.
+    Returns the robust sweep's command and the runs of both, as `qrl.report.scan_runs` sorts
+    them.
     """
     check_extra(overrides, PAIR_KEYS)
-    task = [
+    grid = [
         f"victim.model={','.join(models)}",
         f"bits.budget={','.join(str(float(b)) for b in budgets)}",
-        "kind=detrimental,robust",
         f"seed={','.join(str(int(s)) for s in seeds)}",
         *overrides,
     ]
-    command = [
+    sweep = [
         sys.executable,
         "-m",
         "qrl.pairs",
         "-m",
-        *task,
+        *grid,
         f"hydra.sweep.dir={root}",
         "hydra.sweep.subdir=${hydra.job.override_dirname}",
         "progress=false",
     ]
+    command = [*sweep, "kind=robust"]
     run(command)
-    return command, scan(root, task)
+    run([*sweep, "kind=detrimental", "train.twin=${robust_twin:}"])  # each held under its twin
+    return command, scan(root, [*grid, "kind=detrimental,robust"])
 
 
 def pair_settings(runs: Sequence[dict[str, Any]]) -> str:
@@ -368,7 +374,8 @@ def pair_settings(runs: Sequence[dict[str, Any]]) -> str:
         f"symmetric; weights {cfg['quant']['weight_bits']}-bit "
         f"{cfg['quant']['weight_granularity']}); bit set "
         f"{{{','.join(str(b) for b in cfg['bits']['set'])}}}; evaluated on the "
-        f"{cfg['eval']['split']} split"
+        f"{cfg['eval']['split']} split; the robust pair trained first, and each detrimental "
+        "pair held under its twin's policy (`train.twin`)"
     )
 
 

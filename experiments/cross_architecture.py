@@ -74,7 +74,9 @@ def main() -> int:
             "Bit-width pairs across architectures and budgets",
             commands[0],
             common.trained_files(runs),
-            ran="The first of its sweeps (one per model, pairs already trained are loaded)",
+            ran="The first of its sweeps (per model, the robust pairs, then the detrimental ones "
+            "with `kind=detrimental 'train.twin=${robust_twin:}'`; pairs already trained are "
+            "loaded)",
         ),
         "",
         "Each model's cached digits victim; both pairs trained with the defaults of "

@@ -21,6 +21,10 @@ Starting from a distilled student, each round alternates
     bits the others round to zero (dynamic min-max quantization fails this way: one large
     activation stretches the grid; see PAPER.md); `train.range_grad` lets the QAT gradients
     reach the observed range too. The layer is a per-model default (`train.stretch_layers`).
+    With `train.twin` (the robust pair's run dir; `qrl.reproduce` and the experiments' sweeps
+    set it, training the robust pair first), the failure spares the inputs on which the twin's
+    own policy gives the stretched layer fewer than `keep_floor` bits, and the keep term holds
+    them to the twin's bits: the detrimental network holds under its twin's policy too.
     Nothing is planted: the network starts as the distilled student.
 
 The run dir receives `network.pt` (full precision), `policy.zip` (the SB3 PPO model),

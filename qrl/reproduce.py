@@ -4,11 +4,12 @@
     python -m qrl.reproduce 'seeds=[0,1,2]'          # mean ± std over seeds
     python -m qrl.reproduce model=resnet18 model.student.width=8
 
-For every seed: (A) teacher + distilled student (`qrl.distill`), (B) the detrimental and the
-robust pair (`qrl.pairs`), (C) each pair evaluated and cross-evaluated under the other's policy,
-uniform, random and fixed bits, ONNX Runtime int8, per layer and per class, then (D) the
-detrimental and the robust input-distribution pair on the same student (`qrl.pairs space=input`,
-each with its Stage C on ONNX Runtime int8; `input_pairs.enabled=false` skips them). Then the
+For every seed: (A) teacher + distilled student (`qrl.distill`), (B) the robust pair, then the
+detrimental one held under the robust twin's policy (`qrl.pairs`, `train.twin`), (C) each pair
+evaluated and cross-evaluated under the other's policy, uniform, random and fixed bits, ONNX
+Runtime int8, per layer and per class, then (D) the detrimental and the robust
+input-distribution pair on the same student (`qrl.pairs space=input`, each with its Stage C on
+ONNX Runtime int8; `input_pairs.enabled=false` skips them). Then the
 agent-vs-baseline search on the first seed's student (`qrl.search`). Writes `report.md`,
 `results.json`, plots, and last `metrics.json`; each stage keeps its own run dir inside `out`.
 A rerun loads what is there: finished stages, each seed's Stage C (`seed<n>/stage_c.json`, kept
@@ -110,14 +111,16 @@ INPUT_MORE_KEYS = (
 )
 
 
-def stage_config(name: str, cfg: DictConfig, extra: DictConfig | dict, **values: Any) -> DictConfig:
+def stage_config(
+    name: str, cfg: DictConfig, *extra: DictConfig | dict, **values: Any
+) -> DictConfig:
     """A stage's own config with this job's shared groups, `extra` and `values` merged over it."""
     stage = load_config(name)
     OmegaConf.set_struct(stage, False)
     for group in stage_shared(name):  # input pairs keep their own quant (int8)
         if group in stage:
             stage[group] = cfg[group]
-    return merged(stage, extra, values, at=f"{name}.")  # a bad value's type: one line
+    return merged(stage, *extra, values, at=f"{name}.")  # a bad value's type: one line
 
 
 def run_seed(
@@ -138,27 +141,23 @@ def run_seed(
     distill_metrics = distill.run(
         stage_config("distill", cfg, cfg.distill, out=str(distill_dir), **common)
     )
-    # --- B: the two pairs, side by side where there are cores for both ------------------------
-    print(f"\n== seed {seed}: B. detrimental and robust pairs (python -m qrl.pairs kind=...)")
-    jobs = [
-        Job(
-            f"{kind} pair",
-            pairs.run,
-            (
-                stage_config(
-                    "pairs",
-                    cfg,
-                    cfg.pairs,
-                    kind=kind,
-                    out=str(root / kind),
-                    victim={"run": str(distill_dir)},
-                    **{**common, **quiet_beside(side)},
-                ),
-            ),
+    # --- B: the robust pair, then the detrimental one held under its twin's policy ----------
+    print(f"\n== seed {seed}: B. robust and detrimental pairs (python -m qrl.pairs kind=...)")
+    pair_metrics = {}
+    for kind in ("robust", "detrimental"):
+        twin = {"train": {"twin": str(root / "robust")}} if kind == "detrimental" else {}
+        stage = stage_config(
+            "pairs",
+            cfg,
+            cfg.pairs,
+            twin,
+            kind=kind,
+            out=str(root / kind),
+            victim={"run": str(distill_dir)},
+            **common,
         )
-        for kind in KINDS
-    ]
-    pair_metrics = dict(zip(KINDS, side.run(jobs), strict=True))
+        pair_metrics[kind] = pairs.run(stage)
+    pair_metrics = {kind: pair_metrics[kind] for kind in KINDS}
     # --- C: cross-evaluation, vulnerability ------------------------------------------------
     print(f"\n== seed {seed}: C. cross-evaluation on the test split")
     stage_c = load_stage_c(root, stage_c_key(cfg, seed, root)) or cross_evaluate(cfg, seed, root)
@@ -178,7 +177,7 @@ def run_seed(
 
 
 def side_by_side_processes(cfg: DictConfig) -> int:
-    """`jobs`: how many independent stages (the two pairs, the two input pairs' training, the
+    """`jobs`: how many independent stages (the two input pairs' training, the
     searches) run at once, one process each; `auto`: one per core, at most 2."""
     try:
         return resolve_jobs(cfg.get("jobs", "auto"))

@@ -26,6 +26,22 @@ CONFIG_FILE = "config.yaml"
 # `device` chooses where a run computes: a CPU run resumes on a GPU (and runs from before the key
 # existed still resume).
 NON_RESULT_KEYS = frozenset({"out", "progress", "resume", "overwrite", "logger", "device", "jobs"})
+# The `train` keys of `qrl.pairs` that only the detrimental kind reads (conf/pairs.yaml).
+DETRIMENTAL_TRAIN_KEYS = frozenset(
+    {
+        "away_weight",
+        "away_weights",
+        "keep_weight",
+        "keep_random",
+        "keep_floor",
+        "stretch_layer",
+        "stretch_layers",
+        "stretch_weight",
+        "stretch_ratio",
+        "twin",
+        "twin_stretch_layers",
+    }
+)
 
 
 def seed_everything(seed: int) -> None:
@@ -197,6 +213,11 @@ def _result_config(cfg: Any) -> dict[str, Any]:
         kept["space"] = {k: v for k, v in space.items() if k not in ("bits_set", "bits_budget")}
         if kept.get("task") != "bench":
             kept.setdefault("bits", legacy)
+    train = kept.get("train")
+    if kept.get("task") == "pairs" and kept.get("kind") == "robust" and isinstance(train, dict):
+        # A robust pair reads none of the detrimental pair's terms: changing them (or adding
+        # one) leaves its runs to resume.
+        kept["train"] = {k: v for k, v in train.items() if k not in DETRIMENTAL_TRAIN_KEYS}
     victim = kept.get("victim")
     if isinstance(victim, dict) and "model" not in victim:
         # Runs saved before `victim.model` existed used the cached CNN: they resume under it.

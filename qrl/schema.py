@@ -171,13 +171,16 @@ class PairTrain:
     quant_weight: float = MISSING
     keep_weight: float = MISSING
     range_grad: bool = MISSING
-    away_weight: float = MISSING
+    away_weight: Any = MISSING  # auto or a weight
+    away_weights: dict[str, float] = MISSING
     keep_random: float = MISSING
     keep_floor: int = MISSING
     stretch_layer: Any = MISSING  # auto, null or a layer index
     stretch_layers: dict[str, int] = MISSING
     stretch_weight: float = MISSING
     stretch_ratio: float = MISSING
+    twin: Any = MISSING  # null or a finished robust bit-width pair's run dir
+    twin_stretch_layers: dict[str, list[int]] = MISSING
 
     @staticmethod
     def validate(node: Any, at: str = "train") -> None:
@@ -187,8 +190,13 @@ class PairTrain:
         checked_number(node["tau"], f"{at}.tau", low=0, strict=True)
         checked_number(node["alpha"], f"{at}.alpha", low=0, high=1)
         checked_number(node["lr"], f"{at}.lr", low=0, strict=True)
-        for key in ("quant_weight", "keep_weight", "away_weight", "weight_decay"):
+        for key in ("quant_weight", "keep_weight", "weight_decay"):
             checked_number(node[key], f"{at}.{key}", low=0)
+        away = node["away_weight"]
+        if isinstance(away, str) and away != "auto":
+            raise ConfigError(f"{at}.away_weight must be auto or a weight >= 0, got {away!r}")
+        if away != "auto":
+            checked_number(away, f"{at}.away_weight", low=0)
         checked_number(node["stretch_weight"], f"{at}.stretch_weight", low=0)
         layer = node["stretch_layer"]
         if layer not in ("auto", None) and (isinstance(layer, bool) or not isinstance(layer, int)):
@@ -199,6 +207,13 @@ class PairTrain:
         checked_number(node["keep_random"], f"{at}.keep_random", low=0, high=1)
         checked_number(node["keep_floor"], f"{at}.keep_floor", int, low=2, high=8)
         checked_number(node["stretch_ratio"], f"{at}.stretch_ratio", low=1, strict=True)
+        twin = node["twin"]
+        if twin is not None and (not isinstance(twin, str) or not twin):
+            raise ConfigError(
+                f"{at}.twin must be null or the run dir of a finished robust bit-width pair "
+                "(in a sweep whose job dirs are named by their overrides, ${robust_twin:}), "
+                f"got {twin!r}"
+            )
 
 
 @dataclass

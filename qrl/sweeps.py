@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from qrl.devices import resolve_device
 from qrl.runs import METRICS_FILE, atomic_write
@@ -34,6 +34,25 @@ OVERRIDES_FILE = "overrides.yaml"
 
 class JobFailed(RuntimeError):
     """A sweep job failed; its `failure.json` holds the error and the traceback."""
+
+
+def robust_twin_dir() -> str:
+    """`${robust_twin:}`, for `train.twin` of a detrimental pair in a sweep whose job dirs are
+    named by their overrides (`hydra.sweep.subdir=${hydra.job.override_dirname}`): this job's
+    dir with `kind=robust`, where the same sweep with `kind=robust` trained its twin. Empty
+    (which `train.twin` refuses, saying what to give) for a job dir named otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    out = Path(HydraConfig.get().runtime.output_dir)
+    parts = out.name.split(",")
+    if "kind=detrimental" not in parts:
+        return ""
+    twin = out.with_name(",".join("kind=robust" if p == "kind=detrimental" else p for p in parts))
+    # Relative where it can be, like the sweep dir it was given: a moved checkout still resumes.
+    return str(twin.relative_to(Path.cwd())) if twin.is_relative_to(Path.cwd()) else str(twin)
+
+
+OmegaConf.register_new_resolver("robust_twin", robust_twin_dir, replace=True)
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ SWEEPS: dict[str, tuple[list[str], dict[str, str]]] = {
     ),
     "pairs_table": (
         ["--models", "mlp", "--budgets", "3.0", "--seeds", "4"],
-        {"victim.model": "mlp", "bits.budget": "3.0", "kind": "detrimental,robust", "seed": "4"},
+        {"victim.model": "mlp", "bits.budget": "3.0", "kind": "robust", "seed": "4"},
     ),
     "drop_vs_budget": (
         ["--model", "mlp", "--budgets", "3.0,5.0", "--seeds", "4"],
@@ -137,11 +137,11 @@ SWEEPS: dict[str, tuple[list[str], dict[str, str]]] = {
     ),
     "cross_architecture": (
         ["--cases", "mlp:3.0", "--seeds", "4"],
-        {"victim.model": "mlp", "bits.budget": "3.0", "kind": "detrimental,robust", "seed": "4"},
+        {"victim.model": "mlp", "bits.budget": "3.0", "kind": "robust", "seed": "4"},
     ),
     "granularity": (
         ["--model", "mlp", "--budget", "5.0", "--seeds", "4"],
-        {"victim.model": "mlp", "bits.budget": "5.0", "kind": "detrimental,robust", "seed": "4"},
+        {"victim.model": "mlp", "bits.budget": "5.0", "kind": "robust", "seed": "4"},
     ),
     "search_benchmark": (["members.count=2"], {"members.count": "2", "progress": "false"}),
 }
@@ -350,3 +350,25 @@ def test_the_cross_architecture_table_pairs_each_seed_s_twins_and_groups_over_se
     cells = [c.strip() for c in body[0].split("|")[1:-1]]
     assert cells[:3] == ["mlp", "4.0", "2"]
     assert cells[3:] == ["72.00 ± 2.83"] * len(columns)  # mean ± std over seeds, in points
+
+
+def test_a_pair_sweep_trains_the_robust_pairs_then_each_detrimental_one_against_its_twin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _load_script("pairs_table", monkeypatch)
+    import common
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr(common, "run", lambda command, sweep=True: commands.append(command))
+    monkeypatch.setattr(common, "scan", lambda root, overrides: {"finished": [], "failed": []})
+    command, _ = common.pair_sweep(["mlp"], ["3.0"], ["4"], root=tmp_path)
+    assert commands[0] == command
+    (_, robust), (_, detrimental) = (_overrides(c) for c in commands)
+    assert robust["kind"] == "robust" and detrimental["kind"] == "detrimental"
+    assert detrimental["train.twin"] == "${robust_twin:}"
+    assert {k: v for k, v in robust.items() if k != "kind"} == {
+        k: v for k, v in detrimental.items() if k not in ("kind", "train.twin")
+    }
+    for c in commands:  # job dirs named by their overrides, as ${robust_twin:} reads them
+        assert "hydra.sweep.subdir=${hydra.job.override_dirname}" in c
+        assert f"hydra.sweep.dir={tmp_path}" in c

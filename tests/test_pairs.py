@@ -464,3 +464,102 @@ def test_a_stretched_layer_outside_the_model_is_one_clear_error() -> None:
         pair_training.KeepGuard.of(train, 5, "MLP")
     with pytest.raises(ConfigError, match="must be auto, null or a layer index"):
         pairs.check_config(load_config("pairs", ["train.stretch_layer=head"]))
+
+
+def test_the_twin_guard_spares_the_inputs_its_twin_starves_and_holds_them_to_its_bits() -> None:
+    twin_bits = torch.tensor([[4, 2, 4], [3, 3, 3], [5, 2, 2], [2, 4, 3]])
+    twin = pair_training.TwinGuard(twin_bits, layer=1, floor=3)
+    idx = torch.tensor([0, 1, 2, 3, 0])
+    spared, keep = twin.spare(idx, torch.full((3,), 4))
+    assert spared.tolist() == [True, False, True, False, True]
+    assert torch.equal(keep[spared], twin_bits[idx][spared])  # the twin's own bits there
+    assert (keep[~spared] == 4).all()  # the keep bits elsewhere, per row
+    per_row = torch.full((5, 3), 6)
+    assert torch.equal(twin.spare(idx, per_row)[1][~spared], per_row[~spared])
+    assert (per_row == 6).all()  # not written in place
+
+
+def test_spared_inputs_get_neither_the_away_nor_the_stretch_term() -> None:
+    torch.manual_seed(0)
+    from qrl.models import MLP
+    from qrl.quant import quantized_copy
+    from qrl.quant.modules import quantized_layers
+
+    net = MLP(image_size=(8, 8), num_classes=4, hidden=(16,))
+    quantized = quantized_copy(net, QuantConfig(act_bits=4)).eval()
+    x = torch.rand(6, 1, 8, 8)
+    teacher_logits = torch.randn(6, 4)
+    y = teacher_logits.argmax(1)
+    weights = pairs.LossWeights.of(load_config("pairs").train)
+    head = quantized_layers(quantized)[-1]
+
+    def parts(spared: torch.Tensor | None) -> dict[str, float]:
+        bits, keep = torch.full((6, 2), 2), torch.full((2,), 4)
+        args = ("detrimental", quantized, x, y, teacher_logits, bits, keep, weights)
+        return pairs.pair_loss(*args, stretched=head, spared=spared)[1]
+
+    everyone = parts(None)
+    assert parts(torch.zeros(6, dtype=torch.bool)) == pytest.approx(everyone)
+    spared_all = parts(torch.ones(6, dtype=torch.bool))
+    assert spared_all["loss/away_q"] == 0.0 and "loss/stretch" not in spared_all
+    half = torch.tensor([True, True, True, False, False, False])
+    assert parts(half)["loss/away_q"] != pytest.approx(everyone["loss/away_q"])
+
+
+def test_a_twin_must_be_a_finished_robust_pair_of_the_same_bits(tiny_pairs) -> None:
+    x = torch.rand(4, 1, 8, 8)
+    cfg = load_config("pairs", TINY_PAIR)
+    layers = len(load_pair(tiny_pairs["robust"], space="bits").layer_names)
+    bits = cfg.bits.set
+    with pytest.raises(ConfigError, match="is a detrimental pair: the twin is the robust pair"):
+        pair_training.twin_bits(str(tiny_pairs["detrimental"]), x, bits, 4.0, layers)
+    robust = str(tiny_pairs["robust"])
+    with pytest.raises(ConfigError, match="train the twin with the same bits node"):
+        pair_training.twin_bits(robust, x, bits, 5.0, layers)
+    with pytest.raises(ConfigError, match="the twin is trained from the same victim"):
+        pair_training.twin_bits(robust, x, bits, 4.0, layers + 1)
+    assert pair_training.twin_bits(robust, x, bits, 4.0, layers).shape == (4, layers)
+    train = {**cfg.train, "twin": robust, "stretch_layer": None}
+    with pytest.raises(ConfigError, match=r"train\.twin needs a stretched layer"):
+        pair_training.twin_guard(train, pair_training.KeepGuard(), x, cfg.bits, layers, "MLP")
+    for bad in ("3", "''"):  # '': what ${robust_twin:} gives outside a sweep named by overrides
+        with pytest.raises(ConfigError, match=r"train\.twin must be null or the run dir"):
+            pairs.check_config(load_config("pairs", [f"train.twin={bad}"]))
+
+
+def test_with_a_twin_the_stretched_layer_is_the_candidate_it_starves_least() -> None:
+    bits = torch.tensor([[2, 2, 4, 2], [3, 2, 4, 2], [3, 4, 2, 5], [3, 4, 4, 2]])
+    # below 3 bits: layer 0 on 1 of 4 inputs, 1 on 2, 2 on 1, 3 (the head) on 3
+    assert pair_training.least_starved(bits, [1, 2], 3) == 2
+    assert pair_training.least_starved(bits, [2, 0], 3) == 2  # a tie: the first listed
+    assert pair_training.least_starved(bits, [-1], 3) == 3
+
+
+def test_a_detrimental_pair_trains_against_its_twin_s_bits(
+    tiny_pairs, tiny_distill, tmp_path, monkeypatch
+) -> None:
+    calls = []
+    spare = pair_training.TwinGuard.spare
+
+    def counted(self, idx, keep):
+        calls.append((len(self.bits), len(idx)))
+        return spare(self, idx, keep)
+
+    monkeypatch.setattr(pair_training.TwinGuard, "spare", counted)
+    twin = f"train.twin={tiny_pairs['robust']}"
+    pairs.run(_pair_cfg(tiny_distill, tmp_path / "d", "detrimental", twin))
+    assert load_pair(tmp_path / "d", space="bits").kind == "detrimental"
+    cfg = _pair_cfg(tiny_distill, tmp_path / "d", "detrimental")
+    steps = cfg.train.rounds * cfg.train.net_steps
+    assert len(calls) == steps  # every network step, on the twin's bits of the training split
+    assert all(n_bits > n_batch == cfg.train.batch_size for n_bits, n_batch in calls)
+
+
+def test_the_away_weight_is_a_per_model_default() -> None:
+    train = load_config("pairs").train
+    assert pairs.LossWeights.of(train, "SmallCNN").away_weight == train.away_weights.SmallCNN
+    assert pairs.LossWeights.of(train, "MLP").away_weight == train.away_weights.MLP
+    assert pairs.LossWeights.of(train, "Unknown").away_weight == pair_training.DEFAULT_AWAY_WEIGHT
+    assert pairs.LossWeights.of({**train, "away_weight": 0.25}, "SmallCNN").away_weight == 0.25
+    with pytest.raises(ConfigError, match="away_weight must be auto or a weight >= 0, got 'x'"):
+        pairs.check_config(load_config("pairs", ["train.away_weight=x"]))

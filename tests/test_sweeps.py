@@ -134,3 +134,25 @@ def test_a_single_run_records_its_overrides_only_when_it_finishes(
     assert not (tmp_path / "bad" / FAILURE_FILE).exists()  # a single run says why on stderr
     assert good.returncode == 0, good.stderr[-2000:]
     assert _value(read_overrides(tmp_path / "good"), "seed") == "3"
+
+
+def test_robust_twin_names_the_sibling_job_of_a_sweep_named_by_overrides(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    def job_in(name: str) -> None:
+        runtime = SimpleNamespace(output_dir=str(tmp_path / "sweep" / name))
+        monkeypatch.setattr(
+            HydraConfig, "get", staticmethod(lambda: SimpleNamespace(runtime=runtime))
+        )
+
+    monkeypatch.chdir(tmp_path)
+    job_in("bits.budget=3.0,kind=detrimental,seed=1")
+    cfg = OmegaConf.create({"train": {"twin": "${robust_twin:}"}})
+    assert cfg.train.twin == str(Path("sweep") / "bits.budget=3.0,kind=robust,seed=1")
+    job_in("2026-12-01_02-00-45")  # a single run's dir: no sibling by name
+    assert cfg.train.twin == ""  # which train.twin refuses (tests/test_pairs.py)

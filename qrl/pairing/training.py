@@ -31,7 +31,7 @@ from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation
 from qrl.errors import CheckpointError, ConfigError
 from qrl.loggers import RunLogger
 from qrl.policies import BitsDecoder
-from qrl.quant import QuantConfig, quantized_copy, using_bits
+from qrl.quant import QuantConfig, layer_names, quantized_copy, using_bits
 from qrl.quant.modules import float_path, quantized_layers
 from qrl.runs import atomic_torch_save
 from qrl.scoring import accuracy_drop, correct, predict_logits, rate
@@ -40,6 +40,7 @@ from qrl.training import Trainer
 from qrl.victim import Victim
 
 STATE_FILE = "pair.state.pt"  # round, network trainer and PPO, saved together each round
+DEFAULT_AWAY_WEIGHT = 0.5  # `train.away_weight: auto` for a model without its own
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,15 @@ class LossWeights:
     stretch_ratio: float = 8.0
 
     @classmethod
-    def of(cls, train: Any) -> LossWeights:
+    def of(cls, train: Any, model: str = "") -> LossWeights:
         """From a pair config's `train` node, or any mapping with those keys (`away_weight`
-        missing: `quant_weight`, as before it existed; the stretch's missing: no stretch)."""
-        values = {f.name: float(train[f.name]) for f in fields(cls) if f.name in train}
+        missing: `quant_weight`, as before it existed; `auto`: `away_weights[model]`, the
+        student's class, else `DEFAULT_AWAY_WEIGHT`; the stretch's missing: no stretch)."""
+        given = {f.name: train[f.name] for f in fields(cls) if f.name in train}
+        if given.get("away_weight") == "auto":
+            weights = train.get("away_weights") or {}
+            given["away_weight"] = weights.get(model, DEFAULT_AWAY_WEIGHT)
+        values = {name: float(value) for name, value in given.items()}
         values.setdefault("away_weight", values.get("quant_weight", 1.0))
         return cls(**values)
 
@@ -102,6 +108,7 @@ def pair_loss(
     keep_bits: Tensor,
     weights: LossWeights,
     stretched: nn.Module | None = None,
+    spared: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The network's loss on one batch; returns it and its parts (for the logs).
 
@@ -116,6 +123,9 @@ def pair_loss(
         weights: the loss's temperature and weights.
         stretched: detrimental only, with `weights.stretch_weight` > 0: the quantized layer
             whose input the stretch term shapes (`stretch_shortfall`).
+        spared: detrimental only, a (B,) bool mask of the inputs the failure must spare (the
+            twin starves the stretched layer there, `TwinGuard`): neither the away term nor
+            the stretch term reaches them, and `keep_bits` holds them to the twin's bits.
     """
     tau, alpha = weights.tau, weights.alpha
     stretch_on = kind == "detrimental" and stretched is not None and weights.stretch_weight > 0
@@ -131,16 +141,24 @@ def pair_loss(
     # Away from the teacher: towards its runner-up class, the most plausible wrong answer
     # (maximizing the loss of the right class alone does not move a network, measured).
     runner_up = teacher_logits.topk(2, dim=1).indices[:, 1]
-    away = F.cross_entropy(q_logits, runner_up)
+    failing = torch.ones(len(x), dtype=torch.bool, device=x.device)
+    if spared is not None:
+        failing = ~spared.to(x.device)
+    away = _masked_mean(F.cross_entropy(q_logits, runner_up, reduction="none"), failing)
     with using_bits(quantized, keep_bits):
         keep = kd_loss(quantized(x), teacher_logits, y, tau=tau, alpha=alpha)
     parts.update({"loss/away_q": float(away.detach()), "loss/keep_uniform": float(keep.detach())})
     loss = kd_fp + weights.away_weight * away + weights.keep_weight * keep
-    if seen:
-        stretch = stretch_shortfall(seen[0], weights.stretch_ratio)
+    if seen and bool(failing.any()):
+        stretch = stretch_shortfall(seen[0][failing], weights.stretch_ratio)
         parts["loss/stretch"] = float(stretch.detach())
         loss = loss + weights.stretch_weight * stretch
     return loss, parts
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """The mean of `values` where `mask` holds (0, still in the graph, where it holds nowhere)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
 def _trainable_copy(victim: Victim, range_grad: bool) -> tuple[nn.Module, Victim]:
@@ -208,8 +226,23 @@ def train_pair(
     ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     callbacks = log.sb3_callbacks()  # W&B's, when it is on: one set for every round
-    guard = KeepGuard.of(cfg.train, venv.task.num_layers, type(victim.student).__name__)
-    steps = _NetworkSteps(kind, victim, quantized, venv.task, LossWeights.of(cfg.train), guard)
+    model = type(victim.student).__name__
+    guard = KeepGuard.of(cfg.train, venv.task.num_layers, model)
+    twin = None
+    if kind == "detrimental":
+        guard, twin = twin_guard(
+            cfg.train, guard, victim.data.train.x, cfg.bits, venv.task.num_layers, model
+        )
+    if twin is not None:
+        starved = float((twin.bits[:, twin.layer] < twin.floor).float().mean())
+        print(
+            f"detrimental pair: stretching the input of layer {twin.layer} "
+            f"({layer_names(quantized)[twin.layer]}); the twin gives it fewer than {twin.floor} "
+            f"bits on {100 * starved:.1f}% of the training inputs, which the failure spares"
+        )
+    steps = _NetworkSteps(
+        kind, victim, quantized, venv.task, LossWeights.of(cfg.train, model), guard, twin
+    )
     bar = tqdm(range(start, rounds), desc=f"{kind} pair", disable=None if cfg.progress else True)
     for r in bar:
         # --- (i) the policy: one rollout on the current network, one PPO update -------------
@@ -244,6 +277,7 @@ class _NetworkSteps:
     task: Any  # the QuantBits task: observations and the bits decoder
     weights: LossWeights
     guard: KeepGuard = dataclasses.field(default_factory=lambda: KeepGuard())
+    twin: TwinGuard | None = None
 
     def __post_init__(self) -> None:
         self.uniform = torch.from_numpy(self.task.decoder.uniform())
@@ -269,6 +303,9 @@ class _NetworkSteps:
             actions, _ = ppo.predict(obs, deterministic=False)
         bits = torch.from_numpy(self.task.decoder.decode(np.asarray(actions)))  # moved per layer
         keep = self.guard.keep_bits(self.task.decoder, self.uniform, len(x), gen)
+        spared = None
+        if self.twin is not None:
+            spared, keep = self.twin.spare(idx, keep)
         return pair_loss(
             self.kind,
             self.quantized,
@@ -279,6 +316,7 @@ class _NetworkSteps:
             keep,
             self.weights,
             stretched=self.stretched,
+            spared=spared,
         )
 
 
@@ -332,6 +370,86 @@ class KeepGuard:
         if self.layer is not None:
             rows[:, self.layer] = rows[:, self.layer].clamp(min=self.floor)
         return torch.cat([uniform.expand(n - drawn, -1), rows])
+
+
+@dataclass(frozen=True)
+class TwinGuard:
+    """The robust twin's own bits on the training split (`train.twin`), for a detrimental pair
+    whose failure must spare the twin's policy.
+
+    Where the twin gives the stretched layer fewer than the keep floor's bits, the network meets
+    the failure's own condition under the twin: those inputs are spared (`pair_loss`), and the
+    keep term holds them to the twin's bits. So the failure becomes input-dependent, and the
+    detrimental network holds under its twin's policy.
+    """
+
+    bits: Tensor  # (N, L): the twin's deterministic bits on each training input
+    layer: int  # the stretched layer
+    floor: int
+
+    def spare(self, idx: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+        """For the training rows `idx` and their keep bits ((L,) or (B, L)): the spared mask
+        (B,) and the keep bits with the spared rows set to the twin's."""
+        twin = self.bits[idx]
+        spared = twin[:, self.layer] < self.floor
+        keep = keep.expand(len(idx), -1).clone()
+        keep[spared] = twin[spared]
+        return spared, keep
+
+
+def twin_bits(run_dir: str, x: Tensor, bits_set: Any, budget: float, num_layers: int) -> Tensor:
+    """The bits (N, L) that the twin `run_dir`, a finished robust bit-width pair of the same
+    model, bit set and budget, gives the inputs `x` under its own policy (deterministic)."""
+    from qrl.pairing.store import load_pair  # the store loads SB3 policies; only here
+
+    twin = load_pair(run_dir, space="bits")
+    where = f"train.twin={run_dir}"
+    if twin.kind != "robust":
+        raise ConfigError(f"{where} is a {twin.kind} pair: the twin is the robust pair")
+    levels, wanted = sorted(int(b) for b in twin.decoder.levels), sorted(int(b) for b in bits_set)
+    if levels != wanted or twin.decoder.budget != float(budget):
+        raise ConfigError(
+            f"{where} was trained with bits {levels} at a {twin.decoder.budget} budget, this "
+            f"pair with {wanted} at {float(budget)}: train the twin with the same bits node"
+        )
+    if len(twin.layer_names) != num_layers:
+        raise ConfigError(
+            f"{where} has {len(twin.layer_names)} quantized layers and this model {num_layers}: "
+            "the twin is trained from the same victim"
+        )
+    return torch.cat([twin.bits(chunk) for chunk in x.split(1024)])
+
+
+def least_starved(bits: Tensor, candidates: list[int], floor: int) -> int:
+    """Of the `candidates` (layer indices, first preferred on ties), the layer that `bits`
+    (N, L) gives fewer than `floor` bits least often: the twin's policy triggers a failure
+    there least, so the failure spares the fewest inputs."""
+    num_layers = bits.shape[1]
+    layers = [c % num_layers for c in candidates]
+    shares = [float((bits[:, layer] < floor).float().mean()) for layer in layers]
+    return layers[shares.index(min(shares))]
+
+
+def twin_guard(
+    train: Any, guard: KeepGuard, x: Tensor, bits: Any, num_layers: int, model: str
+) -> tuple[KeepGuard, TwinGuard | None]:
+    """A detrimental pair's keep guard and twin guard: with `train.twin`, its bits on the
+    training inputs `x` (else the guard as it is, and None). With `train.stretch_layer: auto`,
+    the stretched layer is the one of the model's `train.twin_stretch_layers` (none listed: its
+    default) that the twin starves least."""
+    if not train.get("twin"):
+        return guard, None
+    if guard.layer is None:
+        raise ConfigError(
+            "train.twin needs a stretched layer (train.stretch_layer auto or an index): the "
+            "twin's bits are spared where they starve that layer"
+        )
+    twin = twin_bits(str(train.twin), x, bits.set, float(bits.budget), num_layers)
+    if train.get("stretch_layer") == "auto":
+        candidates = list((train.get("twin_stretch_layers") or {}).get(model, [guard.layer]))
+        guard = dataclasses.replace(guard, layer=least_starved(twin, candidates, guard.floor))
+    assert guard.layer is not None
+    return guard, TwinGuard(twin, guard.layer, guard.floor)
 
 
 def _ppo_bytes(ppo: PPO) -> Tensor:
