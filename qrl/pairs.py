@@ -118,6 +118,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # The student this pair starts from is part of its config: a re-distilled student in
         # the same victim.run is another run, not one to resume.
         cfg.victim.student_sha256 = weights_sha256(victim.student)
+        # Which entry of the per-model maps (`train.away_weights`, ...) the pair reads: a run
+        # is another config only when that entry changes (qrl.runs).
+        cfg.victim.student_class = type(victim.student).__name__
     saved = (Path(cfg.out) / PAIR_FILE).is_file()  # a finished pair, if the config matches
     out, started = start_run(cfg)
     kind, seed = str(cfg.kind), int(cfg.seed)

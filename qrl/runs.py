@@ -42,6 +42,8 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "twin_stretch_layers",
     }
 )
+# The `train` maps of `qrl.pairs` keyed by the student's class: a pair reads its own entry.
+PER_MODEL_TRAIN_KEYS = ("away_weights", "stretch_layers", "twin_stretch_layers")
 
 
 def seed_everything(seed: int) -> None:
@@ -193,6 +195,35 @@ def finished_run_of(run_dir: str | os.PathLike[str], cfg: Any) -> bool:
     return not config_changes(old, _result_config(cfg))
 
 
+def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A bit-width pair's `train` and `victim` as far as they can change it: a robust pair reads
+    none of the detrimental pair's terms, and a pair reads only its own student's entry of the
+    per-model maps. So changing another model's default (or adding a detrimental term) leaves
+    its runs to resume."""
+    train, victim = dict(cfg.get("train") or {}), dict(cfg.get("victim") or {})
+    if cfg.get("kind") == "robust":
+        train = {k: v for k, v in train.items() if k not in DETRIMENTAL_TRAIN_KEYS}
+    # Runs saved before `student_class` was recorded: a cached victim's class from its config.
+    student = victim.pop("student_class", None) or _cached_student_class(victim)
+    if student is not None:
+        for key in PER_MODEL_TRAIN_KEYS:
+            if isinstance(train.get(key), dict):
+                train[key] = train[key].get(student)
+    return {"train": train, "victim": victim}
+
+
+def _cached_student_class(victim: dict[str, Any]) -> str | None:
+    """The student class of the cached digits victim `victim.model` (None: another victim)."""
+    from omegaconf import OmegaConf
+
+    from qrl.specs import CONF_DIR
+
+    path = CONF_DIR / "model" / f"{victim.get('model')}.yaml"
+    if victim.get("run") is not None or not path.is_file():
+        return None
+    return str(OmegaConf.load(path).student["_target_"]).rsplit(".", 1)[-1]
+
+
 def _result_config(cfg: Any) -> dict[str, Any]:
     """The resolved config as plain data, less the keys that cannot change results."""
     from omegaconf import DictConfig, OmegaConf
@@ -213,15 +244,12 @@ def _result_config(cfg: Any) -> dict[str, Any]:
         kept["space"] = {k: v for k, v in space.items() if k not in ("bits_set", "bits_budget")}
         if kept.get("task") != "bench":
             kept.setdefault("bits", legacy)
-    train = kept.get("train")
-    if kept.get("task") == "pairs" and kept.get("kind") == "robust" and isinstance(train, dict):
-        # A robust pair reads none of the detrimental pair's terms: changing them (or adding
-        # one) leaves its runs to resume.
-        kept["train"] = {k: v for k, v in train.items() if k not in DETRIMENTAL_TRAIN_KEYS}
     victim = kept.get("victim")
     if isinstance(victim, dict) and "model" not in victim:
         # Runs saved before `victim.model` existed used the cached CNN: they resume under it.
         kept["victim"] = {**victim, "model": "cnn"}
+    if kept.get("task") == "pairs":
+        kept.update(_pair_result_keys(kept))
     return kept
 
 

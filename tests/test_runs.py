@@ -211,3 +211,26 @@ def test_a_reproduce_dir_saved_with_plus_stage_keys_resumes_without_them(tmp_pat
     start_run(new)  # no ConfigError: the same run
     with pytest.raises(ConfigError, match=r"pairs.train.rounds: 2 -> 3"):
         start_run(load_config("reproduce", [f"out={tmp_path}", "pairs.train.rounds=3"]))
+
+
+def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
+    from qrl.runs import _result_config
+
+    def pair(kind: str, *overrides: str, student_class: str | None = "MLP") -> dict:
+        cfg = load_config("pairs", [f"kind={kind}", "victim.model=mlp", "out=x", *overrides])
+        plain = OmegaConf.to_container(cfg, resolve=False)
+        plain.pop("out")
+        if student_class is not None:
+            plain["victim"]["student_class"] = student_class
+        return plain
+
+    base = _result_config(pair("detrimental"))
+    # another model's entry of a per-model map, or the record of the class: the same run
+    assert _result_config(pair("detrimental", "train.away_weights.SmallCNN=0.1")) == base
+    assert _result_config(pair("detrimental", student_class=None)) == base  # cached MLP victim
+    # its own entry, or a detrimental term it reads: another config
+    assert _result_config(pair("detrimental", "train.away_weights.MLP=0.1")) != base
+    assert _result_config(pair("detrimental", "train.keep_floor=4")) != base
+    robust = _result_config(pair("robust"))
+    assert _result_config(pair("robust", "train.keep_floor=4", "train.twin=a")) == robust
+    assert _result_config(pair("robust", "train.rounds=7")) != robust
