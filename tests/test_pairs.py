@@ -519,6 +519,10 @@ def test_a_twin_must_be_a_finished_robust_pair_of_the_same_bits(tiny_pairs) -> N
     with pytest.raises(ConfigError, match="the twin is trained from the same victim"):
         pair_training.twin_bits(robust, x, bits, 4.0, layers + 1)
     assert pair_training.twin_bits(robust, x, bits, 4.0, layers).shape == (4, layers)
+    wide = {**cfg.train, "twin": robust, "twin_stretch_layers": {"MLP": [1, layers]}}
+    guard = pair_training.KeepGuard(layer=1)
+    with pytest.raises(ConfigError, match=r"twin_stretch_layers\.MLP must list layers of this"):
+        pair_training.twin_guard(wide, guard, x, cfg.bits, layers, "MLP")
     train = {**cfg.train, "twin": robust, "stretch_layer": None}
     with pytest.raises(ConfigError, match=r"train\.twin needs a stretched layer"):
         pair_training.twin_guard(train, pair_training.KeepGuard(), x, cfg.bits, layers, "MLP")

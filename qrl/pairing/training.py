@@ -226,23 +226,7 @@ def train_pair(
     ppo.set_logger(configure(str(out / "sb3"), ["csv", "tensorboard"]))
     rollout = int(cfg.ppo.n_envs) * int(cfg.ppo.model.n_steps)
     callbacks = log.sb3_callbacks()  # W&B's, when it is on: one set for every round
-    model = type(victim.student).__name__
-    guard = KeepGuard.of(cfg.train, venv.task.num_layers, model)
-    twin = None
-    if kind == "detrimental":
-        guard, twin = twin_guard(
-            cfg.train, guard, victim.data.train.x, cfg.bits, venv.task.num_layers, model
-        )
-    if twin is not None:
-        starved = float((twin.bits[:, twin.layer] < twin.floor).float().mean())
-        print(
-            f"detrimental pair: stretching the input of layer {twin.layer} "
-            f"({layer_names(quantized)[twin.layer]}); the twin gives it fewer than {twin.floor} "
-            f"bits on {100 * starved:.1f}% of the training inputs, which the failure spares"
-        )
-    steps = _NetworkSteps(
-        kind, victim, quantized, venv.task, LossWeights.of(cfg.train, model), guard, twin
-    )
+    steps = _network_steps(cfg, victim, quantized, venv.task)
     bar = tqdm(range(start, rounds), desc=f"{kind} pair", disable=None if cfg.progress else True)
     for r in bar:
         # --- (i) the policy: one rollout on the current network, one PPO update -------------
@@ -265,6 +249,29 @@ def train_pair(
     bar.close()
     ppo.logger.close()
     return quantized, ppo, venv.task.decoder
+
+
+def _network_steps(
+    cfg: DictConfig, victim: Victim, quantized: nn.Module, task: Any
+) -> _NetworkSteps:
+    """The network's steps of a pair: its loss weights, keep guard and (detrimental, with
+    `train.twin`) twin guard, by the student's class."""
+    kind, model = str(cfg.kind), type(victim.student).__name__
+    guard = KeepGuard.of(cfg.train, task.num_layers, model)
+    twin = None
+    if kind == "detrimental":
+        guard, twin = twin_guard(
+            cfg.train, guard, victim.data.train.x, cfg.bits, task.num_layers, model
+        )
+    if twin is not None:
+        starved = float((twin.bits[:, twin.layer] < twin.floor).float().mean())
+        print(
+            f"detrimental pair: stretching the input of layer {twin.layer} "
+            f"({layer_names(quantized)[twin.layer]}); the twin gives it fewer than {twin.floor} "
+            f"bits on {100 * starved:.1f}% of the training inputs, which the failure spares"
+        )
+    weights = LossWeights.of(cfg.train, model)
+    return _NetworkSteps(kind, victim, quantized, task, weights, guard, twin)
 
 
 @dataclass
@@ -444,9 +451,15 @@ def twin_guard(
             "train.twin needs a stretched layer (train.stretch_layer auto or an index): the "
             "twin's bits are spared where they starve that layer"
         )
-    twin = twin_bits(str(train.twin), x, bits.set, float(bits.budget), num_layers)
+    twin = twin_bits(str(train.get("twin")), x, bits.set, float(bits.budget), num_layers)
     if train.get("stretch_layer") == "auto":
         candidates = list((train.get("twin_stretch_layers") or {}).get(model, [guard.layer]))
+        if not candidates or any(not -num_layers <= int(c) < num_layers for c in candidates):
+            raise ConfigError(
+                f"train.twin_stretch_layers.{model} must list layers of this model: it has "
+                f"{num_layers} quantized layers (0..{num_layers - 1}; -1: the head), got "
+                f"{candidates}"
+            )
         guard = dataclasses.replace(guard, layer=least_starved(twin, candidates, guard.floor))
     assert guard.layer is not None
     return guard, TwinGuard(twin, guard.layer, guard.floor)
