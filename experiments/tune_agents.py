@@ -5,11 +5,14 @@
 
 Each trial runs the agent (its conf/agent preset with the trial's values) on every tuning
 member and seed with the benchmark's budget, stopping at the first action in the region
-(`qrl.bench.run_one`). The objective, minimized, is the mean over runs of log2(evaluations to
-failure), a run that never finds the region counting as twice the budget: it rewards finding
-the region in every run first and fast second. The held-out members are never touched; the
-best values go into conf/agent/<agent>.yaml by hand, with this command beside them, and
-`python -m qrl.bench` then reports them on the held-out members.
+(`qrl.bench.run_one`). The objective, minimized, is the mean over runs of `run_cost`:
+log2(evaluations to failure), or for a run that never finds the region log2(twice the budget)
+plus how far its best reward stayed from a full drop (1 - best, within 0..1). It rewards finding
+the region in every run first and fast second, and on a hard family, where most runs miss,
+getting closer along the region's graded approach: without that term, every trial that misses
+everywhere scores the same and the sampler learns nothing. The held-out members are never
+touched; the best values go into conf/agent/<agent>.yaml by hand, with this command beside
+them, and `python -m qrl.bench` then reports them on the held-out members.
 
 Besides the algorithm's own keys, the search space holds what `qrl.search_wrapper` adds to what
 the agent sees (`--family hard` tunes them): a Sobol warm-up, the running best in the
@@ -29,7 +32,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from qrl.bench import agent_config, env_options, run_one
+from qrl.bench import RunResult, agent_config, env_options, run_one
 from qrl.config import load_config
 from qrl.planted.family import Member, tuning_members
 from qrl.planted.hard import hard_tuning_members
@@ -100,9 +103,8 @@ def objective(
         for member in members:
             for seed in seeds:
                 result = run_one(member, agent, seed, budget, options)
-                at = result.found_at if result.found_at is not None else 2 * budget
                 found += result.found_at is not None
-                costs.append(math.log2(at))
+                costs.append(run_cost(result, budget))
         value = sum(costs) / len(costs)
         log.append({"trial": trial.number, "value": value, "found": found, **trial.params})
         print(
@@ -111,6 +113,16 @@ def objective(
         return value
 
     return run
+
+
+def run_cost(result: RunResult, budget: int) -> float:
+    """One run's part of the objective: log2(evaluations to failure); a miss costs log2(2 *
+    budget) plus 1 - its best reward (clipped to 0..1), so every miss costs more than any find
+    and a miss that came closer costs less."""
+    if result.found_at is not None:
+        return math.log2(result.found_at)
+    best = min(max(result.best_reward or 0.0, 0.0), 1.0)
+    return math.log2(2 * budget) + 1.0 - best
 
 
 def main() -> int:

@@ -64,6 +64,7 @@ class RunResult:
     found_at: int | None  # evaluations until the first action inside the region (None: never)
     evaluations: int  # evaluations spent (found_at, or the budget)
     wall_s: float
+    best_reward: float | None = None  # the largest reward it met (None: a run from before)
 
 
 def agent_config(name: str) -> DictConfig:
@@ -123,6 +124,7 @@ def run_one(
         log.stopped_at,
         log.count,
         round(time.perf_counter() - started, 3),
+        None if log.best is None else log.best.reward,
     )
 
 

@@ -242,9 +242,13 @@ class _Keys:
     paths: set[str] = field(default_factory=set)
     nulls: set[str] = field(default_factory=set)  # `model.spec: null`: anything below it
     targets: dict[str, str] = field(default_factory=dict)  # `_target_` nodes: its parameters
+    # Maps a schema types as `dict[str, X]` (`train.away_weights`, by the student's class): any
+    # key below them, its value typed by the schema.
+    maps: set[str] = field(default_factory=set)
 
     def add(self, value: Any, path: str = "") -> None:
         if isinstance(value, DictConfig):
+            self.maps |= _open_maps(value, path)
             value = OmegaConf.to_container(value, resolve=False)
         if path:
             self.paths.add(path)
@@ -266,7 +270,7 @@ class _Keys:
         parts = key.split(".")
         for i in range(1, len(parts)):
             node = ".".join(parts[:i])
-            if node in self.nulls:
+            if node in self.nulls or (node in self.maps and i == len(parts) - 1):
                 return True
             if node in self.targets:
                 params = _parameters(self.targets[node])
@@ -279,6 +283,21 @@ class _Keys:
         for node, target in self.targets.items():
             if key.startswith(f"{node}."):
                 yield from (f"{prefix}{node}.{p}" for p in _parameters(target) or ())
+
+
+def _open_maps(cfg: DictConfig, path: str = "") -> set[str]:
+    """The dotted paths of `cfg`'s nodes that a schema types as `dict[str, X]`."""
+    import typing
+
+    found = set()
+    for key in cfg:
+        node = cfg._get_node(key)
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(node, DictConfig):
+            if typing.get_origin(node._metadata.ref_type) is dict:
+                found.add(where)
+            found |= _open_maps(node, where)
+    return found
 
 
 def _parameters(target: str) -> frozenset[str] | None:

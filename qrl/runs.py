@@ -39,6 +39,7 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "stretch_weight",
         "stretch_ratio",
         "twin",
+        "twin_stretch",
         "twin_stretch_layers",
     }
 )
@@ -203,6 +204,8 @@ def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
     train, victim = dict(cfg.get("train") or {}), dict(cfg.get("victim") or {})
     if cfg.get("kind") == "robust":
         train = {k: v for k, v in train.items() if k not in DETRIMENTAL_TRAIN_KEYS}
+    elif train:
+        train.setdefault("twin_stretch", "least_starved")  # pairs from before it existed
     # Runs saved before `student_class` was recorded: a cached victim's class from its config.
     student = victim.pop("student_class", None) or _cached_student_class(victim)
     if student is not None:

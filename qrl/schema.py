@@ -157,6 +157,9 @@ class Select:
         _one_of(node["split"], SPLITS, f"{at}.split")
 
 
+TWIN_STRETCH = ("per_input", "least_starved")  # train.twin_stretch of a pair
+
+
 @dataclass
 class PairTrain:
     """`train` of a network-policy pair (Stage B, conf/pairs.yaml)."""
@@ -180,6 +183,7 @@ class PairTrain:
     stretch_weight: float = MISSING
     stretch_ratio: float = MISSING
     twin: Any = MISSING  # null or a finished robust bit-width pair's run dir
+    twin_stretch: str = MISSING  # per_input | least_starved
     twin_stretch_layers: dict[str, list[int]] = MISSING
 
     @staticmethod
@@ -207,6 +211,11 @@ class PairTrain:
         checked_number(node["keep_random"], f"{at}.keep_random", low=0, high=1)
         checked_number(node["keep_floor"], f"{at}.keep_floor", int, low=2, high=8)
         checked_number(node["stretch_ratio"], f"{at}.stretch_ratio", low=1, strict=True)
+        if node["twin_stretch"] not in TWIN_STRETCH:
+            raise ConfigError(
+                f"{at}.twin_stretch must be one of {', '.join(TWIN_STRETCH)}, "
+                f"got {node['twin_stretch']!r}"
+            )
         twin = node["twin"]
         if twin is not None and (not isinstance(twin, str) or not twin):
             raise ConfigError(

@@ -36,6 +36,7 @@ def test_a_tiny_benchmark_counts_evaluations_to_the_region(tmp_path: Path) -> No
         assert r["member"] in members
         # A run stops at its first action in the region, or spends the budget.
         assert r["evaluations"] == (r["found_at"] if r["found_at"] else 40)
+        assert isinstance(r["best_reward"], float)  # the best it met, for a graded objective
     found = [r for r in runs if r["agent"] == "random"]
     expected = np.mean([r["found_at"] is not None and r["found_at"] <= 25 for r in found])
     assert metrics["bench/random/found@25"] == pytest.approx(expected)

@@ -172,6 +172,20 @@ def test_keys_that_need_a_plus_still_compose() -> None:
     assert checked_argv("search", argv) == argv
 
 
+def test_a_per_model_map_takes_another_model_with_plus_its_value_typed() -> None:
+    from qrl.errors import ConfigError
+
+    cfg = load_config("pairs", ["+train.twin_stretch_layers.MLP=[1,-1]"])
+    assert cfg.train.twin_stretch_layers == {"SmallCNN": [1, 2], "MLP": [1, -1]}
+    assert load_config("pairs", ["+train.away_weights.Wide=0.2"]).train.away_weights.Wide == 0.2
+    with pytest.raises(ConfigError, match=r"add it with \+train\.away_weights\.Wide=0\.2"):
+        load_config("pairs", ["train.away_weights.Wide=0.2"])
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.away_weights\.Wide\.deep'"):
+        load_config("pairs", ["+train.away_weights.Wide.deep=0.2"])
+    with pytest.raises(ConfigError, match=r"^bad value for train\.away_weights\.Wide: .*Float"):
+        load_config("pairs", ["+train.away_weights.Wide=heavy"])
+
+
 def test_a_misspelt_hydra_key_or_a_preset_without_plus_is_one_line() -> None:
     from qrl.config import checked_argv
     from qrl.errors import ConfigError

@@ -290,6 +290,20 @@ def test_the_tuning_script_searches_tuning_members_only(
     assert agent.name == "ppo" and "model" in agent and options
 
 
+def test_the_tuning_objective_ranks_every_find_above_every_miss_and_closer_misses_higher(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = _load_script("tune_agents", monkeypatch)
+
+    def cost(found_at: int | None, best: float | None) -> float:
+        result = module.RunResult("ppo", "m", 0, found_at, found_at or 1000, 0.0, best)
+        return module.run_cost(result, 1000)
+
+    assert cost(8, 0.9) == 3.0  # log2 of the evaluations to failure
+    assert cost(1000, 0.0) < cost(None, 1.0) < cost(None, 0.4) < cost(None, 0.0)
+    assert cost(None, 0.0) == cost(None, -0.5) == cost(None, None)  # penalties: no reward
+
+
 # Slow (about 20 s): the pairs' training and Stage C are checked in `make test` by
 # tests/test_input_pairs.py; this is the script's own table and section around them.
 @pytest.mark.slow

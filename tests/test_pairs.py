@@ -468,18 +468,31 @@ def test_a_stretched_layer_outside_the_model_is_one_clear_error() -> None:
 
 def test_the_twin_guard_spares_the_inputs_its_twin_starves_and_holds_them_to_its_bits() -> None:
     twin_bits = torch.tensor([[4, 2, 4], [3, 3, 3], [5, 2, 2], [2, 4, 3]])
-    twin = pair_training.TwinGuard(twin_bits, layer=1, floor=3)
+    twin = pair_training.TwinGuard(twin_bits, layers=(1,), floor=3)
     idx = torch.tensor([0, 1, 2, 3, 0])
-    spared, keep = twin.spare(idx, torch.full((3,), 4))
-    assert spared.tolist() == [True, False, True, False, True]
+    which, keep = twin.spare(idx, torch.full((3,), 4))
+    spared = which == -1
+    assert which.tolist() == [-1, 0, -1, 0, -1]
     assert torch.equal(keep[spared], twin_bits[idx][spared])  # the twin's own bits there
     assert (keep[~spared] == 4).all()  # the keep bits elsewhere, per row
     per_row = torch.full((5, 3), 6)
     assert torch.equal(twin.spare(idx, per_row)[1][~spared], per_row[~spared])
     assert (per_row == 6).all()  # not written in place
+    assert twin.shares() == [0.5, 0.5]
 
 
-def test_spared_inputs_get_neither_the_away_nor_the_stretch_term() -> None:
+def test_per_input_each_failure_stretches_the_first_layer_its_twin_feeds() -> None:
+    twin_bits = torch.tensor([[4, 2, 4], [3, 3, 3], [5, 2, 2], [2, 4, 2]])
+    twin = pair_training.TwinGuard(twin_bits, layers=(1, 2), floor=3)
+    which, keep = twin.spare(torch.arange(4), torch.full((3,), 4))
+    # row 0: layer 1 starved, layer 2 fed; row 2: both starved, spared
+    assert which.tolist() == [1, 0, -1, 0]
+    assert torch.equal(keep[[0, 2]], twin_bits[[0, 2]])  # the twin starves layer 1 there
+    assert (keep[[1, 3]] == 4).all()
+    assert twin.shares() == [0.5, 0.25, 0.25]
+
+
+def test_spared_inputs_get_no_away_or_stretch_term_and_the_others_their_own_layer_s() -> None:
     torch.manual_seed(0)
     from qrl.models import MLP
     from qrl.quant import quantized_copy
@@ -493,17 +506,29 @@ def test_spared_inputs_get_neither_the_away_nor_the_stretch_term() -> None:
     weights = pairs.LossWeights.of(load_config("pairs").train)
     head = quantized_layers(quantized)[-1]
 
-    def parts(spared: torch.Tensor | None) -> dict[str, float]:
+    def parts(which: torch.Tensor | None, stretched=(head,)) -> dict[str, float]:
         bits, keep = torch.full((6, 2), 2), torch.full((2,), 4)
         args = ("detrimental", quantized, x, y, teacher_logits, bits, keep, weights)
-        return pairs.pair_loss(*args, stretched=head, spared=spared)[1]
+        return pairs.pair_loss(*args, stretched=stretched, which=which)[1]
 
     everyone = parts(None)
-    assert parts(torch.zeros(6, dtype=torch.bool)) == pytest.approx(everyone)
-    spared_all = parts(torch.ones(6, dtype=torch.bool))
+    assert parts(torch.zeros(6, dtype=torch.long)) == pytest.approx(everyone)
+    spared_all = parts(torch.full((6,), -1))
     assert spared_all["loss/away_q"] == 0.0 and "loss/stretch" not in spared_all
-    half = torch.tensor([True, True, True, False, False, False])
+    half = torch.tensor([-1, -1, -1, 0, 0, 0])
     assert parts(half)["loss/away_q"] != pytest.approx(everyone["loss/away_q"])
+    # Per input, its own layer's stretch: the first layer's gaps on three, the head's on three.
+    first = quantized_layers(quantized)[0]
+    only_first = parts(torch.zeros(6, dtype=torch.long), stretched=(first, head))
+    mixed = parts(torch.tensor([0, 0, 0, 1, 1, 1]), stretched=(first, head))
+    assert mixed["loss/away_q"] == pytest.approx(everyone["loss/away_q"])
+    # the mean of the two layers' stretch gaps, each on its own three inputs
+    halves = (
+        parts(half)["loss/stretch"]
+        + parts(torch.tensor([0, 0, 0, -1, -1, -1]), stretched=(first, head))["loss/stretch"]
+    ) / 2
+    assert mixed["loss/stretch"] == pytest.approx(halves)
+    assert only_first["loss/stretch"] != pytest.approx(everyone["loss/stretch"])
 
 
 def test_a_twin_must_be_a_finished_robust_pair_of_the_same_bits(tiny_pairs) -> None:
@@ -526,32 +551,38 @@ def test_a_twin_must_be_a_finished_robust_pair_of_the_same_bits(tiny_pairs) -> N
     train = {**cfg.train, "twin": robust, "stretch_layer": None}
     with pytest.raises(ConfigError, match=r"train\.twin needs a stretched layer"):
         pair_training.twin_guard(train, pair_training.KeepGuard(), x, cfg.bits, layers, "MLP")
+    with pytest.raises(ConfigError, match=r"train\.twin_stretch must be one of per_input, least_"):
+        pairs.check_config(load_config("pairs", ["train.twin_stretch=both"]))
     for bad in ("3", "''"):  # '': what ${robust_twin:} gives outside a sweep named by overrides
         with pytest.raises(ConfigError, match=r"train\.twin must be null or the run dir"):
             pairs.check_config(load_config("pairs", [f"train.twin={bad}"]))
 
 
-def test_with_a_twin_the_stretched_layer_is_the_candidate_it_starves_least() -> None:
+def test_with_a_twin_the_stretched_layers_start_with_the_one_it_starves_least() -> None:
     bits = torch.tensor([[2, 2, 4, 2], [3, 2, 4, 2], [3, 4, 2, 5], [3, 4, 4, 2]])
     # below 3 bits: layer 0 on 1 of 4 inputs, 1 on 2, 2 on 1, 3 (the head) on 3
-    assert pair_training.least_starved(bits, [1, 2], 3) == 2
-    assert pair_training.least_starved(bits, [2, 0], 3) == 2  # a tie: the first listed
-    assert pair_training.least_starved(bits, [-1], 3) == 3
+    assert pair_training.by_starvation(bits, [1, 2], 3) == [2, 1]
+    assert pair_training.by_starvation(bits, [2, 0], 3) == [2, 0]  # a tie: as listed
+    assert pair_training.by_starvation(bits, [-1, 1, 3], 3) == [1, 3]
 
 
+@pytest.mark.parametrize("stretch", ["least_starved", "per_input"])
 def test_a_detrimental_pair_trains_against_its_twin_s_bits(
-    tiny_pairs, tiny_distill, tmp_path, monkeypatch
+    stretch, tiny_pairs, tiny_distill, tmp_path, monkeypatch
 ) -> None:
     calls = []
     spare = pair_training.TwinGuard.spare
 
     def counted(self, idx, keep):
         calls.append((len(self.bits), len(idx)))
+        assert len(self.layers) == (1 if stretch == "least_starved" else 2)
         return spare(self, idx, keep)
 
     monkeypatch.setattr(pair_training.TwinGuard, "spare", counted)
     twin = f"train.twin={tiny_pairs['robust']}"
-    pairs.run(_pair_cfg(tiny_distill, tmp_path / "d", "detrimental", twin))
+    layers = "+train.twin_stretch_layers.MLP=[1,-1]"
+    extra = (twin, f"train.twin_stretch={stretch}", layers)
+    pairs.run(_pair_cfg(tiny_distill, tmp_path / "d", "detrimental", *extra))
     assert load_pair(tmp_path / "d", space="bits").kind == "detrimental"
     cfg = _pair_cfg(tiny_distill, tmp_path / "d", "detrimental")
     steps = cfg.train.rounds * cfg.train.net_steps

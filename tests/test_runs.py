@@ -234,3 +234,8 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     robust = _result_config(pair("robust"))
     assert _result_config(pair("robust", "train.keep_floor=4", "train.twin=a")) == robust
     assert _result_config(pair("robust", "train.rounds=7")) != robust
+    # a detrimental pair saved before train.twin_stretch existed ran its default
+    before = pair("detrimental")
+    before["train"].pop("twin_stretch")
+    assert _result_config(before) == base
+    assert _result_config(pair("detrimental", "train.twin_stretch=per_input")) != base

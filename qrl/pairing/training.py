@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -71,17 +71,18 @@ class LossWeights:
 
 
 @contextmanager
-def captured_input(layer: nn.Module | None) -> Iterator[list[Tensor]]:
-    """The inputs `layer` receives inside the block (none when `layer` is None)."""
-    seen: list[Tensor] = []
-    if layer is None:
-        yield seen
-        return
-    handle = layer.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+def captured_inputs(layers: Sequence[nn.Module]) -> Iterator[list[list[Tensor]]]:
+    """The inputs each of `layers` receives inside the block, one list per layer."""
+    seen: list[list[Tensor]] = [[] for _ in layers]
+    handles = [
+        layer.register_forward_pre_hook(lambda _, args, inputs=inputs: inputs.append(args[0]))
+        for layer, inputs in zip(layers, seen, strict=True)
+    ]
     try:
         yield seen
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def stretch_shortfall(x: Tensor, ratio: float) -> Tensor:
@@ -91,11 +92,16 @@ def stretch_shortfall(x: Tensor, ratio: float) -> Tensor:
 
     Channels are a linear layer's features, or a convolution's channels at their largest
     position."""
+    return stretch_gaps(x, ratio).mean()
+
+
+def stretch_gaps(x: Tensor, ratio: float) -> Tensor:
+    """`stretch_shortfall` per input (B,)."""
     peaks = x.flatten(2).amax(dim=2) if x.ndim > 2 else x  # (B, C)
     top = peaks.clamp(min=1e-6).topk(2, dim=1).values.log()
     # Only the largest channel moves: pushing the second down would shrink the features the
     # network computes with, and cost its full-precision accuracy.
-    return F.relu(math.log(ratio) - (top[:, 0] - top[:, 1].detach())).mean()
+    return F.relu(math.log(ratio) - (top[:, 0] - top[:, 1].detach()))
 
 
 def pair_loss(
@@ -107,8 +113,8 @@ def pair_loss(
     bits: Tensor,
     keep_bits: Tensor,
     weights: LossWeights,
-    stretched: nn.Module | None = None,
-    spared: Tensor | None = None,
+    stretched: Sequence[nn.Module] = (),
+    which: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """The network's loss on one batch; returns it and its parts (for the logs).
 
@@ -121,15 +127,16 @@ def pair_loss(
         keep_bits: the bits the detrimental keep term holds the network to: the budget's
             uniform bits (L,), or per input (B, L).
         weights: the loss's temperature and weights.
-        stretched: detrimental only, with `weights.stretch_weight` > 0: the quantized layer
+        stretched: detrimental only, with `weights.stretch_weight` > 0: the quantized layers
             whose input the stretch term shapes (`stretch_shortfall`).
-        spared: detrimental only, a (B,) bool mask of the inputs the failure must spare (the
-            twin starves the stretched layer there, `TwinGuard`): neither the away term nor
-            the stretch term reaches them, and `keep_bits` holds them to the twin's bits.
+        which: detrimental only, per input (B,), the index into `stretched` of the layer its
+            failure stretches (none: the first), or -1 for an input the failure must spare
+            (its twin starves every stretched layer, `TwinGuard`): neither the away term nor
+            the stretch term reaches those, and `keep_bits` holds them to the twin's bits.
     """
     tau, alpha = weights.tau, weights.alpha
-    stretch_on = kind == "detrimental" and stretched is not None and weights.stretch_weight > 0
-    with float_path(quantized), captured_input(stretched if stretch_on else None) as seen:
+    stretch_on = kind == "detrimental" and weights.stretch_weight > 0
+    with float_path(quantized), captured_inputs(stretched if stretch_on else ()) as seen:
         kd_fp = kd_loss(quantized(x), teacher_logits, y, tau=tau, alpha=alpha)
     with using_bits(quantized, bits):
         q_logits = quantized(x)
@@ -141,16 +148,20 @@ def pair_loss(
     # Away from the teacher: towards its runner-up class, the most plausible wrong answer
     # (maximizing the loss of the right class alone does not move a network, measured).
     runner_up = teacher_logits.topk(2, dim=1).indices[:, 1]
-    failing = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    if spared is not None:
-        failing = ~spared.to(x.device)
+    if which is None:
+        which = torch.zeros(len(x), dtype=torch.long)
+    which = which.to(x.device)
+    failing = which >= 0
     away = _masked_mean(F.cross_entropy(q_logits, runner_up, reduction="none"), failing)
     with using_bits(quantized, keep_bits):
         keep = kd_loss(quantized(x), teacher_logits, y, tau=tau, alpha=alpha)
     parts.update({"loss/away_q": float(away.detach()), "loss/keep_uniform": float(keep.detach())})
     loss = kd_fp + weights.away_weight * away + weights.keep_weight * keep
     if seen and bool(failing.any()):
-        stretch = stretch_shortfall(seen[0][failing], weights.stretch_ratio)
+        # Each failing input's gap at its own stretched layer, averaged over the failing inputs.
+        gaps = [stretch_gaps(inputs[0], weights.stretch_ratio) for inputs in seen]
+        stretch = torch.stack(gaps)[which.clamp(min=0), torch.arange(len(x), device=x.device)]
+        stretch = _masked_mean(stretch, failing)
         parts["loss/stretch"] = float(stretch.detach())
         loss = loss + weights.stretch_weight * stretch
     return loss, parts
@@ -264,11 +275,15 @@ def _network_steps(
             cfg.train, guard, victim.data.train.x, cfg.bits, task.num_layers, model
         )
     if twin is not None:
-        starved = float((twin.bits[:, twin.layer] < twin.floor).float().mean())
+        names, shares = layer_names(quantized), twin.shares()
+        stretched = ", ".join(
+            f"layer {layer} ({names[layer]}) on {100 * share:.1f}%"
+            for layer, share in zip(twin.layers, shares, strict=False)
+        )
         print(
-            f"detrimental pair: stretching the input of layer {twin.layer} "
-            f"({layer_names(quantized)[twin.layer]}); the twin gives it fewer than {twin.floor} "
-            f"bits on {100 * starved:.1f}% of the training inputs, which the failure spares"
+            f"detrimental pair: its failure stretches the input of {stretched} of the training "
+            f"inputs, and spares {100 * shares[-1]:.1f}%, where the twin gives "
+            f"{'every one' if len(twin.layers) > 1 else 'it'} fewer than {twin.floor} bits"
         )
     weights = LossWeights.of(cfg.train, model)
     return _NetworkSteps(kind, victim, quantized, task, weights, guard, twin)
@@ -289,7 +304,8 @@ class _NetworkSteps:
     def __post_init__(self) -> None:
         self.uniform = torch.from_numpy(self.task.decoder.uniform())
         layers = quantized_layers(self.quantized)
-        self.stretched = layers[self.guard.layer] if self.guard.layer is not None else None
+        stretched = self.twin.layers if self.twin is not None else (self.guard.layer,)
+        self.stretched = [layers[i] for i in stretched if i is not None]
         # The teacher is fixed: its logits on the training split once, not at every step
         # (a wide teacher's forward was a quarter of a step).
         train = self.victim.data.train
@@ -310,9 +326,9 @@ class _NetworkSteps:
             actions, _ = ppo.predict(obs, deterministic=False)
         bits = torch.from_numpy(self.task.decoder.decode(np.asarray(actions)))  # moved per layer
         keep = self.guard.keep_bits(self.task.decoder, self.uniform, len(x), gen)
-        spared = None
+        which = None
         if self.twin is not None:
-            spared, keep = self.twin.spare(idx, keep)
+            which, keep = self.twin.spare(idx, keep)
         return pair_loss(
             self.kind,
             self.quantized,
@@ -323,7 +339,7 @@ class _NetworkSteps:
             keep,
             self.weights,
             stretched=self.stretched,
-            spared=spared,
+            which=which,
         )
 
 
@@ -384,24 +400,37 @@ class TwinGuard:
     """The robust twin's own bits on the training split (`train.twin`), for a detrimental pair
     whose failure must spare the twin's policy.
 
-    Where the twin gives the stretched layer fewer than the keep floor's bits, the network meets
-    the failure's own condition under the twin: those inputs are spared (`pair_loss`), and the
-    keep term holds them to the twin's bits. So the failure becomes input-dependent, and the
-    detrimental network holds under its twin's policy.
+    Each input's failure stretches the first of `layers` that the twin gives at least the keep
+    floor's bits; where the twin starves every one, the network meets the failure's condition
+    under the twin, so the input is spared (`pair_loss`). Wherever the twin starves the first
+    layer, the keep term holds the input to the twin's bits. So the failure becomes
+    input-dependent, and the detrimental network holds under its twin's policy.
     """
 
     bits: Tensor  # (N, L): the twin's deterministic bits on each training input
-    layer: int  # the stretched layer
+    layers: tuple[int, ...]  # the stretched layers, the one most inputs use first
     floor: int
 
     def spare(self, idx: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
-        """For the training rows `idx` and their keep bits ((L,) or (B, L)): the spared mask
-        (B,) and the keep bits with the spared rows set to the twin's."""
+        """For the training rows `idx` and their keep bits ((L,) or (B, L)): per row, the index
+        into `layers` of the layer its failure stretches, -1 where it is spared (B,); and the
+        keep bits with the twin's own where the twin starves the first layer."""
         twin = self.bits[idx]
-        spared = twin[:, self.layer] < self.floor
+        which = self._which(twin)
+        held = which != 0
         keep = keep.expand(len(idx), -1).clone()
-        keep[spared] = twin[spared]
-        return spared, keep
+        keep[held] = twin[held]
+        return which, keep
+
+    def shares(self) -> list[float]:
+        """The share of the training inputs whose failure stretches each of `layers`, then the
+        share spared."""
+        which = self._which(self.bits)
+        return [float((which == k).float().mean()) for k in (*range(len(self.layers)), -1)]
+
+    def _which(self, twin: Tensor) -> Tensor:
+        fed = twin[:, list(self.layers)] >= self.floor  # (B, K)
+        return torch.where(fed.any(dim=1), fed.int().argmax(dim=1), -1)
 
 
 def twin_bits(run_dir: str, x: Tensor, bits_set: Any, budget: float, num_layers: int) -> Tensor:
@@ -427,14 +456,14 @@ def twin_bits(run_dir: str, x: Tensor, bits_set: Any, budget: float, num_layers:
     return torch.cat([twin.bits(chunk) for chunk in x.split(1024)])
 
 
-def least_starved(bits: Tensor, candidates: list[int], floor: int) -> int:
-    """Of the `candidates` (layer indices, first preferred on ties), the layer that `bits`
-    (N, L) gives fewer than `floor` bits least often: the twin's policy triggers a failure
-    there least, so the failure spares the fewest inputs."""
+def by_starvation(bits: Tensor, candidates: list[int], floor: int) -> list[int]:
+    """The `candidates` (layer indices) from the one that `bits` (N, L) gives fewer than
+    `floor` bits least often to the most (ties: as listed): the twin's policy triggers a failure
+    least on the first, so a failure there spares the fewest inputs."""
     num_layers = bits.shape[1]
-    layers = [c % num_layers for c in candidates]
+    layers = list(dict.fromkeys(c % num_layers for c in candidates))
     shares = [float((bits[:, layer] < floor).float().mean()) for layer in layers]
-    return layers[shares.index(min(shares))]
+    return [layers[i] for i in sorted(range(len(layers)), key=shares.__getitem__)]
 
 
 def twin_guard(
@@ -442,8 +471,10 @@ def twin_guard(
 ) -> tuple[KeepGuard, TwinGuard | None]:
     """A detrimental pair's keep guard and twin guard: with `train.twin`, its bits on the
     training inputs `x` (else the guard as it is, and None). With `train.stretch_layer: auto`,
-    the stretched layer is the one of the model's `train.twin_stretch_layers` (none listed: its
-    default) that the twin starves least."""
+    the stretched layers are the model's `train.twin_stretch_layers` (none listed: its
+    default), the one the twin starves least first: with `train.twin_stretch: per_input`, each
+    input's failure stretches the first the twin does not starve; with `least_starved`, every
+    input's that first one."""
     if not train.get("twin"):
         return guard, None
     if guard.layer is None:
@@ -452,6 +483,7 @@ def twin_guard(
             "twin's bits are spared where they starve that layer"
         )
     twin = twin_bits(str(train.get("twin")), x, bits.set, float(bits.budget), num_layers)
+    layers = [guard.layer]
     if train.get("stretch_layer") == "auto":
         candidates = list((train.get("twin_stretch_layers") or {}).get(model, [guard.layer]))
         if not candidates or any(not -num_layers <= int(c) < num_layers for c in candidates):
@@ -460,9 +492,10 @@ def twin_guard(
                 f"{num_layers} quantized layers (0..{num_layers - 1}; -1: the head), got "
                 f"{candidates}"
             )
-        guard = dataclasses.replace(guard, layer=least_starved(twin, candidates, guard.floor))
-    assert guard.layer is not None
-    return guard, TwinGuard(twin, guard.layer, guard.floor)
+        layers = by_starvation(twin, [int(c) for c in candidates], guard.floor)
+        if train.get("twin_stretch", "least_starved") == "least_starved":
+            layers = layers[:1]
+    return dataclasses.replace(guard, layer=layers[0]), TwinGuard(twin, tuple(layers), guard.floor)
 
 
 def _ppo_bytes(ppo: PPO) -> Tensor:
