@@ -57,6 +57,7 @@ class RunLogger:
         self._csv = csv.writer(self._csv_file)
         if self._csv_file.tell() == 0:
             self._csv.writerow(["step", "key", "value"])
+        self._earlier_events = _event_files(self.run_dir / "tb")  # an earlier attempt's
         self.tb = SummaryWriter(str(self.run_dir / "tb"))
 
     def rewind(self, step: int) -> None:
@@ -77,6 +78,7 @@ class RunLogger:
         self._csv_file = open(path, "a", newline="")  # noqa: SIM115
         self._csv = csv.writer(self._csv_file)
         self.tb.close()
+        _wait_past(self._earlier_events)
         self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=step)
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:
@@ -164,3 +166,23 @@ def _start_wandb(
         reinit="finish_previous",
         sync_tensorboard=True,
     )
+
+
+def _event_files(tb_dir: Path) -> list[Path]:
+    return sorted(tb_dir.glob("events.out.tfevents.*"))
+
+
+def _wait_past(files: list[Path]) -> None:
+    """Sleep into the second after the newest of the TensorBoard event `files`.
+
+    TensorBoard applies a purge step to the files that sort before it, and a file's name is
+    `events.out.tfevents.<second>.<host>.<pid>.<counter>`, the counter sorting as text (10
+    before 9): a purging file written in the same second as the events it purges, by the same
+    process, may sort before them (measured: a resumed run's stale steps came back). A file
+    of a later second sorts after them all.
+    """
+    import time
+
+    seconds = [int(f.name.split(".")[3]) for f in files if f.name.split(".")[3].isdigit()]
+    if seconds and max(seconds) >= int(time.time()):
+        time.sleep(max(seconds) + 1 - time.time())

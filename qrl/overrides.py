@@ -289,10 +289,10 @@ def _open_maps(cfg: DictConfig, path: str = "") -> set[str]:
     """The dotted paths of `cfg`'s nodes that a schema types as `dict[str, X]`."""
     import typing
 
-    found = set()
+    found: set[str] = set()
     for key in cfg:
         node = cfg._get_node(key)
-        where = f"{path}.{key}" if path else str(key)
+        where = f"{path}.{key!s}" if path else str(key)
         if isinstance(node, DictConfig):
             if typing.get_origin(node._metadata.ref_type) is dict:
                 found.add(where)

@@ -63,6 +63,36 @@ def test_a_resumed_run_forgets_what_it_logged_after_its_checkpoint(tmp_path: Pat
     assert _tensorboard(tmp_path) == {"pair/val_acc_q": expected}
 
 
+def _counter_to_just_below_a_power_of_ten(scratch: Path) -> None:
+    """Write throwaway event files until the next one's counter is 10^k - 1 (9, 99, ...)."""
+
+    def counter() -> int:
+        writer = SummaryWriter(str(scratch))
+        writer.close()
+        return max(int(p.name.rsplit(".", 1)[-1]) for p in scratch.iterdir())
+
+    last = counter()
+    target = 10 ** len(str(last + 2)) - 2  # the next file then gets 10^k - 1
+    while last < target:
+        last = counter()
+
+
+def test_a_rewind_s_purge_sorts_after_the_events_it_purges(tmp_path: Path) -> None:
+    # TensorBoard purges only the files that sort before the purging one, and names sort by
+    # second, then host, pid and a counter compared as text ("10" before "9"): in the same
+    # second and process, a purge could sort first and leave the stale steps in.
+    tb = tmp_path / "tb"
+    _counter_to_just_below_a_power_of_ten(tmp_path / "other")
+    with RunLogger(tmp_path) as log:
+        log.log({"a/b": 1.0}, step=1)
+    earlier = {p.name for p in tb.iterdir()}
+    with RunLogger(tmp_path) as log:
+        before = {p.name for p in tb.iterdir()}
+        log.rewind(1)
+        (purging,) = {p.name for p in tb.iterdir()} - before
+    assert all(name < purging for name in earlier)
+
+
 def test_wandb_offline_run_is_finished_even_on_crash(tmp_path: Path, monkeypatch) -> None:
     import wandb
 
