@@ -90,6 +90,7 @@ def objective(
     options: dict[str, Any],
     log: list[dict[str, Any]],
     search: bool,
+    on_trial: Any = lambda: None,
 ) -> Any:
     def run(trial: optuna.Trial) -> float:
         cfg = agent_config(name)
@@ -99,17 +100,24 @@ def objective(
         if search:
             agent = OmegaConf.merge(agent, {"search": suggest_search(trial)})
         assert isinstance(agent, DictConfig)
-        costs, found = [], 0
+        costs, found, bests = [], 0, []
         for member in members:
             for seed in seeds:
                 result = run_one(member, agent, seed, budget, options)
                 found += result.found_at is not None
                 costs.append(run_cost(result, budget))
+                bests.append(result.best_reward or 0.0)
         value = sum(costs) / len(costs)
-        log.append({"trial": trial.number, "value": value, "found": found, **trial.params})
-        print(
-            f"{name} trial {trial.number}: {value:.3f} (found {found}/{len(costs)}) {trial.params}"
+        best = sum(bests) / len(bests)
+        log.append(
+            {"trial": trial.number, "value": value, "found": found, "mean_best_reward": best}
+            | trial.params
         )
+        print(
+            f"{name} trial {trial.number}: {value:.3f} (found {found}/{len(costs)}, mean best "
+            f"reward {best:.2f}) {trial.params}"
+        )
+        on_trial()
         return value
 
     return run
@@ -148,8 +156,13 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     best: dict[str, Any] = {}
+
+    def save() -> None:  # after every trial: a run stopped early keeps what it measured
+        (out / "tuned.json").write_text(json.dumps(best, indent=2) + "\n")
+
     for name in args.agents.split(","):
         log: list[dict[str, Any]] = []
+        best[name] = {"trials": log}
         study = optuna.create_study(
             direction="minimize", sampler=optuna.samplers.TPESampler(seed=0)
         )
@@ -160,11 +173,11 @@ def main() -> int:
             first.update(_default_search(agent_config(name).get("search")))
         study.enqueue_trial(first)
         study.optimize(
-            objective(name, members, seeds, args.budget, options, log, search), args.trials
+            objective(name, members, seeds, args.budget, options, log, search, save), args.trials
         )
         best[name] = {"value": study.best_value, "params": study.best_params, "trials": log}
         print(f"{name}: best {study.best_value:.3f} with {study.best_params}")
-    (out / "tuned.json").write_text(json.dumps(best, indent=2) + "\n")
+    save()
     print(f"wrote {out / 'tuned.json'}")
     return 0
 
