@@ -167,7 +167,7 @@ def as_image_data(data: ImageData | tuple[Tensor, Tensor] | Dataset, seed: int =
     if isinstance(data, Dataset):
         try:
             pairs = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
-            x = torch.stack([torch.as_tensor(p[0], dtype=torch.float32) for p in pairs])
+            x = torch.stack([_image(p[0]) for p in pairs])
             y = torch.as_tensor([int(p[1]) for p in pairs])
         except (TypeError, IndexError, ValueError, RuntimeError) as exc:
             raise DataError(
@@ -175,6 +175,13 @@ def as_image_data(data: ImageData | tuple[Tensor, Tensor] | Dataset, seed: int =
             ) from exc
         return from_tensors(x, y, seed=seed)
     raise DataError("data must be ImageData, an (inputs, labels) tensor pair, or a torch Dataset")
+
+
+def _image(image: Any) -> Tensor:
+    """A Dataset's image as a tensor: uint8 pixels kept as bytes (`from_tensors` scales them
+    by 1/255, as for a tensor pair), anything else as float32 in [0, 1]."""
+    x = torch.as_tensor(np.asarray(image) if not isinstance(image, Tensor) else image)
+    return x if x.dtype == torch.uint8 else x.to(torch.float32)
 
 
 def _named_or_given(group: str, value: Any, overrides: list[str]) -> Any:

@@ -174,6 +174,17 @@ def test_audit_checks_ready_image_data_and_converts_channels_last(small_model) -
     assert as_image_data(last).train.x.shape == data.train.x.shape
 
 
+def test_a_dataset_of_uint8_images_is_scaled_like_a_tensor_pair(small_model) -> None:
+    from qrl.audit import as_image_data
+
+    _, data = small_model
+    pixels = (data.test.x * 255).round().to(torch.uint8)
+    from_pair = as_image_data((pixels, data.test.y))
+    from_dataset = as_image_data(TensorDataset(pixels, data.test.y))
+    assert from_dataset.test.x.max() <= 1.0
+    assert torch.equal(from_dataset.test.x, from_pair.test.x)
+
+
 def _command(*args: str) -> list[str]:
     return [sys.executable, "-m", "qrl.audit", *args]
 
