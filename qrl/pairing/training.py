@@ -158,13 +158,18 @@ def pair_loss(
     parts.update({"loss/away_q": float(away.detach()), "loss/keep_uniform": float(keep.detach())})
     loss = kd_fp + weights.away_weight * away + weights.keep_weight * keep
     if seen and bool(failing.any()):
-        # Each failing input's gap at its own stretched layer, averaged over the failing inputs.
-        gaps = [stretch_gaps(inputs[0], weights.stretch_ratio) for inputs in seen]
-        stretch = torch.stack(gaps)[which.clamp(min=0), torch.arange(len(x), device=x.device)]
-        stretch = _masked_mean(stretch, failing)
+        stretch = _stretch_term(seen, which, weights.stretch_ratio)
         parts["loss/stretch"] = float(stretch.detach())
         loss = loss + weights.stretch_weight * stretch
     return loss, parts
+
+
+def _stretch_term(seen: list[list[Tensor]], which: Tensor, ratio: float) -> Tensor:
+    """Each failing input's (`which` >= 0) stretch gap at its own stretched layer, whose
+    inputs `seen` holds, averaged over the failing inputs."""
+    gaps = torch.stack([stretch_gaps(inputs[0], ratio) for inputs in seen])
+    rows = torch.arange(gaps.shape[1], device=gaps.device)
+    return _masked_mean(gaps[which.clamp(min=0), rows], which >= 0)
 
 
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
