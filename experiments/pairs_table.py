@@ -49,7 +49,8 @@ def main() -> int:
             "minus the same network quantized under its own policy (`acc_q`); `drop_uniform`: "
             "under the budget's uniform bits; `drop_random`: under random per-input bits at the "
             "budget; `drop_onnx_int8`: on ONNX Runtime's dynamic int8 kernels (8 bits, no "
-            "policy). `acc_teacher` is the teacher's accuracy, for scale (not a gap).",
+            "policy, one image at a time). `acc_teacher` is the teacher's accuracy, for scale "
+            "(not a gap).",
             "",
             table,
             *(["", listed] if listed else []),

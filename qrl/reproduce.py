@@ -591,9 +591,9 @@ def _kernel_section(per_seed: list[dict[str, Any]]) -> list[str]:
         ]
         for kind in KINDS
     ]
-    header = ["pair", "FP acc", "ORT int8 acc", "drop (FP − ORT int8)"]
+    header = ["pair", "FP acc", "ORT int8 acc per image", "drop (FP − ORT int8)"]
     return [
-        "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy)",
+        "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy, one image at a time)",
         "",
         format_table(header, rows, markdown=True),
         "",

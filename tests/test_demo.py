@@ -238,7 +238,7 @@ def test_the_report_keeps_its_sections_in_order(reproduced: Path) -> None:
         "# qrl: network-policy pairs under dynamic quantization",
         "## The pairs (mean ± std over seeds)",
         "## Cross-evaluation: each network under other policies (drop, mean ± std over seeds)",
-        "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy)",
+        "## On a real kernel: ONNX Runtime dynamic int8 (8-bit, no policy, one image at a time)",
         "## Input-distribution pairs on ONNX Runtime int8 (mean ± std over seeds)",
         "## Where the failure lives (first seed)",
         "## Input-distribution search, agent vs random baseline (first seed's student)",
