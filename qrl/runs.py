@@ -41,6 +41,7 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "twin",
         "twin_stretch",
         "twin_stretch_layers",
+        "input_noise",
     }
 )
 # The `train` maps of `qrl.pairs` keyed by the student's class: a pair reads its own entry.
@@ -205,7 +206,9 @@ def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("kind") == "robust":
         train = {k: v for k, v in train.items() if k not in DETRIMENTAL_TRAIN_KEYS}
     elif train:
-        train.setdefault("twin_stretch", "least_starved")  # pairs from before it existed
+        # Pairs saved before these keys existed ran what their defaults do.
+        train.setdefault("twin_stretch", "least_starved")
+        train.setdefault("input_noise", 0.0)
     # Runs saved before `student_class` was recorded: a cached victim's class from its config.
     student = victim.pop("student_class", None) or _cached_student_class(victim)
     if student is not None:

@@ -184,6 +184,7 @@ class PairTrain:
     stretch_ratio: float = MISSING
     twin: Any = MISSING  # null or a finished robust bit-width pair's run dir
     twin_stretch: str = MISSING  # per_input | least_starved
+    input_noise: float = MISSING  # detrimental: noise std on the network steps' images
     twin_stretch_layers: dict[str, list[int]] = MISSING
 
     @staticmethod
@@ -211,6 +212,7 @@ class PairTrain:
         checked_number(node["keep_random"], f"{at}.keep_random", low=0, high=1)
         checked_number(node["keep_floor"], f"{at}.keep_floor", int, low=2, high=8)
         checked_number(node["stretch_ratio"], f"{at}.stretch_ratio", low=1, strict=True)
+        checked_number(node["input_noise"], f"{at}.input_noise", low=0, high=1)
         if node["twin_stretch"] not in TWIN_STRETCH:
             raise ConfigError(
                 f"{at}.twin_stretch must be one of {', '.join(TWIN_STRETCH)}, "

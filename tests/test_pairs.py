@@ -481,6 +481,22 @@ def test_the_twin_guard_spares_the_inputs_its_twin_starves_and_holds_them_to_its
     assert twin.shares() == [0.5, 0.5]
 
 
+def test_on_noisy_images_the_twin_guard_asks_the_twin_s_policy() -> None:
+    stored = torch.tensor([[4, 4, 4], [4, 4, 4]])  # the twin's bits of the clean rows
+    seen = []
+
+    def policy(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return torch.tensor([[4, 2, 4], [4, 4, 4]])
+
+    twin = pair_training.TwinGuard(stored, layers=(1,), floor=3, policy=policy)
+    idx, noisy = torch.tensor([0, 1]), torch.rand(2, 1, 8, 8)
+    assert twin.spare(idx, torch.full((3,), 4))[0].tolist() == [0, 0]  # clean: the stored bits
+    which, keep = twin.spare(idx, torch.full((3,), 4), noisy)
+    assert which.tolist() == [-1, 0] and seen[0] is noisy
+    assert keep[0].tolist() == [4, 2, 4]  # held to the twin's bits of the noisy image
+
+
 def test_per_input_each_failure_stretches_the_first_layer_its_twin_feeds() -> None:
     twin_bits = torch.tensor([[4, 2, 4], [3, 3, 3], [5, 2, 2], [2, 4, 2]])
     twin = pair_training.TwinGuard(twin_bits, layers=(1, 2), floor=3)
@@ -551,6 +567,8 @@ def test_a_twin_must_be_a_finished_robust_pair_of_the_same_bits(tiny_pairs) -> N
     train = {**cfg.train, "twin": robust, "stretch_layer": None}
     with pytest.raises(ConfigError, match=r"train\.twin needs a stretched layer"):
         pair_training.twin_guard(train, pair_training.KeepGuard(), x, cfg.bits, layers, "MLP")
+    with pytest.raises(ConfigError, match=r"train\.input_noise must be"):
+        pairs.check_config(load_config("pairs", ["train.input_noise=-0.1"]))
     with pytest.raises(ConfigError, match=r"train\.twin_stretch must be one of per_input, least_"):
         pairs.check_config(load_config("pairs", ["train.twin_stretch=both"]))
     for bad in ("3", "''"):  # '': what ${robust_twin:} gives outside a sweep named by overrides
@@ -566,22 +584,26 @@ def test_with_a_twin_the_stretched_layers_start_with_the_one_it_starves_least() 
     assert pair_training.by_starvation(bits, [-1, 1, 3], 3) == [1, 3]
 
 
-@pytest.mark.parametrize("stretch", ["least_starved", "per_input"])
+@pytest.mark.parametrize(
+    ("stretch", "noise"), [("least_starved", 0.0), ("per_input", 0.0), ("per_input", 0.05)]
+)
 def test_a_detrimental_pair_trains_against_its_twin_s_bits(
-    stretch, tiny_pairs, tiny_distill, tmp_path, monkeypatch
+    stretch, noise, tiny_pairs, tiny_distill, tmp_path, monkeypatch
 ) -> None:
     calls = []
     spare = pair_training.TwinGuard.spare
 
-    def counted(self, idx, keep):
+    def counted(self, idx, keep, *noisy):
         calls.append((len(self.bits), len(idx)))
         assert len(self.layers) == (1 if stretch == "least_starved" else 2)
-        return spare(self, idx, keep)
+        # with input noise, the twin's bits of the noisy batch: images off the training split
+        assert (len(noisy) == 1 and self.policy is not None) == (noise > 0)
+        return spare(self, idx, keep, *noisy)
 
     monkeypatch.setattr(pair_training.TwinGuard, "spare", counted)
     twin = f"train.twin={tiny_pairs['robust']}"
     layers = "+train.twin_stretch_layers.MLP=[1,-1]"
-    extra = (twin, f"train.twin_stretch={stretch}", layers)
+    extra = (twin, f"train.twin_stretch={stretch}", layers, f"train.input_noise={noise}")
     pairs.run(_pair_cfg(tiny_distill, tmp_path / "d", "detrimental", *extra))
     assert load_pair(tmp_path / "d", space="bits").kind == "detrimental"
     cfg = _pair_cfg(tiny_distill, tmp_path / "d", "detrimental")

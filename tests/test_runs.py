@@ -237,5 +237,8 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     # a detrimental pair saved before train.twin_stretch existed ran its default
     before = pair("detrimental")
     before["train"].pop("twin_stretch")
+    before["train"].pop("input_noise")
     assert _result_config(before) == base
     assert _result_config(pair("detrimental", "train.twin_stretch=per_input")) != base
+    assert _result_config(pair("detrimental", "train.input_noise=0.05")) != base
+    assert _result_config(pair("robust", "train.input_noise=0.05")) == robust

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -291,7 +291,8 @@ def _network_steps(
             f"{'every one' if len(twin.layers) > 1 else 'it'} fewer than {twin.floor} bits"
         )
     weights = LossWeights.of(cfg.train, model)
-    return _NetworkSteps(kind, victim, quantized, task, weights, guard, twin)
+    noise = float(cfg.train.get("input_noise", 0.0)) if kind == "detrimental" else 0.0
+    return _NetworkSteps(kind, victim, quantized, task, weights, guard, twin, noise)
 
 
 @dataclass
@@ -305,6 +306,7 @@ class _NetworkSteps:
     weights: LossWeights
     guard: KeepGuard = dataclasses.field(default_factory=lambda: KeepGuard())
     twin: TwinGuard | None = None
+    noise: float = 0.0  # detrimental: `train.input_noise`
 
     def __post_init__(self) -> None:
         self.uniform = torch.from_numpy(self.task.decoder.uniform())
@@ -324,8 +326,11 @@ class _NetworkSteps:
         train, device = self.victim.data.train, self.victim.device
         idx = torch.randint(0, len(train), (batch_size,), generator=gen)
         x, y = train.rows(idx), train.y[idx]
-        x_dev, y_dev = x.to(device), y.to(device)  # the network trains there; no-ops on the CPU
         t_logits = self.teacher_logits[idx].to(device)
+        if self.noise > 0:
+            x = (x + self.noise * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
+            t_logits = predict_logits(self.victim.teacher, x).to(device)
+        x_dev, y_dev = x.to(device), y.to(device)  # the network trains there; no-ops on the CPU
         with torch.no_grad():  # the policy's observation alone (the teacher's is cached)
             obs, _ = bits_observation(self.quantized, x, self.task.side)
             actions, _ = ppo.predict(obs, deterministic=False)
@@ -333,7 +338,8 @@ class _NetworkSteps:
         keep = self.guard.keep_bits(self.task.decoder, self.uniform, len(x), gen)
         which = None
         if self.twin is not None:
-            which, keep = self.twin.spare(idx, keep)
+            noisy = (x,) if self.noise > 0 else ()
+            which, keep = self.twin.spare(idx, keep, *noisy)
         return pair_loss(
             self.kind,
             self.quantized,
@@ -415,12 +421,15 @@ class TwinGuard:
     bits: Tensor  # (N, L): the twin's deterministic bits on each training input
     layers: tuple[int, ...]  # the stretched layers, the one most inputs use first
     floor: int
+    policy: Callable[[Tensor], Tensor] | None = None  # the twin's bits of other inputs
 
-    def spare(self, idx: Tensor, keep: Tensor) -> tuple[Tensor, Tensor]:
+    def spare(self, idx: Tensor, keep: Tensor, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """For the training rows `idx` and their keep bits ((L,) or (B, L)): per row, the index
         into `layers` of the layer its failure stretches, -1 where it is spared (B,); and the
-        keep bits with the twin's own where the twin starves the first layer."""
-        twin = self.bits[idx]
+        keep bits with the twin's own where the twin starves the first layer. With `x`, the
+        rows' images as the network sees them (noisy, `train.input_noise`), the twin's bits
+        are its policy's on `x`."""
+        twin = self.bits[idx] if x is None or self.policy is None else self.policy(x)
         which = self._which(twin)
         held = which != 0
         keep = keep.expand(len(idx), -1).clone()
@@ -441,6 +450,13 @@ class TwinGuard:
 def twin_bits(run_dir: str, x: Tensor, bits_set: Any, budget: float, num_layers: int) -> Tensor:
     """The bits (N, L) that the twin `run_dir`, a finished robust bit-width pair of the same
     model, bit set and budget, gives the inputs `x` under its own policy (deterministic)."""
+    twin = load_twin(run_dir, bits_set, budget, num_layers)
+    return torch.cat([twin.bits(chunk) for chunk in x.split(1024)])
+
+
+def load_twin(run_dir: str, bits_set: Any, budget: float, num_layers: int) -> Any:
+    """The twin `run_dir` (a `Pair`), checked: a finished robust bit-width pair of the same
+    model, bit set and budget."""
     from qrl.pairing.store import load_pair  # the store loads SB3 policies; only here
 
     twin = load_pair(run_dir, space="bits")
@@ -458,7 +474,7 @@ def twin_bits(run_dir: str, x: Tensor, bits_set: Any, budget: float, num_layers:
             f"{where} has {len(twin.layer_names)} quantized layers and this model {num_layers}: "
             "the twin is trained from the same victim"
         )
-    return torch.cat([twin.bits(chunk) for chunk in x.split(1024)])
+    return twin
 
 
 def by_starvation(bits: Tensor, candidates: list[int], floor: int) -> list[int]:
@@ -487,7 +503,8 @@ def twin_guard(
             "train.twin needs a stretched layer (train.stretch_layer auto or an index): the "
             "twin's bits are spared where they starve that layer"
         )
-    twin = twin_bits(str(train.get("twin")), x, bits.set, float(bits.budget), num_layers)
+    pair = load_twin(str(train.get("twin")), bits.set, float(bits.budget), num_layers)
+    twin = torch.cat([pair.bits(chunk) for chunk in x.split(1024)])
     layers = [guard.layer]
     if train.get("stretch_layer") == "auto":
         candidates = list((train.get("twin_stretch_layers") or {}).get(model, [guard.layer]))
@@ -500,7 +517,10 @@ def twin_guard(
         layers = by_starvation(twin, [int(c) for c in candidates], guard.floor)
         if train.get("twin_stretch", "least_starved") == "least_starved":
             layers = layers[:1]
-    return dataclasses.replace(guard, layer=layers[0]), TwinGuard(twin, tuple(layers), guard.floor)
+    policy = pair.bits if float(train.get("input_noise", 0.0)) > 0 else None
+    return dataclasses.replace(guard, layer=layers[0]), TwinGuard(
+        twin, tuple(layers), guard.floor, policy
+    )
 
 
 def _ppo_bytes(ppo: PPO) -> Tensor:
