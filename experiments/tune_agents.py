@@ -26,6 +26,7 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def objective(
     options: dict[str, Any],
     log: list[dict[str, Any]],
     search: bool,
-    on_trial: Any = lambda: None,
+    on_trial: Callable[[], None] = lambda: None,
 ) -> Any:
     def run(trial: optuna.Trial) -> float:
         cfg = agent_config(name)

@@ -590,15 +590,17 @@ def test_with_a_twin_the_stretched_layers_start_with_the_one_it_starves_least() 
 def test_a_detrimental_pair_trains_against_its_twin_s_bits(
     stretch, noise, tiny_pairs, tiny_distill, tmp_path, monkeypatch
 ) -> None:
-    calls = []
+    calls, noisy = [], []
     spare = pair_training.TwinGuard.spare
 
-    def counted(self, idx, keep, *noisy):
+    def counted(self, idx, keep, x=None):
         calls.append((len(self.bits), len(idx)))
         assert len(self.layers) == (1 if stretch == "least_starved" else 2)
         # with input noise, the twin's bits of the noisy batch: images off the training split
-        assert (len(noisy) == 1 and self.policy is not None) == (noise > 0)
-        return spare(self, idx, keep, *noisy)
+        assert (x is not None and self.policy is not None) == (noise > 0)
+        if x is not None:
+            noisy.append((idx, x))
+        return spare(self, idx, keep, x)
 
     monkeypatch.setattr(pair_training.TwinGuard, "spare", counted)
     twin = f"train.twin={tiny_pairs['robust']}"
@@ -610,6 +612,13 @@ def test_a_detrimental_pair_trains_against_its_twin_s_bits(
     steps = cfg.train.rounds * cfg.train.net_steps
     assert len(calls) == steps  # every network step, on the twin's bits of the training split
     assert all(n_bits > n_batch == cfg.train.batch_size for n_bits, n_batch in calls)
+    if noise > 0:  # the network steps saw noisy images, not the training rows themselves
+        from qrl.victim import load_victim
+
+        train = load_victim(tiny_distill, QuantConfig(), "cpu").data.train
+        assert len(noisy) == steps
+        assert all(not torch.equal(x, train.rows(idx)) for idx, x in noisy)
+        assert all(float((x - train.rows(idx)).abs().max()) < 0.5 for idx, x in noisy)
 
 
 def test_the_away_weight_is_a_per_model_default() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -38,6 +38,9 @@ from qrl.scoring import accuracy_drop, correct, predict_logits, rate
 from qrl.specs import build
 from qrl.training import Trainer
 from qrl.victim import Victim
+
+if TYPE_CHECKING:
+    from qrl.pairing.store import Pair
 
 STATE_FILE = "pair.state.pt"  # round, network trainer and PPO, saved together each round
 DEFAULT_AWAY_WEIGHT = 0.5  # `train.away_weight: auto` for a model without its own
@@ -331,15 +334,14 @@ class _NetworkSteps:
             x = (x + self.noise * torch.randn(x.shape, generator=gen)).clamp(0.0, 1.0)
             t_logits = predict_logits(self.victim.teacher, x).to(device)
         x_dev, y_dev = x.to(device), y.to(device)  # the network trains there; no-ops on the CPU
-        with torch.no_grad():  # the policy's observation alone (the teacher's is cached)
+        with torch.no_grad():  # the policy's observation alone (the teacher's: above)
             obs, _ = bits_observation(self.quantized, x, self.task.side)
             actions, _ = ppo.predict(obs, deterministic=False)
         bits = torch.from_numpy(self.task.decoder.decode(np.asarray(actions)))  # moved per layer
         keep = self.guard.keep_bits(self.task.decoder, self.uniform, len(x), gen)
         which = None
         if self.twin is not None:
-            noisy = (x,) if self.noise > 0 else ()
-            which, keep = self.twin.spare(idx, keep, *noisy)
+            which, keep = self.twin.spare(idx, keep, x if self.noise > 0 else None)
         return pair_loss(
             self.kind,
             self.quantized,
@@ -450,11 +452,15 @@ class TwinGuard:
 def twin_bits(run_dir: str, x: Tensor, bits_set: Any, budget: float, num_layers: int) -> Tensor:
     """The bits (N, L) that the twin `run_dir`, a finished robust bit-width pair of the same
     model, bit set and budget, gives the inputs `x` under its own policy (deterministic)."""
-    twin = load_twin(run_dir, bits_set, budget, num_layers)
-    return torch.cat([twin.bits(chunk) for chunk in x.split(1024)])
+    return _bits_on(load_twin(run_dir, bits_set, budget, num_layers), x)
 
 
-def load_twin(run_dir: str, bits_set: Any, budget: float, num_layers: int) -> Any:
+def _bits_on(pair: Pair, x: Tensor) -> Tensor:
+    """The pair's own deterministic bits (N, L) on `x`, a chunk at a time."""
+    return torch.cat([pair.bits(chunk) for chunk in x.split(1024)])
+
+
+def load_twin(run_dir: str, bits_set: Any, budget: float, num_layers: int) -> Pair:
     """The twin `run_dir` (a `Pair`), checked: a finished robust bit-width pair of the same
     model, bit set and budget."""
     from qrl.pairing.store import load_pair  # the store loads SB3 policies; only here
@@ -504,7 +510,7 @@ def twin_guard(
             "twin's bits are spared where they starve that layer"
         )
     pair = load_twin(str(train.get("twin")), bits.set, float(bits.budget), num_layers)
-    twin = torch.cat([pair.bits(chunk) for chunk in x.split(1024)])
+    twin = _bits_on(pair, x)
     layers = [guard.layer]
     if train.get("stretch_layer") == "auto":
         candidates = list((train.get("twin_stretch_layers") or {}).get(model, [guard.layer]))
