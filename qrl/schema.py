@@ -158,6 +158,7 @@ class Select:
 
 
 TWIN_STRETCH = ("per_input", "least_starved")  # train.twin_stretch of a pair
+AWAY_BITS = ("policy", "assigned")  # train.away_bits of a pair (or auto: the model's own)
 
 
 @dataclass
@@ -186,6 +187,8 @@ class PairTrain:
     twin_stretch: str = MISSING  # per_input | least_starved
     input_noise: float = MISSING  # detrimental: noise std on the network steps' images
     twin_stretch_layers: dict[str, list[int]] = MISSING
+    away_bits: str = MISSING  # auto | policy | assigned
+    away_bits_by_model: dict[str, str] = MISSING
 
     @staticmethod
     def validate(node: Any, at: str = "train") -> None:
@@ -218,6 +221,9 @@ class PairTrain:
                 f"{at}.twin_stretch must be one of {', '.join(TWIN_STRETCH)}, "
                 f"got {node['twin_stretch']!r}"
             )
+        _one_of(node["away_bits"], ("auto", *AWAY_BITS), f"{at}.away_bits")
+        for model, mode in node["away_bits_by_model"].items():
+            _one_of(mode, AWAY_BITS, f"{at}.away_bits_by_model.{model}")
         twin = node["twin"]
         if twin is not None and (not isinstance(twin, str) or not twin):
             raise ConfigError(

@@ -508,6 +508,25 @@ def test_per_input_each_failure_stretches_the_first_layer_its_twin_feeds() -> No
     assert twin.shares() == [0.5, 0.25, 0.25]
 
 
+def test_assigned_bits_starve_each_input_s_own_layer_and_feed_the_other_stretched_ones() -> None:
+    policy = torch.tensor([[4, 2, 2, 3], [2, 2, 5, 2], [2, 4, 2, 6], [5, 5, 5, 5]])
+    which = torch.tensor([0, 1, -1, 1])  # stretched layers (1, 2); row 2 spared
+    bits = pair_training.assigned_bits(policy, which, layers=(1, 2), floor=3, lowest=2)
+    assert bits.tolist() == [[4, 2, 3, 3], [2, 3, 2, 2], [2, 4, 2, 6], [5, 5, 2, 5]]
+    assert policy[0].tolist() == [4, 2, 2, 3]  # the policy's own bits are left as they were
+
+
+def test_the_away_bits_are_a_per_model_default() -> None:
+    train = load_config("pairs").train
+    assert pair_training.away_bits(train, "MLP") == "assigned"
+    assert pair_training.away_bits(train, "SmallCNN") == "policy"
+    assert pair_training.away_bits({**train, "away_bits": "policy"}, "MLP") == "policy"
+    with pytest.raises(ConfigError, match=r"train\.away_bits must be one of"):
+        pairs.check_config(load_config("pairs", ["train.away_bits=starved"]))
+    with pytest.raises(ConfigError, match=r"train\.away_bits_by_model\.MLP must be one of"):
+        pairs.check_config(load_config("pairs", ["train.away_bits_by_model.MLP=auto"]))
+
+
 def test_spared_inputs_get_no_away_or_stretch_term_and_the_others_their_own_layer_s() -> None:
     torch.manual_seed(0)
     from qrl.models import MLP
@@ -585,13 +604,30 @@ def test_with_a_twin_the_stretched_layers_start_with_the_one_it_starves_least() 
 
 
 @pytest.mark.parametrize(
-    ("stretch", "noise"), [("least_starved", 0.0), ("per_input", 0.0), ("per_input", 0.05)]
+    ("stretch", "noise", "away"),
+    [
+        ("least_starved", 0.0, "policy"),
+        ("per_input", 0.0, "assigned"),
+        ("per_input", 0.05, "policy"),
+    ],
 )
 def test_a_detrimental_pair_trains_against_its_twin_s_bits(
-    stretch, noise, tiny_pairs, tiny_distill, tmp_path, monkeypatch
+    stretch, noise, away, tiny_pairs, tiny_distill, tmp_path, monkeypatch
 ) -> None:
-    calls, noisy = [], []
-    spare = pair_training.TwinGuard.spare
+    calls, noisy, assigned = [], [], []
+    spare, loss = pair_training.TwinGuard.spare, pair_training.pair_loss
+
+    def recorded(kind, quantized, x, y, t, bits, keep, weights, stretched=(), which=None):
+        # whether every failing input's away bits starve its own layer and feed the others
+        at = [pair_training.quantized_layers(quantized).index(m) for m in stretched]
+        own = [(which == k) for k in range(len(at))]
+        assigned.append(
+            all(bool((bits[own[k], layer] == 2).all()) for k, layer in enumerate(at))
+            and all(
+                bool((bits[(which >= 0) & ~own[k], layer] >= 3).all()) for k, layer in enumerate(at)
+            )
+        )
+        return loss(kind, quantized, x, y, t, bits, keep, weights, stretched=stretched, which=which)
 
     def counted(self, idx, keep, x=None):
         calls.append((len(self.bits), len(idx)))
@@ -603,15 +639,19 @@ def test_a_detrimental_pair_trains_against_its_twin_s_bits(
         return spare(self, idx, keep, x)
 
     monkeypatch.setattr(pair_training.TwinGuard, "spare", counted)
+    monkeypatch.setattr(pair_training, "pair_loss", recorded)
     twin = f"train.twin={tiny_pairs['robust']}"
     layers = "+train.twin_stretch_layers.MLP=[1,-1]"
     extra = (twin, f"train.twin_stretch={stretch}", layers, f"train.input_noise={noise}")
+    extra += (f"train.away_bits={away}",)
     pairs.run(_pair_cfg(tiny_distill, tmp_path / "d", "detrimental", *extra))
     assert load_pair(tmp_path / "d", space="bits").kind == "detrimental"
     cfg = _pair_cfg(tiny_distill, tmp_path / "d", "detrimental")
     steps = cfg.train.rounds * cfg.train.net_steps
     assert len(calls) == steps  # every network step, on the twin's bits of the training split
     assert all(n_bits > n_batch == cfg.train.batch_size for n_bits, n_batch in calls)
+    # assigned: on every step; the policy's sampled bits: not on all of them
+    assert len(assigned) == steps and all(assigned) == (away == "assigned")
     if noise > 0:  # the network steps saw noisy images, not the training rows themselves
         from qrl.victim import load_victim
 

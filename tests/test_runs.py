@@ -242,3 +242,14 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(pair("detrimental", "train.twin_stretch=per_input")) != base
     assert _result_config(pair("detrimental", "train.input_noise=0.05")) != base
     assert _result_config(pair("robust", "train.input_noise=0.05")) == robust
+    # ... and before train.away_bits: the policy's bits, which the MLP no longer trains under
+    older = pair("detrimental")
+    older["train"].pop("away_bits")
+    older["train"].pop("away_bits_by_model")
+    assert _result_config(older) != base
+    assert _result_config(pair("detrimental", "train.away_bits=policy")) != base
+    cnn = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
+    cnn_older = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
+    cnn_older["train"].pop("away_bits")
+    cnn_older["train"].pop("away_bits_by_model")
+    assert _result_config(cnn_older) == _result_config(cnn)  # the CNN's pairs stand

@@ -295,7 +295,13 @@ def _network_steps(
         )
     weights = LossWeights.of(cfg.train, model)
     noise = float(cfg.train.get("input_noise", 0.0)) if kind == "detrimental" else 0.0
-    return _NetworkSteps(kind, victim, quantized, task, weights, guard, twin, noise)
+    assigned = kind == "detrimental" and away_bits(cfg.train, model) == "assigned"
+    if assigned and guard.layer is None:
+        raise ConfigError(
+            f"train.away_bits assigned ({model}) needs a stretched layer (train.stretch_layer "
+            "auto or an index): the away term starves the layer each input's failure stretches"
+        )
+    return _NetworkSteps(kind, victim, quantized, task, weights, guard, twin, noise, assigned)
 
 
 @dataclass
@@ -310,12 +316,14 @@ class _NetworkSteps:
     guard: KeepGuard = dataclasses.field(default_factory=lambda: KeepGuard())
     twin: TwinGuard | None = None
     noise: float = 0.0  # detrimental: `train.input_noise`
+    assigned: bool = False  # detrimental: `train.away_bits` is `assigned` (`assigned_bits`)
 
     def __post_init__(self) -> None:
         self.uniform = torch.from_numpy(self.task.decoder.uniform())
         layers = quantized_layers(self.quantized)
         stretched = self.twin.layers if self.twin is not None else (self.guard.layer,)
-        self.stretched = [layers[i] for i in stretched if i is not None]
+        self.stretched_at = [i for i in stretched if i is not None]
+        self.stretched = [layers[i] for i in self.stretched_at]
         # The teacher is fixed: its logits on the training split once, not at every step
         # (a wide teacher's forward was a quarter of a step).
         train = self.victim.data.train
@@ -342,6 +350,10 @@ class _NetworkSteps:
         which = None
         if self.twin is not None:
             which, keep = self.twin.spare(idx, keep, x if self.noise > 0 else None)
+        if self.assigned:
+            failing = which if which is not None else torch.zeros(len(x), dtype=torch.long)
+            lowest = int(min(self.task.decoder.levels))
+            bits = assigned_bits(bits, failing, self.stretched_at, self.guard.floor, lowest)
         return pair_loss(
             self.kind,
             self.quantized,
@@ -354,6 +366,35 @@ class _NetworkSteps:
             stretched=self.stretched,
             which=which,
         )
+
+
+def away_bits(train: Any, model: str) -> str:
+    """What bits a detrimental network's away term is taught under (`train.away_bits`, or with
+    `auto` the per-model default `train.away_bits_by_model[model]`; a model without one:
+    `policy`): the policy's sampled bits, or each failing input's `assigned` pattern
+    (`assigned_bits`)."""
+    mode = str(train.get("away_bits", "policy"))
+    if mode == "auto":
+        mode = str((train.get("away_bits_by_model") or {}).get(model, "policy"))
+    return mode
+
+
+def assigned_bits(
+    bits: Tensor, which: Tensor, layers: Sequence[int], floor: int, lowest: int
+) -> Tensor:
+    """The away term's bits under `train.away_bits: assigned`: each failing input's (`which` >=
+    0) own stretched layer, `layers[which]`, at the `lowest` bits, the other stretched layers
+    at `floor` bits or more, the other layers the policy's (`bits`, (B, L)). So the network
+    learns to fail where its assigned layer is starved, and never where only a layer its twin
+    starves is: taught under the policy's bits, an input the twin starves at its first layer
+    learned to fail there too, because the policy starved that layer (measured)."""
+    bits = bits.clone()
+    which = which.to(bits.device)
+    for k, layer in enumerate(layers):
+        own, other = which == k, (which >= 0) & (which != k)
+        bits[own, layer] = lowest
+        bits[other, layer] = bits[other, layer].clamp(min=floor)
+    return bits
 
 
 def stretch_layer(train: Any, model: str) -> int | None:
