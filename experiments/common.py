@@ -365,8 +365,10 @@ def pair_sweep(
 def pair_settings(runs: Sequence[dict[str, Any]]) -> str:
     """What the pairs were trained with, read from their configs (not typed)."""
     cfg = runs[0]["config"]
+    factors = cfg["train"].get("detrimental_rounds_factor") or {}
+    longer = "".join(f", the {m}'s detrimental pairs {f:g}x" for m, f in sorted(factors.items()))
     return (
-        f"{cfg['train']['rounds']} rounds of (one PPO rollout of "
+        f"{cfg['train']['rounds']} rounds{longer} of (one PPO rollout of "
         f"{cfg['ppo']['n_envs'] * cfg['ppo']['model']['n_steps']} inputs + update, "
         f"{cfg['train']['net_steps']} KD + QAT network steps of {cfg['train']['batch_size']} "
         f"inputs); quantizer `{cfg['quant']['name']}` (activations "

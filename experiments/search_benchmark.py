@@ -26,7 +26,7 @@ import common
 from omegaconf import OmegaConf
 
 from qrl.bench import BLACK_BOX  # the black-box baselines PPO and SAC are held against
-from qrl.planted.family import FOUND_RATE  # an action is in a region at this trigger rate
+from qrl.planted.hard import FOUND_DROP  # a hard member's action is found at this drop
 
 TITLE = "Search speed on planted failures (`python -m qrl.bench`)"
 HARD_TITLE = "Search speed on the hard planted family (`python -m qrl.bench members.family=hard`)"
@@ -135,12 +135,11 @@ def _count(value: float) -> str:
 def approach_line(points: list[dict[str, object]]) -> str:
     """A member's approach profile from `members.json` as one line: the reward (the quantized
     copy's accuracy drop) at each point of the line from the identity action into its region,
-    starred where the point is inside the region."""
+    starred where the point is found (the drop reaches `FOUND_DROP`)."""
 
     def point(p: dict[str, object]) -> str:
         reward = float(p.get("reward", p.get("drop", math.nan)))  # type: ignore[arg-type]
-        inside = float(p.get("trigger_rate", 0.0)) >= FOUND_RATE  # type: ignore[arg-type]
-        return f"{reward:.2f}{'*' if inside else ''}"
+        return f"{reward:.2f}{'*' if reward >= FOUND_DROP else ''}"
 
     return " -> ".join(point(p) for p in points)
 

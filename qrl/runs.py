@@ -43,7 +43,7 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "twin_stretch_layers",
         "input_noise",
         "away_bits",
-        "away_bits_by_model",
+        "detrimental_rounds_factor",
     }
 )
 # The `train` maps of `qrl.pairs` keyed by the student's class: a pair reads its own entry.
@@ -51,7 +51,7 @@ PER_MODEL_TRAIN_KEYS = (
     "away_weights",
     "stretch_layers",
     "twin_stretch_layers",
-    "away_bits_by_model",
+    "detrimental_rounds_factor",
 )
 
 
@@ -216,8 +216,8 @@ def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
         # Pairs saved before these keys existed ran what their defaults do.
         train.setdefault("twin_stretch", "least_starved")
         train.setdefault("input_noise", 0.0)
-        train.setdefault("away_bits", "auto")
-        train.setdefault("away_bits_by_model", {})
+        train.setdefault("away_bits", "policy")
+        train.setdefault("detrimental_rounds_factor", {})
     # Runs saved before `student_class` was recorded: a cached victim's class from its config.
     student = victim.pop("student_class", None) or _cached_student_class(victim)
     if student is not None:

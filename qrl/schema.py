@@ -158,7 +158,7 @@ class Select:
 
 
 TWIN_STRETCH = ("per_input", "least_starved")  # train.twin_stretch of a pair
-AWAY_BITS = ("policy", "assigned")  # train.away_bits of a pair (or auto: the model's own)
+AWAY_BITS = ("policy", "assigned")  # train.away_bits of a pair
 
 
 @dataclass
@@ -166,6 +166,7 @@ class PairTrain:
     """`train` of a network-policy pair (Stage B, conf/pairs.yaml)."""
 
     rounds: int = MISSING
+    detrimental_rounds_factor: dict[str, float] = MISSING
     net_steps: int = MISSING
     batch_size: int = MISSING
     lr: float = MISSING
@@ -187,12 +188,13 @@ class PairTrain:
     twin_stretch: str = MISSING  # per_input | least_starved
     input_noise: float = MISSING  # detrimental: noise std on the network steps' images
     twin_stretch_layers: dict[str, list[int]] = MISSING
-    away_bits: str = MISSING  # auto | policy | assigned
-    away_bits_by_model: dict[str, str] = MISSING
+    away_bits: str = MISSING  # policy | assigned
 
     @staticmethod
     def validate(node: Any, at: str = "train") -> None:
         checked_number(node["rounds"], f"{at}.rounds", int, low=1)
+        for model, rounds in node["detrimental_rounds_factor"].items():
+            checked_number(rounds, f"{at}.detrimental_rounds_factor.{model}", low=0, strict=True)
         checked_number(node["net_steps"], f"{at}.net_steps", int, low=0)
         checked_number(node["batch_size"], f"{at}.batch_size", int, low=1)
         checked_number(node["tau"], f"{at}.tau", low=0, strict=True)
@@ -221,9 +223,7 @@ class PairTrain:
                 f"{at}.twin_stretch must be one of {', '.join(TWIN_STRETCH)}, "
                 f"got {node['twin_stretch']!r}"
             )
-        _one_of(node["away_bits"], ("auto", *AWAY_BITS), f"{at}.away_bits")
-        for model, mode in node["away_bits_by_model"].items():
-            _one_of(mode, AWAY_BITS, f"{at}.away_bits_by_model.{model}")
+        _one_of(node["away_bits"], AWAY_BITS, f"{at}.away_bits")
         twin = node["twin"]
         if twin is not None and (not isinstance(twin, str) or not twin):
             raise ConfigError(

@@ -516,15 +516,17 @@ def test_assigned_bits_starve_each_input_s_own_layer_and_feed_the_other_stretche
     assert policy[0].tolist() == [4, 2, 2, 3]  # the policy's own bits are left as they were
 
 
-def test_the_away_bits_are_a_per_model_default() -> None:
+def test_a_detrimental_pair_s_rounds_are_its_model_s_own_and_bad_settings_are_refused() -> None:
     train = load_config("pairs").train
-    assert pair_training.away_bits(train, "MLP") == "assigned"
-    assert pair_training.away_bits(train, "SmallCNN") == "policy"
-    assert pair_training.away_bits({**train, "away_bits": "policy"}, "MLP") == "policy"
+    assert train.detrimental_rounds_factor.MLP == 2.0
+    assert pair_training.pair_rounds(train, "detrimental", "MLP") == 2 * train.rounds
+    assert pair_training.pair_rounds({**train, "rounds": 3}, "detrimental", "MLP") == 6
+    assert pair_training.pair_rounds(train, "detrimental", "SmallCNN") == train.rounds
+    assert pair_training.pair_rounds(train, "robust", "MLP") == train.rounds  # its twin's
+    with pytest.raises(ConfigError, match=r"train\.detrimental_rounds_factor\.MLP must be"):
+        pairs.check_config(load_config("pairs", ["train.detrimental_rounds_factor.MLP=0"]))
     with pytest.raises(ConfigError, match=r"train\.away_bits must be one of"):
         pairs.check_config(load_config("pairs", ["train.away_bits=starved"]))
-    with pytest.raises(ConfigError, match=r"train\.away_bits_by_model\.MLP must be one of"):
-        pairs.check_config(load_config("pairs", ["train.away_bits_by_model.MLP=auto"]))
 
 
 def test_spared_inputs_get_no_away_or_stretch_term_and_the_others_their_own_layer_s() -> None:
@@ -644,10 +646,13 @@ def test_a_detrimental_pair_trains_against_its_twin_s_bits(
     layers = "+train.twin_stretch_layers.MLP=[1,-1]"
     extra = (twin, f"train.twin_stretch={stretch}", layers, f"train.input_noise={noise}")
     extra += (f"train.away_bits={away}",)
+    # the student's own factor on the rounds (a detrimental pair's): 2 rounds, 1.5x
+    longer = 1.5 if away == "assigned" else 1.0
+    extra += (f"+train.detrimental_rounds_factor.SmallCNN={longer}",)
     pairs.run(_pair_cfg(tiny_distill, tmp_path / "d", "detrimental", *extra))
     assert load_pair(tmp_path / "d", space="bits").kind == "detrimental"
     cfg = _pair_cfg(tiny_distill, tmp_path / "d", "detrimental")
-    steps = cfg.train.rounds * cfg.train.net_steps
+    steps = round(cfg.train.rounds * longer) * cfg.train.net_steps
     assert len(calls) == steps  # every network step, on the twin's bits of the training split
     assert all(n_bits > n_batch == cfg.train.batch_size for n_bits, n_batch in calls)
     # assigned: on every step; the policy's sampled bits: not on all of them

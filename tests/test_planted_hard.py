@@ -141,8 +141,11 @@ def test_a_profile_is_climbable_when_the_reward_rises_before_the_region() -> Non
     needle = ((0.0, 0.0, 0.0), (0.5, 0.0, 0.1), (1.0, 0.9, 0.6))
     never_inside = ((0.0, 0.0, 0.0), (1.0, 0.5, 0.4))
     costs_nothing = ((0.0, 0.0, 0.0), (0.5, 0.2, 0.1), (1.0, 0.0, 0.6))  # a harmless collapse
+    # found where the reward is, not where the unit fires: a jump from 0 to found is a needle
+    jumps = ((0.0, 0.0, 0.0), (0.5, 0.9, 0.1), (1.0, 0.9, 0.6))
     assert climbable(rises)
     assert not climbable(needle)
+    assert not climbable(jumps)
     assert not climbable(never_inside)
     assert not climbable(costs_nothing)
 

@@ -242,14 +242,16 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(pair("detrimental", "train.twin_stretch=per_input")) != base
     assert _result_config(pair("detrimental", "train.input_noise=0.05")) != base
     assert _result_config(pair("robust", "train.input_noise=0.05")) == robust
-    # ... and before train.away_bits: the policy's bits, which the MLP no longer trains under
+    # ... and before train.away_bits and detrimental_rounds_factor: the policy's bits and
+    # train.rounds, which the MLP's detrimental pair no longer trains for
     older = pair("detrimental")
     older["train"].pop("away_bits")
-    older["train"].pop("away_bits_by_model")
+    older["train"].pop("detrimental_rounds_factor")
     assert _result_config(older) != base
-    assert _result_config(pair("detrimental", "train.away_bits=policy")) != base
+    assert _result_config(pair("detrimental", "train.away_bits=assigned")) != base
+    assert _result_config(pair("robust", "train.detrimental_rounds_factor.MLP=7")) == robust
     cnn = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
     cnn_older = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
     cnn_older["train"].pop("away_bits")
-    cnn_older["train"].pop("away_bits_by_model")
+    cnn_older["train"].pop("detrimental_rounds_factor")
     assert _result_config(cnn_older) == _result_config(cnn)  # the CNN's pairs stand

@@ -223,6 +223,7 @@ def train_pair(
         (the trained quantized copy, the PPO model, the bits decoder).
     """
     kind, seed = str(cfg.kind), int(cfg.seed)
+    rounds = pair_rounds(cfg.train, kind, type(victim.student).__name__)
     quantized, trained = _trainable_copy(victim, bool(cfg.train.range_grad))
     venv = QuantBitsVecEnv(
         num_envs=int(cfg.ppo.n_envs),
@@ -232,7 +233,7 @@ def train_pair(
         bits_set=list(cfg.bits.set),
         bits_budget=float(cfg.bits.budget),
     )
-    rounds, net_steps = int(cfg.train.rounds), int(cfg.train.net_steps)
+    net_steps = int(cfg.train.net_steps)
     trainer = Trainer(
         quantized,
         lr=float(cfg.train.lr),
@@ -295,11 +296,11 @@ def _network_steps(
         )
     weights = LossWeights.of(cfg.train, model)
     noise = float(cfg.train.get("input_noise", 0.0)) if kind == "detrimental" else 0.0
-    assigned = kind == "detrimental" and away_bits(cfg.train, model) == "assigned"
+    assigned = kind == "detrimental" and cfg.train.get("away_bits", "policy") == "assigned"
     if assigned and guard.layer is None:
         raise ConfigError(
-            f"train.away_bits assigned ({model}) needs a stretched layer (train.stretch_layer "
-            "auto or an index): the away term starves the layer each input's failure stretches"
+            "train.away_bits assigned needs a stretched layer (train.stretch_layer auto or an "
+            "index): the away term starves the layer each input's failure stretches"
         )
     return _NetworkSteps(kind, victim, quantized, task, weights, guard, twin, noise, assigned)
 
@@ -368,15 +369,13 @@ class _NetworkSteps:
         )
 
 
-def away_bits(train: Any, model: str) -> str:
-    """What bits a detrimental network's away term is taught under (`train.away_bits`, or with
-    `auto` the per-model default `train.away_bits_by_model[model]`; a model without one:
-    `policy`): the policy's sampled bits, or each failing input's `assigned` pattern
-    (`assigned_bits`)."""
-    mode = str(train.get("away_bits", "policy"))
-    if mode == "auto":
-        mode = str((train.get("away_bits_by_model") or {}).get(model, "policy"))
-    return mode
+def pair_rounds(train: Any, kind: str, model: str) -> int:
+    """The rounds a pair trains for: `train.rounds`, times a detrimental pair's model's own
+    `train.detrimental_rounds_factor[model]` (the student's class) where it has one; so a
+    shorter `train.rounds` shortens every pair."""
+    factors = train.get("detrimental_rounds_factor") or {}
+    factor = float(factors.get(model, 1.0)) if kind == "detrimental" else 1.0
+    return max(1, round(int(train["rounds"]) * factor))
 
 
 def assigned_bits(

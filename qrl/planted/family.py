@@ -164,12 +164,19 @@ class Member:
         """Whether `action` is in the member's failure region (a fact, not a gap threshold)."""
         return self.trigger_rate(action) >= FOUND_RATE
 
+    def drop(self, action: np.ndarray) -> float:
+        """The quantized copy's accuracy drop on the fixed draw of `action` (the reward)."""
+        return self._drop_on(*self.reference_inputs(action))
+
     def outside_drop(self, action: np.ndarray) -> float | None:
         """The quantized copy's accuracy drop on the fixed draw of `action`, or None where the
         planted unit fires on any input of the draw (the action is not outside the region)."""
         x, y = self.reference_inputs(action)
         if bool((outlier_value(self.model, x) > 0).any()):  # in the region or on its approach
             return None
+        return self._drop_on(x, y)
+
+    def _drop_on(self, x: Tensor, y: Tensor) -> float:
         with torch.no_grad():
             fp = float((self.model(x).argmax(1) == y).float().mean())
             q = float((self.victim.quantized(x).argmax(1) == y).float().mean())

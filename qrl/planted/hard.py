@@ -15,21 +15,24 @@ that needs the corruption and the class-mixture coordinates to agree.
 
 Like a real failure, the region has a graded approach: the planted outlier grows linearly from
 the approach's edge (`APPROACH` radii) to the region, and with it the quantized copy's accuracy
-drop. `Member.found` is unchanged: half the member's fixed draw of an action is inside the
-region, a fact of the float model.
+drop. An action is found (`HardMember.found`) where the reward says so: the quantized copy
+loses at least `FOUND_DROP` of the member's fixed draw of it. (Version 5 counted the planted
+unit firing on half the draw, a fact of the float model; but the drop saturates near 0.9 on
+the approach, before the unit fires on half the draw, so an agent that climbed the reward to
+its top had not "found" it.)
 
 A generated member is accepted only if
 - the identity action is off its approach (none of the data's own inputs comes near: its
   quantized copy there is the base model's), and the float model keeps >= 90% accuracy at the
   anchor,
 - none of the `VOLUME_BANK` uniform random actions of a shared bank is in its region grown by
-  `MARGIN` (so random search finds few members within 1,000 evaluations; the benchmark
-  measures how few),
+  `MARGIN`, nor found (`_found_in_bank`; so random search finds few members within 1,000
+  evaluations; the benchmark measures how few),
 - outside the approach the quantized copy loses at most 5 points (on the identity and
   `PROBES` random actions), and
 - the reward grows along the line from the identity to the anchor (`approach_profile`): some
-  point before the region pays a partial drop, so the approach can be climbed, and the anchor
-  pays at least half its inputs (`MIN_REGION_DROP`).
+  point before it is found pays a partial drop, so the approach can be climbed, and the anchor
+  is found.
 
 Generating a member takes seconds to minutes (most anchors give a region that is not narrow
 enough), so `hard_member` keeps each one under `$QRL_CACHE/planted`; a seed that admits no
@@ -76,7 +79,7 @@ from qrl.planted.plant import (
 from qrl.quant import QuantConfig, preset
 from qrl.victim import Victim, cache_dir
 
-VERSION = 5  # bump when generation changes: stored members are keyed on it
+VERSION = 6  # bump when generation changes: stored members are keyed on it
 HARD_TUNING_SEEDS = 3_000
 HARD_HELD_OUT_SEEDS = 4_000
 CORE_SHARE = 0.6  # the region's radius holds this share of the anchor's inputs
@@ -87,8 +90,16 @@ ANCHORS = 200  # valid anchors tried per configuration (few give a region that n
 CLASS_WEIGHT = 1.5  # the class term's weight, in medians of the anchor's statistics distance
 BANK_SEED = 7
 LINE_POINTS = 11  # points on the line identity -> anchor of the approach profile
-MIN_APPROACH_DROP = 0.02  # a point before the region must pay at least this drop
-MIN_REGION_DROP = 0.5  # ... and the anchor, in the region, at least this one
+MIN_APPROACH_DROP = 0.02  # a point on the line before it is found pays at least this drop
+FOUND_DROP = 0.5  # an action is found where the quantized copy loses this share of its draw
+
+
+class HardMember(Member):
+    """A hard member: an action is found where its reward, the quantized copy's accuracy drop
+    on the fixed draw, reaches `FOUND_DROP`."""
+
+    def found(self, action: np.ndarray) -> bool:
+        return self.drop(action) >= FOUND_DROP
 
 
 @dataclass(frozen=True)
@@ -208,14 +219,15 @@ def approach_profile(member: Member, anchor: np.ndarray) -> tuple[tuple[float, f
 
 
 def climbable(profile: tuple[tuple[float, float, float], ...]) -> bool:
-    """Some point before the region pays a partial drop, so the approach has a slope to climb,
-    and the region itself pays at least MIN_REGION_DROP at the anchor (a collapse whose
-    constant answer is the class the region favours would cost nothing there)."""
-    before = [drop for _, drop, rate in profile if rate < 0.5]
+    """Some point before the line's first found one pays a partial drop, so the approach has a
+    slope to climb, and the anchor is found (a collapse whose constant answer is the class the
+    region favours would cost nothing there)."""
+    drops = [drop for _, drop, _ in profile]
+    first = next((i for i, drop in enumerate(drops) if drop >= FOUND_DROP), None)
     return (
-        len(before) < len(profile)
-        and max(before, default=0.0) >= MIN_APPROACH_DROP
-        and profile[-1][1] >= MIN_REGION_DROP
+        first is not None
+        and max(drops[:first], default=0.0) >= MIN_APPROACH_DROP
+        and drops[-1] >= FOUND_DROP
     )
 
 
@@ -265,11 +277,11 @@ def _attempt(seed: int, rng: np.random.Generator) -> Member | None:
             seed, arch, bits, granularity, anchor=tuple(anchor.tolist()), narrow=True, region=region
         )
         model = plant_proximity(base, region, calibration, bits, probe)
-        member = Member(spec, model, data)
+        member = HardMember(spec, model, data)
         if member.trigger_rate(anchor) < 0.5 or not confined(member, probes):
             continue
         profile = approach_profile(member, anchor)
-        if not climbable(profile):
+        if not climbable(profile) or _found_in_bank(member, bank, bank_q):
             continue
         member.spec = dataclasses.replace(spec, profile=profile)
         member.probes = tuple(probes)
@@ -309,6 +321,17 @@ def _in_bank(region: Proximity, bank: Tensor, bank_q: Tensor) -> bool:
         if bool((near.float().mean(dim=1) >= 0.5).any()):
             return True
     return False
+
+
+def _found_in_bank(member: Member, bank: Tensor, bank_q: Tensor) -> bool:
+    """Whether the member finds any bank action (`HardMember.found`, on its own fixed draw).
+    Only an action whose bank draw comes within the approach is evaluated: elsewhere the
+    outlier is off, and the quantized copy is the base model's (`confined`)."""
+    spec = member.spec
+    assert isinstance(spec, HardSpec) and spec.region is not None
+    near = (spec.region.distance(bank, bank_q) <= spec.region.approach).any(dim=1)
+    actions = _bank()[0]
+    return any(member.found(actions[i]) for i in torch.nonzero(near).flatten().tolist())
 
 
 def _class_anchors(
@@ -382,7 +405,7 @@ def _load(path: Path) -> Member:
     model = plant_proximity(base, region, data.train.x[:64], spec.bits, probe)
     model.load_state_dict(entry["state"])
     setattr(model, LEVEL, float(entry["level"]))
-    member = Member(spec, model, data)
+    member = HardMember(spec, model, data)
     member.probes = tuple(np.asarray(p) for p in entry["probes"])
     return member
 
