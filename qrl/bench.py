@@ -517,8 +517,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                         f" ({result.wall_s:.1f} s)",
                         flush=True,
                     )
+    # Only this run's agents, members and seeds: runs.jsonl may hold others' (a larger count, or
+    # members of an earlier version of their family, whose names differ).
     names = {str(agent_config(str(n)).name) for n in cfg.agents}
-    results = [r for r in results if r.agent in names]
+    named, seeds = {m.spec.name for m in members}, {int(s) for s in cfg.seeds}
+    results = [r for r in results if r.agent in names and r.member in named and r.seed in seeds]
     # --- summarize and write ---------------------------------------------------------------------
     return write_results(out, cfg, results, budget, started)
 

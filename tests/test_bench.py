@@ -53,9 +53,16 @@ def test_a_tiny_benchmark_counts_evaluations_to_the_region(tmp_path: Path) -> No
     assert "evals to reach random's found fraction at 40" in summary
     assert isinstance(metrics["bench/optuna/above_random_at_40"], bool)
     assert "bench/optuna/evals_to_random_found_ci_high" in metrics
-    # A rerun of the same config resumes: no run is repeated.
-    bench.run(cfg)
-    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 8
+    # A rerun of the same config resumes: no run is repeated; a run of a member this config
+    # does not have (an earlier version of its family) is kept on file, out of the results.
+    stranger = {**runs[0], "agent": "random", "member": "mlp-per_sample-int8-prox3-hard5-s4006"}
+    stranger["found_at"] = stranger["evaluations"] = 1
+    with open(tmp_path / "runs.jsonl", "a") as f:
+        f.write(json.dumps(stranger) + "\n")
+    again = bench.run(cfg)
+    assert len((tmp_path / "runs.jsonl").read_text().splitlines()) == 9
+    assert again["bench/random/found@25"] == pytest.approx(expected)
+    assert again["bench/random/runs"] == metrics["bench/random/runs"] == 4
 
 
 def test_the_bootstrap_resamples_members_and_seeds() -> None:

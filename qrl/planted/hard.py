@@ -116,7 +116,7 @@ class HardSpec(MemberSpec):
     @property
     def name(self) -> str:
         k = len(self.region.statistics) if self.region else 0
-        return f"{self.arch}-{self.granularity}-int{self.bits}-prox{k}-hard-s{self.seed}"
+        return f"{self.arch}-{self.granularity}-int{self.bits}-prox{k}-hard{VERSION}-s{self.seed}"
 
     def describe(self) -> dict[str, object]:
         assert self.region is not None
