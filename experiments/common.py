@@ -366,12 +366,12 @@ def pair_settings(runs: Sequence[dict[str, Any]]) -> str:
     """What the pairs were trained with, read from their configs (not typed)."""
     cfg = runs[0]["config"]
     factors = cfg["train"].get("detrimental_rounds_factor") or {}
-    longer = "".join(f", the {m}'s detrimental pairs {f:g}x" for m, f in sorted(factors.items()))
+    longer = "".join(f"; the {m}'s detrimental pairs {f:g}x as many" for m, f in factors.items())
     return (
-        f"{cfg['train']['rounds']} rounds{longer} of (one PPO rollout of "
+        f"{cfg['train']['rounds']} rounds of (one PPO rollout of "
         f"{cfg['ppo']['n_envs'] * cfg['ppo']['model']['n_steps']} inputs + update, "
         f"{cfg['train']['net_steps']} KD + QAT network steps of {cfg['train']['batch_size']} "
-        f"inputs); quantizer `{cfg['quant']['name']}` (activations "
+        f"inputs){longer}; quantizer `{cfg['quant']['name']}` (activations "
         f"{cfg['quant']['act_granularity']}, {'a' if not cfg['quant']['act_symmetric'] else ''}"
         f"symmetric; weights {cfg['quant']['weight_bits']}-bit "
         f"{cfg['quant']['weight_granularity']}); bit set "
