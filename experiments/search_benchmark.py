@@ -165,8 +165,10 @@ def hard_section(out: Path, command: list[str], default_agent: str) -> str:
             "",
             "Held-out members of `qrl.planted.hard` (never used for tuning): planted failures "
             "whose regions random search rarely hits, each with a graded approach. A run stops "
-            "at its first evaluated action inside the member's region (a fact of the member), "
-            "or after the budget. Found fraction = share of (member, seed) runs that had found "
+            "at its first evaluated action that the member counts as found (the quantized copy "
+            f"loses at least {FOUND_DROP:g} of the member's fixed draw of 256 inputs from it, "
+            "float accuracy minus quantized), or after the budget. Found fraction = share of "
+            "(member, seed) runs that had found "
             "it by that many evaluations; intervals: 95% percentile bootstrap resampling "
             "members and, within them, seeds. Median evaluations to failure counts a run that "
             "never found it as infinite. The table that holds every agent against random gives "
@@ -178,11 +180,10 @@ def hard_section(out: Path, command: list[str], default_agent: str) -> str:
             "",
             summary,
             "",
-            "Members, with their region size (share of 300 uniform random actions inside the "
-            "region) and approach profile: the reward (the quantized copy's accuracy drop, "
-            "float minus quantized, on the member's fixed draw of 256 inputs) at evenly spaced "
-            "points of the line from the identity action to the region's anchor; *: inside "
-            "the region.",
+            "Members, with their region size (share of 300 uniform random actions found) and "
+            "approach profile: the reward (the quantized copy's accuracy drop, float minus "
+            "quantized, on the member's fixed draw of 256 inputs) at evenly spaced points of "
+            "the line from the identity action to the region's anchor; *: found.",
             "",
             *(
                 f"- {m['name']}: region size {m['volume']:.3f}; reward along the line "
