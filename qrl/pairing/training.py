@@ -325,6 +325,7 @@ class _NetworkSteps:
         stretched = self.twin.layers if self.twin is not None else (self.guard.layer,)
         self.stretched_at = [i for i in stretched if i is not None]
         self.stretched = [layers[i] for i in self.stretched_at]
+        self.lowest = int(min(self.task.decoder.levels))  # the assigned layer's bits
         # The teacher is fixed: its logits on the training split once, not at every step
         # (a wide teacher's forward was a quarter of a step).
         train = self.victim.data.train
@@ -353,8 +354,7 @@ class _NetworkSteps:
             which, keep = self.twin.spare(idx, keep, x if self.noise > 0 else None)
         if self.assigned:
             failing = which if which is not None else torch.zeros(len(x), dtype=torch.long)
-            lowest = int(min(self.task.decoder.levels))
-            bits = assigned_bits(bits, failing, self.stretched_at, self.guard.floor, lowest)
+            bits = assigned_bits(bits, failing, self.stretched_at, self.guard.floor, self.lowest)
         return pair_loss(
             self.kind,
             self.quantized,
