@@ -20,6 +20,7 @@ import torch
 
 from qrl import report
 from qrl.cli import EXIT_JOBS_FAILED
+from qrl.pairing.model_defaults import AUTO_KEYS
 from qrl.runs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -367,6 +368,12 @@ def pair_settings(runs: Sequence[dict[str, Any]]) -> str:
     cfg = runs[0]["config"]
     factors = cfg["train"].get("detrimental_rounds_factor") or {}
     longer = "".join(f"; the {m}'s detrimental pairs {f:g}x as many" for m, f in factors.items())
+    own: dict[str, list[str]] = {}  # the per-model defaults that `auto` keys read
+    for key, (map_key, _) in AUTO_KEYS.items():
+        if cfg["train"].get(key) == "auto":
+            for model, value in (cfg["train"].get(map_key) or {}).items():
+                own.setdefault(model, []).append(f"`{key}` {value}")
+    longer += "".join(f"; the {m}'s own {', '.join(v)}" for m, v in own.items())
     return (
         f"{cfg['train']['rounds']} rounds of (one PPO rollout of "
         f"{cfg['ppo']['n_envs'] * cfg['ppo']['model']['n_steps']} inputs + update, "

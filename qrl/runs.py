@@ -32,6 +32,7 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "away_weight",
         "away_weights",
         "keep_weight",
+        "keep_weights",
         "keep_random",
         "keep_floor",
         "stretch_layer",
@@ -40,15 +41,17 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "stretch_ratio",
         "twin",
         "twin_stretch",
+        "twin_stretches",
         "twin_stretch_layers",
         "input_noise",
+        "input_noises",
         "away_bits",
         "detrimental_rounds_factor",
     }
 )
-# The `train` maps of `qrl.pairs` keyed by the student's class: a pair reads its own entry.
+# The `train` maps of `qrl.pairs` keyed by the student's class: a pair reads its own entry
+# (and those of `qrl.pairing.model_defaults.AUTO_KEYS`, where their key is `auto`).
 PER_MODEL_TRAIN_KEYS = (
-    "away_weights",
     "stretch_layers",
     "twin_stretch_layers",
     "detrimental_rounds_factor",
@@ -207,8 +210,10 @@ def finished_run_of(run_dir: str | os.PathLike[str], cfg: Any) -> bool:
 def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
     """A bit-width pair's `train` and `victim` as far as they can change it: a robust pair reads
     none of the detrimental pair's terms, and a pair reads only its own student's entry of the
-    per-model maps. So changing another model's default (or adding a detrimental term) leaves
-    its runs to resume."""
+    per-model maps (an `auto` key, its entry's value). So changing another model's default, a
+    value into `auto` that reads it, or adding a detrimental term, leaves its runs to resume."""
+    from qrl.pairing.model_defaults import resolved
+
     train, victim = dict(cfg.get("train") or {}), dict(cfg.get("victim") or {})
     if cfg.get("kind") == "robust":
         train = {k: v for k, v in train.items() if k not in DETRIMENTAL_TRAIN_KEYS}
@@ -221,6 +226,7 @@ def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
     # Runs saved before `student_class` was recorded: a cached victim's class from its config.
     student = victim.pop("student_class", None) or _cached_student_class(victim)
     if student is not None:
+        train = resolved(train, student)
         for key in PER_MODEL_TRAIN_KEYS:
             if isinstance(train.get(key), dict):
                 train[key] = train[key].get(student)

@@ -174,7 +174,8 @@ class PairTrain:
     tau: float = MISSING
     alpha: float = MISSING
     quant_weight: float = MISSING
-    keep_weight: float = MISSING
+    keep_weight: Any = MISSING  # auto or a weight
+    keep_weights: dict[str, float] = MISSING
     range_grad: bool = MISSING
     away_weight: Any = MISSING  # auto or a weight
     away_weights: dict[str, float] = MISSING
@@ -185,8 +186,10 @@ class PairTrain:
     stretch_weight: float = MISSING
     stretch_ratio: float = MISSING
     twin: Any = MISSING  # null or a finished robust bit-width pair's run dir
-    twin_stretch: str = MISSING  # per_input | least_starved
-    input_noise: float = MISSING  # detrimental: noise std on the network steps' images
+    twin_stretch: str = MISSING  # auto | per_input | least_starved
+    twin_stretches: dict[str, str] = MISSING
+    input_noise: Any = MISSING  # auto or the noise std on a detrimental pair's network steps
+    input_noises: dict[str, float] = MISSING
     twin_stretch_layers: dict[str, list[int]] = MISSING
     away_bits: str = MISSING  # policy | assigned
 
@@ -200,13 +203,14 @@ class PairTrain:
         checked_number(node["tau"], f"{at}.tau", low=0, strict=True)
         checked_number(node["alpha"], f"{at}.alpha", low=0, high=1)
         checked_number(node["lr"], f"{at}.lr", low=0, strict=True)
-        for key in ("quant_weight", "keep_weight", "weight_decay"):
+        for key in ("quant_weight", "weight_decay"):
             checked_number(node[key], f"{at}.{key}", low=0)
-        away = node["away_weight"]
-        if isinstance(away, str) and away != "auto":
-            raise ConfigError(f"{at}.away_weight must be auto or a weight >= 0, got {away!r}")
-        if away != "auto":
-            checked_number(away, f"{at}.away_weight", low=0)
+        for key, what, high in (
+            ("away_weight", "a weight >= 0", None),
+            ("keep_weight", "a weight >= 0", None),
+            ("input_noise", "a noise std in [0, 1]", 1),
+        ):
+            _auto_or_number(node, key, at, what, high)
         checked_number(node["stretch_weight"], f"{at}.stretch_weight", low=0)
         layer = node["stretch_layer"]
         if layer not in ("auto", None) and (isinstance(layer, bool) or not isinstance(layer, int)):
@@ -217,12 +221,9 @@ class PairTrain:
         checked_number(node["keep_random"], f"{at}.keep_random", low=0, high=1)
         checked_number(node["keep_floor"], f"{at}.keep_floor", int, low=2, high=8)
         checked_number(node["stretch_ratio"], f"{at}.stretch_ratio", low=1, strict=True)
-        checked_number(node["input_noise"], f"{at}.input_noise", low=0, high=1)
-        if node["twin_stretch"] not in TWIN_STRETCH:
-            raise ConfigError(
-                f"{at}.twin_stretch must be one of {', '.join(TWIN_STRETCH)}, "
-                f"got {node['twin_stretch']!r}"
-            )
+        _one_of(node["twin_stretch"], ("auto", *TWIN_STRETCH), f"{at}.twin_stretch")
+        for model, stretch in node["twin_stretches"].items():
+            _one_of(stretch, TWIN_STRETCH, f"{at}.twin_stretches.{model}")
         _one_of(node["away_bits"], AWAY_BITS, f"{at}.away_bits")
         twin = node["twin"]
         if twin is not None and (not isinstance(twin, str) or not twin):
@@ -231,6 +232,18 @@ class PairTrain:
                 "(in a sweep whose job dirs are named by their overrides, ${robust_twin:}), "
                 f"got {twin!r}"
             )
+
+
+def _auto_or_number(node: Any, key: str, at: str, what: str, high: float | None) -> None:
+    """`node[key]` is `auto` (the model's entry of `node[key + "s"]`, each checked) or a
+    number >= 0 (and <= `high`)."""
+    value = node[key]
+    if isinstance(value, str) and value != "auto":
+        raise ConfigError(f"{at}.{key} must be auto or {what}, got {value!r}")
+    if value != "auto":
+        checked_number(value, f"{at}.{key}", low=0, high=high)
+    for model, entry in node[f"{key}s"].items():
+        checked_number(entry, f"{at}.{key}s.{model}", low=0, high=high)
 
 
 @dataclass

@@ -13,6 +13,7 @@ from qrl import distill, pairs
 from qrl.checkpoints import load_model
 from qrl.config import instantiate, load_config
 from qrl.errors import CheckpointError, ConfigError
+from qrl.pairing import model_defaults
 from qrl.pairing import training as pair_training
 from qrl.pairing.evaluation import (
     PairEvaluation,
@@ -590,7 +591,9 @@ def test_a_twin_must_be_a_finished_robust_pair_of_the_same_bits(tiny_pairs) -> N
         pair_training.twin_guard(train, pair_training.KeepGuard(), x, cfg.bits, layers, "MLP")
     with pytest.raises(ConfigError, match=r"train\.input_noise must be"):
         pairs.check_config(load_config("pairs", ["train.input_noise=-0.1"]))
-    with pytest.raises(ConfigError, match=r"train\.twin_stretch must be one of per_input, least_"):
+    with pytest.raises(
+        ConfigError, match=r"train\.twin_stretch must be one of \['auto', 'per_input'"
+    ):
         pairs.check_config(load_config("pairs", ["train.twin_stretch=both"]))
     for bad in ("3", "''"):  # '': what ${robust_twin:} gives outside a sweep named by overrides
         with pytest.raises(ConfigError, match=r"train\.twin must be null or the run dir"):
@@ -670,7 +673,34 @@ def test_the_away_weight_is_a_per_model_default() -> None:
     train = load_config("pairs").train
     assert pairs.LossWeights.of(train, "SmallCNN").away_weight == train.away_weights.SmallCNN
     assert pairs.LossWeights.of(train, "MLP").away_weight == train.away_weights.MLP
-    assert pairs.LossWeights.of(train, "Unknown").away_weight == pair_training.DEFAULT_AWAY_WEIGHT
+    assert pairs.LossWeights.of(train, "Unknown").away_weight == model_defaults.DEFAULT_AWAY_WEIGHT
     assert pairs.LossWeights.of({**train, "away_weight": 0.25}, "SmallCNN").away_weight == 0.25
     with pytest.raises(ConfigError, match="away_weight must be auto or a weight >= 0, got 'x'"):
         pairs.check_config(load_config("pairs", ["train.away_weight=x"]))
+
+
+def test_auto_settings_read_the_model_s_own_entry_and_a_given_value_wins() -> None:
+    train = load_config("pairs").train
+    cnn = {k: model_defaults.model_setting(train, k, "SmallCNN") for k in model_defaults.AUTO_KEYS}
+    assert cnn == {
+        "away_weight": train.away_weights.SmallCNN,
+        "keep_weight": train.keep_weights.SmallCNN,
+        "input_noise": train.input_noises.SmallCNN,
+        "twin_stretch": train.twin_stretches.SmallCNN,
+    }
+    fallback = {k: v for k, (_, v) in model_defaults.AUTO_KEYS.items()}
+    assert {k: model_defaults.model_setting({}, k, "MLP") for k in fallback} == fallback
+    assert (
+        model_defaults.model_setting({**train, "keep_weight": 0.25}, "keep_weight", "SmallCNN")
+        == 0.25
+    )
+    assert pairs.LossWeights.of(train, "SmallCNN").keep_weight == train.keep_weights.SmallCNN
+    assert pairs.LossWeights.of(train, "Unknown").keep_weight == 1.0
+    # as a run's identity reads it: values, not the maps they came from
+    plain = model_defaults.resolved(train, "SmallCNN")
+    assert not {m for m, _ in model_defaults.AUTO_KEYS.values()} & set(plain)
+    assert {k: plain[k] for k in cnn} == cnn and plain["rounds"] == train.rounds
+    with pytest.raises(ConfigError, match=r"train\.keep_weights\.MLP must be >= 0"):
+        pairs.check_config(load_config("pairs", ["+train.keep_weights.MLP=-1"]))
+    with pytest.raises(ConfigError, match=r"train\.twin_stretches\.MLP must be one of"):
+        pairs.check_config(load_config("pairs", ["+train.twin_stretches.MLP=both"]))

@@ -250,8 +250,23 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(older) != base
     assert _result_config(pair("detrimental", "train.away_bits=assigned")) != base
     assert _result_config(pair("robust", "train.detrimental_rounds_factor.MLP=7")) == robust
+    wide = pair("detrimental", "victim.model=resnet18", student_class="ResNet18")
+    wide_older = pair("detrimental", "victim.model=resnet18", student_class="ResNet18")
+    wide_older["train"].pop("away_bits")
+    wide_older["train"].pop("detrimental_rounds_factor")
+    assert _result_config(wide_older) == _result_config(wide)  # the ResNet's pairs stand
+    # `auto` settings compare by the value they read: an MLP saved with the explicit fallbacks
+    # stands, a CNN saved with them (before its own defaults) trains again
+    explicit = (
+        "train.keep_weight=1.0",
+        "train.input_noise=0.0",
+        "train.twin_stretch=least_starved",
+    )
+    assert _result_config(pair("detrimental", *explicit)) == base
     cnn = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
-    cnn_older = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
-    cnn_older["train"].pop("away_bits")
-    cnn_older["train"].pop("detrimental_rounds_factor")
-    assert _result_config(cnn_older) == _result_config(cnn)  # the CNN's pairs stand
+    cnn_before = pair("detrimental", "victim.model=cnn", *explicit, student_class="SmallCNN")
+    assert _result_config(cnn_before) != _result_config(cnn)
+    own = ("train.keep_weight=1.5", "train.input_noise=0.05", "train.twin_stretch=per_input")
+    cnn_own = pair("detrimental", "victim.model=cnn", *own, student_class="SmallCNN")
+    assert _result_config(cnn_own) == _result_config(cnn)
+    assert _result_config(pair("detrimental", "train.keep_weights.SmallCNN=9")) == base

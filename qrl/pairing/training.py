@@ -30,6 +30,7 @@ from qrl.distillation import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation
 from qrl.errors import CheckpointError, ConfigError
 from qrl.loggers import RunLogger
+from qrl.pairing.model_defaults import model_setting
 from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, layer_names, quantized_copy, using_bits
 from qrl.quant.modules import float_path, quantized_layers
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from qrl.pairing.store import Pair
 
 STATE_FILE = "pair.state.pt"  # round, network trainer and PPO, saved together each round
-DEFAULT_AWAY_WEIGHT = 0.5  # `train.away_weight: auto` for a model without its own
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,12 @@ class LossWeights:
     @classmethod
     def of(cls, train: Any, model: str = "") -> LossWeights:
         """From a pair config's `train` node, or any mapping with those keys (`away_weight`
-        missing: `quant_weight`, as before it existed; `auto`: `away_weights[model]`, the
-        student's class, else `DEFAULT_AWAY_WEIGHT`; the stretch's missing: no stretch)."""
+        missing: `quant_weight`, as before it existed; `auto` weights: the student class
+        `model`'s own, `qrl.pairing.model_defaults`; the stretch's missing: no stretch)."""
         given = {f.name: train[f.name] for f in fields(cls) if f.name in train}
-        if given.get("away_weight") == "auto":
-            weights = train.get("away_weights") or {}
-            given["away_weight"] = weights.get(model, DEFAULT_AWAY_WEIGHT)
+        for key in ("away_weight", "keep_weight"):
+            if key in given:
+                given[key] = model_setting(train, key, model)
         values = {name: float(value) for name, value in given.items()}
         values.setdefault("away_weight", values.get("quant_weight", 1.0))
         return cls(**values)
@@ -295,7 +295,7 @@ def _network_steps(
             f"{'every one' if len(twin.layers) > 1 else 'it'} fewer than {twin.floor} bits"
         )
     weights = LossWeights.of(cfg.train, model)
-    noise = float(cfg.train.get("input_noise", 0.0)) if kind == "detrimental" else 0.0
+    noise = float(model_setting(cfg.train, "input_noise", model)) if kind == "detrimental" else 0.0
     assigned = kind == "detrimental" and cfg.train.get("away_bits", "policy") == "assigned"
     if assigned and guard.layer is None:
         raise ConfigError(
@@ -561,9 +561,9 @@ def twin_guard(
                 f"{candidates}"
             )
         layers = by_starvation(twin, [int(c) for c in candidates], guard.floor)
-        if train.get("twin_stretch", "least_starved") == "least_starved":
+        if model_setting(train, "twin_stretch", model) == "least_starved":
             layers = layers[:1]
-    policy = pair.bits if float(train.get("input_noise", 0.0)) > 0 else None
+    policy = pair.bits if float(model_setting(train, "input_noise", model)) > 0 else None
     return dataclasses.replace(guard, layer=layers[0]), TwinGuard(
         twin, tuple(layers), guard.floor, policy
     )
