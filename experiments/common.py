@@ -20,7 +20,7 @@ import torch
 
 from qrl import report
 from qrl.cli import EXIT_JOBS_FAILED
-from qrl.pairing.model_defaults import AUTO_KEYS
+from qrl.model_defaults import AUTO_KEYS
 from qrl.runs import atomic_write
 
 ROOT = Path(__file__).resolve().parents[1]

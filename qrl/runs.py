@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 import qrl
+from qrl.model_defaults import resolved
 
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
@@ -50,7 +51,7 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
     }
 )
 # The `train` maps of `qrl.pairs` keyed by the student's class: a pair reads its own entry
-# (and those of `qrl.pairing.model_defaults.AUTO_KEYS`, where their key is `auto`).
+# (and those of `qrl.model_defaults.AUTO_KEYS`, where their key is `auto`).
 PER_MODEL_TRAIN_KEYS = (
     "stretch_layers",
     "twin_stretch_layers",
@@ -212,8 +213,6 @@ def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
     none of the detrimental pair's terms, and a pair reads only its own student's entry of the
     per-model maps (an `auto` key, its entry's value). So changing another model's default, a
     value into `auto` that reads it, or adding a detrimental term, leaves its runs to resume."""
-    from qrl.pairing.model_defaults import resolved
-
     train, victim = dict(cfg.get("train") or {}), dict(cfg.get("victim") or {})
     if cfg.get("kind") == "robust":
         train = {k: v for k, v in train.items() if k not in DETRIMENTAL_TRAIN_KEYS}

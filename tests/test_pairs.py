@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from qrl import distill, pairs
+from qrl import distill, model_defaults, pairs
 from qrl.checkpoints import load_model
 from qrl.config import instantiate, load_config
 from qrl.errors import CheckpointError, ConfigError
-from qrl.pairing import model_defaults
 from qrl.pairing import training as pair_training
 from qrl.pairing.evaluation import (
     PairEvaluation,
@@ -522,7 +521,7 @@ def test_a_detrimental_pair_s_rounds_are_its_model_s_own_and_bad_settings_are_re
     assert train.detrimental_rounds_factor.MLP == 2.0
     assert pair_training.pair_rounds(train, "detrimental", "MLP") == 2 * train.rounds
     assert pair_training.pair_rounds({**train, "rounds": 3}, "detrimental", "MLP") == 6
-    assert pair_training.pair_rounds(train, "detrimental", "SmallCNN") == train.rounds
+    assert pair_training.pair_rounds(train, "detrimental", "ResNet18") == train.rounds  # no entry
     assert pair_training.pair_rounds(train, "robust", "MLP") == train.rounds  # its twin's
     with pytest.raises(ConfigError, match=r"train\.detrimental_rounds_factor\.MLP must be"):
         pairs.check_config(load_config("pairs", ["train.detrimental_rounds_factor.MLP=0"]))

@@ -30,7 +30,7 @@ from qrl.distillation import kd_loss
 from qrl.envs.quant_bits import QuantBitsVecEnv, bits_observation
 from qrl.errors import CheckpointError, ConfigError
 from qrl.loggers import RunLogger
-from qrl.pairing.model_defaults import model_setting
+from qrl.model_defaults import model_setting
 from qrl.policies import BitsDecoder
 from qrl.quant import QuantConfig, layer_names, quantized_copy, using_bits
 from qrl.quant.modules import float_path, quantized_layers
@@ -63,7 +63,7 @@ class LossWeights:
     def of(cls, train: Any, model: str = "") -> LossWeights:
         """From a pair config's `train` node, or any mapping with those keys (`away_weight`
         missing: `quant_weight`, as before it existed; `auto` weights: the student class
-        `model`'s own, `qrl.pairing.model_defaults`; the stretch's missing: no stretch)."""
+        `model`'s own, `qrl.model_defaults`; the stretch's missing: no stretch)."""
         given = {f.name: train[f.name] for f in fields(cls) if f.name in train}
         for key in ("away_weight", "keep_weight"):
             if key in given:
