@@ -18,6 +18,7 @@ AUTO_KEYS: dict[str, tuple[str, Any]] = {
     "keep_weight": ("keep_weights", 1.0),
     "input_noise": ("input_noises", 0.0),
     "twin_stretch": ("twin_stretches", "least_starved"),
+    "away_bits": ("away_bits_per_model", "policy"),
 }
 
 

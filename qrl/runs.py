@@ -47,6 +47,7 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "input_noise",
         "input_noises",
         "away_bits",
+        "away_bits_per_model",
         "detrimental_rounds_factor",
     }
 )

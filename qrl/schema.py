@@ -191,7 +191,8 @@ class PairTrain:
     input_noise: Any = MISSING  # auto or the noise std on a detrimental pair's network steps
     input_noises: dict[str, float] = MISSING
     twin_stretch_layers: dict[str, list[int]] = MISSING
-    away_bits: str = MISSING  # policy | assigned
+    away_bits: str = MISSING  # auto | policy | assigned
+    away_bits_per_model: dict[str, str] = MISSING
 
     @staticmethod
     def validate(node: Any, at: str = "train") -> None:
@@ -224,7 +225,9 @@ class PairTrain:
         _one_of(node["twin_stretch"], ("auto", *TWIN_STRETCH), f"{at}.twin_stretch")
         for model, stretch in node["twin_stretches"].items():
             _one_of(stretch, TWIN_STRETCH, f"{at}.twin_stretches.{model}")
-        _one_of(node["away_bits"], AWAY_BITS, f"{at}.away_bits")
+        _one_of(node["away_bits"], ("auto", *AWAY_BITS), f"{at}.away_bits")
+        for model, bits in node["away_bits_per_model"].items():
+            _one_of(bits, AWAY_BITS, f"{at}.away_bits_per_model.{model}")
         twin = node["twin"]
         if twin is not None and (not isinstance(twin, str) or not twin):
             raise ConfigError(

@@ -686,7 +686,9 @@ def test_auto_settings_read_the_model_s_own_entry_and_a_given_value_wins() -> No
         "keep_weight": train.keep_weights.SmallCNN,
         "input_noise": train.input_noises.SmallCNN,
         "twin_stretch": train.twin_stretches.SmallCNN,
+        "away_bits": "policy",  # no entry of its own: the fallback
     }
+    assert model_defaults.model_setting(train, "away_bits", "MLP") == "assigned"
     fallback = {k: v for k, (_, v) in model_defaults.AUTO_KEYS.items()}
     assert {k: model_defaults.model_setting({}, k, "MLP") for k in fallback} == fallback
     assert (
@@ -700,6 +702,8 @@ def test_auto_settings_read_the_model_s_own_entry_and_a_given_value_wins() -> No
     assert not {m for m, _ in model_defaults.AUTO_KEYS.values()} & set(plain)
     assert {k: plain[k] for k in cnn} == cnn and plain["rounds"] == train.rounds
     with pytest.raises(ConfigError, match=r"train\.keep_weights\.MLP must be >= 0"):
-        pairs.check_config(load_config("pairs", ["+train.keep_weights.MLP=-1"]))
+        pairs.check_config(load_config("pairs", ["train.keep_weights.MLP=-1"]))
     with pytest.raises(ConfigError, match=r"train\.twin_stretches\.MLP must be one of"):
         pairs.check_config(load_config("pairs", ["+train.twin_stretches.MLP=both"]))
+    with pytest.raises(ConfigError, match=r"train\.away_bits_per_model\.MLP must be one of"):
+        pairs.check_config(load_config("pairs", ["train.away_bits_per_model.MLP=starved"]))

@@ -234,13 +234,19 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     robust = _result_config(pair("robust"))
     assert _result_config(pair("robust", "train.keep_floor=4", "train.twin=a")) == robust
     assert _result_config(pair("robust", "train.rounds=7")) != robust
-    # a detrimental pair saved before train.twin_stretch existed ran its default
-    before = pair("detrimental")
+    # a detrimental pair saved before train.twin_stretch existed ran its default, which a
+    # model without its own (the ResNet) still reads; the MLP now has its own noise
+    resnet = ("victim.model=resnet18",)
+    before = pair("detrimental", *resnet, student_class="ResNet18")
     before["train"].pop("twin_stretch")
     before["train"].pop("input_noise")
-    assert _result_config(before) == base
+    resnet_base = _result_config(pair("detrimental", *resnet, student_class="ResNet18"))
+    assert _result_config(before) == resnet_base
+    mlp_before = pair("detrimental")
+    mlp_before["train"].pop("input_noise")
+    assert _result_config(mlp_before) != base
     assert _result_config(pair("detrimental", "train.twin_stretch=per_input")) != base
-    assert _result_config(pair("detrimental", "train.input_noise=0.05")) != base
+    assert _result_config(pair("detrimental", "train.input_noise=0.1")) != base
     assert _result_config(pair("robust", "train.input_noise=0.05")) == robust
     # ... and before train.away_bits and detrimental_rounds_factor: the policy's bits and
     # train.rounds, which the MLP's detrimental pair no longer trains for
@@ -248,21 +254,28 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     older["train"].pop("away_bits")
     older["train"].pop("detrimental_rounds_factor")
     assert _result_config(older) != base
-    assert _result_config(pair("detrimental", "train.away_bits=assigned")) != base
+    assert _result_config(pair("detrimental", "train.away_bits=policy")) != base
     assert _result_config(pair("robust", "train.detrimental_rounds_factor.MLP=7")) == robust
     wide = pair("detrimental", "victim.model=resnet18", student_class="ResNet18")
     wide_older = pair("detrimental", "victim.model=resnet18", student_class="ResNet18")
     wide_older["train"].pop("away_bits")
     wide_older["train"].pop("detrimental_rounds_factor")
     assert _result_config(wide_older) == _result_config(wide)  # the ResNet's pairs stand
-    # `auto` settings compare by the value they read: an MLP saved with the explicit fallbacks
-    # stands, a CNN saved with them (before its own defaults) trains again
+    # `auto` settings compare by the value they read: an MLP saved with its own values
+    # stands, and one (or a CNN) saved with the fallbacks (before their own defaults) trains again
+    mlp_own = (
+        "train.keep_weight=1.5",
+        "train.input_noise=0.05",
+        "train.twin_stretch=least_starved",
+        "train.away_bits=assigned",
+    )
+    assert _result_config(pair("detrimental", *mlp_own)) == base
     explicit = (
         "train.keep_weight=1.0",
         "train.input_noise=0.0",
         "train.twin_stretch=least_starved",
     )
-    assert _result_config(pair("detrimental", *explicit)) == base
+    assert _result_config(pair("detrimental", *explicit)) != base
     cnn = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
     cnn_before = pair("detrimental", "victim.model=cnn", *explicit, student_class="SmallCNN")
     assert _result_config(cnn_before) != _result_config(cnn)

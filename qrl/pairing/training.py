@@ -296,7 +296,7 @@ def _network_steps(
         )
     weights = LossWeights.of(cfg.train, model)
     noise = float(model_setting(cfg.train, "input_noise", model)) if kind == "detrimental" else 0.0
-    assigned = kind == "detrimental" and cfg.train.get("away_bits", "policy") == "assigned"
+    assigned = kind == "detrimental" and model_setting(cfg.train, "away_bits", model) == "assigned"
     if assigned and guard.layer is None:
         raise ConfigError(
             "train.away_bits assigned needs a stretched layer (train.stretch_layer auto or an "
