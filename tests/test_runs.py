@@ -235,13 +235,11 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(pair("robust", "train.keep_floor=4", "train.twin=a")) == robust
     assert _result_config(pair("robust", "train.rounds=7")) != robust
     # a detrimental pair saved before train.twin_stretch existed ran its default, which a
-    # model without its own (the ResNet) still reads; the MLP now has its own noise
-    resnet = ("victim.model=resnet18",)
-    before = pair("detrimental", *resnet, student_class="ResNet18")
+    # student class without its own (a user's) still reads; the MLP now has its own noise
+    before = pair("detrimental", student_class="UsersNet")
     before["train"].pop("twin_stretch")
     before["train"].pop("input_noise")
-    resnet_base = _result_config(pair("detrimental", *resnet, student_class="ResNet18"))
-    assert _result_config(before) == resnet_base
+    assert _result_config(before) == _result_config(pair("detrimental", student_class="UsersNet"))
     mlp_before = pair("detrimental")
     mlp_before["train"].pop("input_noise")
     assert _result_config(mlp_before) != base
@@ -258,9 +256,10 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(pair("robust", "train.detrimental_rounds_factor.MLP=7")) == robust
     wide = pair("detrimental", "victim.model=resnet18", student_class="ResNet18")
     wide_older = pair("detrimental", "victim.model=resnet18", student_class="ResNet18")
-    wide_older["train"].pop("away_bits")
     wide_older["train"].pop("detrimental_rounds_factor")
-    assert _result_config(wide_older) == _result_config(wide)  # the ResNet's pairs stand
+    assert _result_config(wide_older) == _result_config(wide)  # no factor of its own: it stands
+    wide_older["train"].pop("away_bits")
+    assert _result_config(wide_older) != _result_config(wide)  # it has its own away_bits now
     # `auto` settings compare by the value they read: an MLP saved with its own values
     # stands, and one (or a CNN) saved with the fallbacks (before their own defaults) trains again
     mlp_own = (
