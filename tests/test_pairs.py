@@ -680,27 +680,25 @@ def test_the_away_weight_is_a_per_model_default() -> None:
 
 def test_auto_settings_read_the_model_s_own_entry_and_a_given_value_wins() -> None:
     train = load_config("pairs").train
-    cnn = {k: model_defaults.model_setting(train, k, "SmallCNN") for k in model_defaults.AUTO_KEYS}
-    assert cnn == {
-        "away_weight": train.away_weights.SmallCNN,
-        "keep_weight": train.keep_weights.SmallCNN,
-        "input_noise": train.input_noises.SmallCNN,
-        "twin_stretch": train.twin_stretches.SmallCNN,
-        "away_bits": "policy",  # no entry of its own: the fallback
+    mlp = {k: model_defaults.model_setting(train, k, "MLP") for k in model_defaults.AUTO_KEYS}
+    assert mlp == {
+        "away_weight": train.away_weights.MLP,
+        "keep_weight": train.keep_weights.MLP,
+        "input_noise": train.input_noises.MLP,
+        "twin_stretch": "least_starved",  # no entry of its own: the fallback
+        "away_bits": train.away_bits_per_model.MLP,
     }
-    assert model_defaults.model_setting(train, "away_bits", "MLP") == "assigned"
     fallback = {k: v for k, (_, v) in model_defaults.AUTO_KEYS.items()}
     assert {k: model_defaults.model_setting({}, k, "MLP") for k in fallback} == fallback
     assert (
-        model_defaults.model_setting({**train, "keep_weight": 0.25}, "keep_weight", "SmallCNN")
-        == 0.25
+        model_defaults.model_setting({**train, "keep_weight": 0.25}, "keep_weight", "MLP") == 0.25
     )
-    assert pairs.LossWeights.of(train, "SmallCNN").keep_weight == train.keep_weights.SmallCNN
+    assert pairs.LossWeights.of(train, "MLP").keep_weight == train.keep_weights.MLP
     assert pairs.LossWeights.of(train, "Unknown").keep_weight == 1.0
     # as a run's identity reads it: values, not the maps they came from
-    plain = model_defaults.resolved(train, "SmallCNN")
+    plain = model_defaults.resolved(train, "MLP")
     assert not {m for m, _ in model_defaults.AUTO_KEYS.values()} & set(plain)
-    assert {k: plain[k] for k in cnn} == cnn and plain["rounds"] == train.rounds
+    assert {k: plain[k] for k in mlp} == mlp and plain["rounds"] == train.rounds
     with pytest.raises(ConfigError, match=r"train\.keep_weights\.MLP must be >= 0"):
         pairs.check_config(load_config("pairs", ["train.keep_weights.MLP=-1"]))
     with pytest.raises(ConfigError, match=r"train\.twin_stretches\.MLP must be one of"):
