@@ -222,12 +222,8 @@ class PairTrain:
         checked_number(node["keep_random"], f"{at}.keep_random", low=0, high=1)
         checked_number(node["keep_floor"], f"{at}.keep_floor", int, low=2, high=8)
         checked_number(node["stretch_ratio"], f"{at}.stretch_ratio", low=1, strict=True)
-        _one_of(node["twin_stretch"], ("auto", *TWIN_STRETCH), f"{at}.twin_stretch")
-        for model, stretch in node["twin_stretches"].items():
-            _one_of(stretch, TWIN_STRETCH, f"{at}.twin_stretches.{model}")
-        _one_of(node["away_bits"], ("auto", *AWAY_BITS), f"{at}.away_bits")
-        for model, bits in node["away_bits_per_model"].items():
-            _one_of(bits, AWAY_BITS, f"{at}.away_bits_per_model.{model}")
+        _auto_or_one_of(node, "twin_stretch", "twin_stretches", TWIN_STRETCH, at)
+        _auto_or_one_of(node, "away_bits", "away_bits_per_model", AWAY_BITS, at)
         twin = node["twin"]
         if twin is not None and (not isinstance(twin, str) or not twin):
             raise ConfigError(
@@ -235,6 +231,14 @@ class PairTrain:
                 "(in a sweep whose job dirs are named by their overrides, ${robust_twin:}), "
                 f"got {twin!r}"
             )
+
+
+def _auto_or_one_of(node: Any, key: str, map_key: str, choices: tuple[str, ...], at: str) -> None:
+    """`node[key]` is `auto` (the model's entry of `node[map_key]`, each checked) or one of
+    `choices`."""
+    _one_of(node[key], ("auto", *choices), f"{at}.{key}")
+    for model, entry in node[map_key].items():
+        _one_of(entry, choices, f"{at}.{map_key}.{model}")
 
 
 def _auto_or_number(node: Any, key: str, at: str, what: str, high: float | None) -> None:
