@@ -647,7 +647,10 @@ def test_a_detrimental_pair_trains_against_its_twin_s_bits(
     twin = f"train.twin={tiny_pairs['robust']}"
     layers = "+train.twin_stretch_layers.MLP=[1,-1]"
     extra = (twin, f"train.twin_stretch={stretch}", layers, f"train.input_noise={noise}")
-    extra += (f"train.away_bits={away}",)
+    if away == "assigned":  # through `auto`: the student class's own entry
+        extra += ("train.away_bits=auto", "+train.away_bits_per_model.SmallCNN=assigned")
+    else:
+        extra += (f"train.away_bits={away}",)
     # the student's own factor on the rounds (a detrimental pair's): 2 rounds, 1.5x
     longer = 1.5 if away == "assigned" else 1.0
     extra += (f"+train.detrimental_rounds_factor.SmallCNN={longer}",)
