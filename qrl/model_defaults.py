@@ -19,6 +19,7 @@ AUTO_KEYS: dict[str, tuple[str, Any]] = {
     "input_noise": ("input_noises", 0.0),
     "twin_stretch": ("twin_stretches", "least_starved"),
     "away_bits": ("away_bits_per_model", "policy"),
+    "twin_spare": ("twin_spares", "seen"),
 }
 
 

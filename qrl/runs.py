@@ -48,6 +48,8 @@ DETRIMENTAL_TRAIN_KEYS = frozenset(
         "input_noises",
         "away_bits",
         "away_bits_per_model",
+        "twin_spare",
+        "twin_spares",
         "detrimental_rounds_factor",
     }
 )
@@ -222,6 +224,7 @@ def _pair_result_keys(cfg: dict[str, Any]) -> dict[str, Any]:
         train.setdefault("twin_stretch", "least_starved")
         train.setdefault("input_noise", 0.0)
         train.setdefault("away_bits", "policy")
+        train.setdefault("twin_spare", "seen")
         train.setdefault("detrimental_rounds_factor", {})
     # Runs saved before `student_class` was recorded: a cached victim's class from its config.
     student = victim.pop("student_class", None) or _cached_student_class(victim)

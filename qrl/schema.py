@@ -159,6 +159,7 @@ class Select:
 
 TWIN_STRETCH = ("per_input", "least_starved")  # train.twin_stretch of a pair
 AWAY_BITS = ("policy", "assigned")  # train.away_bits of a pair
+TWIN_SPARE = ("seen", "either")  # train.twin_spare of a pair
 
 
 @dataclass
@@ -193,6 +194,8 @@ class PairTrain:
     twin_stretch_layers: dict[str, list[int]] = MISSING
     away_bits: str = MISSING  # auto | policy | assigned
     away_bits_per_model: dict[str, str] = MISSING
+    twin_spare: str = MISSING  # auto | seen | either
+    twin_spares: dict[str, str] = MISSING
 
     @staticmethod
     def validate(node: Any, at: str = "train") -> None:
@@ -224,6 +227,7 @@ class PairTrain:
         checked_number(node["stretch_ratio"], f"{at}.stretch_ratio", low=1, strict=True)
         _auto_or_one_of(node, "twin_stretch", "twin_stretches", TWIN_STRETCH, at)
         _auto_or_one_of(node, "away_bits", "away_bits_per_model", AWAY_BITS, at)
+        _auto_or_one_of(node, "twin_spare", "twin_spares", TWIN_SPARE, at)
         twin = node["twin"]
         if twin is not None and (not isinstance(twin, str) or not twin):
             raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -497,6 +498,29 @@ def test_on_noisy_images_the_twin_guard_asks_the_twin_s_policy() -> None:
     assert keep[0].tolist() == [4, 2, 4]  # held to the twin's bits of the noisy image
 
 
+def test_with_twin_spare_either_a_layer_feeds_a_failure_only_where_both_images_feed_it() -> None:
+    clean = torch.tensor([[4, 4, 4], [4, 2, 4], [4, 4, 4], [4, 2, 2]])  # the stored bits
+    noisy_bits = torch.tensor([[4, 4, 4], [4, 4, 4], [4, 2, 4], [4, 4, 4]])
+
+    def policy(x: torch.Tensor) -> torch.Tensor:
+        return noisy_bits
+
+    idx, noisy = torch.arange(4), torch.rand(4, 1, 8, 8)
+    seen = pair_training.TwinGuard(clean, layers=(1, 2), floor=3, policy=policy)
+    either = dataclasses.replace(seen, either=True)
+    assert seen.spare(idx, torch.full((3,), 4), noisy)[0].tolist() == [0, 0, 1, 0]
+    which, keep = either.spare(idx, torch.full((3,), 4), noisy)
+    # row 1: layer 1 starved on the clean image, so its failure moves to layer 2; row 2: starved
+    # on the noisy one, likewise; row 3: the clean image starves both, so it is spared
+    assert which.tolist() == [0, 1, 1, -1]
+    assert torch.equal(keep[1:], noisy_bits[1:])  # held to the twin's bits of the noisy image
+    assert (keep[0] == 4).all()
+    # without noise there is one image: the same as seen
+    assert torch.equal(
+        either.spare(idx, torch.full((3,), 4))[0], seen.spare(idx, torch.full((3,), 4))[0]
+    )
+
+
 def test_per_input_each_failure_stretches_the_first_layer_its_twin_feeds() -> None:
     twin_bits = torch.tensor([[4, 2, 4], [3, 3, 3], [5, 2, 2], [2, 4, 2]])
     twin = pair_training.TwinGuard(twin_bits, layers=(1, 2), floor=3)
@@ -690,6 +714,7 @@ def test_auto_settings_read_the_model_s_own_entry_and_a_given_value_wins() -> No
         "input_noise": train.input_noises.MLP,
         "twin_stretch": "least_starved",  # no entry of its own: the fallback
         "away_bits": train.away_bits_per_model.MLP,
+        "twin_spare": "seen",  # no entry of its own: the fallback
     }
     fallback = {k: v for k, (_, v) in model_defaults.AUTO_KEYS.items()}
     assert {k: model_defaults.model_setting({}, k, "MLP") for k in fallback} == fallback
@@ -708,3 +733,7 @@ def test_auto_settings_read_the_model_s_own_entry_and_a_given_value_wins() -> No
         pairs.check_config(load_config("pairs", ["+train.twin_stretches.MLP=both"]))
     with pytest.raises(ConfigError, match=r"train\.away_bits_per_model\.MLP must be one of"):
         pairs.check_config(load_config("pairs", ["train.away_bits_per_model.MLP=starved"]))
+    with pytest.raises(ConfigError, match=r"train\.twin_spare must be"):
+        pairs.check_config(load_config("pairs", ["train.twin_spare=both"]))
+    with pytest.raises(ConfigError, match=r"train\.twin_spares\.MLP must be one of"):
+        pairs.check_config(load_config("pairs", ["+train.twin_spares.MLP=both"]))

@@ -260,6 +260,13 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(wide_older) == _result_config(wide)  # no factor of its own: it stands
     wide_older["train"].pop("away_bits")
     assert _result_config(wide_older) != _result_config(wide)  # it has its own away_bits now
+    # ... and before train.twin_spare: the twin's bits on the image the network sees
+    spare_older = pair("detrimental")
+    spare_older["train"].pop("twin_spare")
+    spare_older["train"].pop("twin_spares")
+    assert _result_config(spare_older) == base
+    assert _result_config(pair("detrimental", "train.twin_spare=either")) != base
+    assert _result_config(pair("robust", "train.twin_spare=either")) == robust
     # `auto` settings compare by the value they read: an MLP saved with its own values
     # stands, and one saved with the fallbacks (before its own defaults) trains again; the CNN,
     # which has none of its own, stands with them

@@ -464,15 +464,24 @@ class TwinGuard:
     layers: tuple[int, ...]  # the stretched layers, the one most inputs use first
     floor: int
     policy: Callable[[Tensor], Tensor] | None = None  # the twin's bits of other inputs
+    # `train.twin_spare: either`: with noisy images, a layer feeds an input's failure only where
+    # the twin feeds it on both the clean image and the noisy one, so the failure keeps a margin
+    # from the inputs the twin starves (the network cannot tell them apart exactly on new ones).
+    either: bool = False
 
     def spare(self, idx: Tensor, keep: Tensor, x: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """For the training rows `idx` and their keep bits ((L,) or (B, L)): per row, the index
         into `layers` of the layer its failure stretches, -1 where it is spared (B,); and the
         keep bits with the twin's own where the twin starves the first layer. With `x`, the
         rows' images as the network sees them (noisy, `train.input_noise`), the twin's bits
-        are its policy's on `x`."""
-        twin = self.bits[idx] if x is None or self.policy is None else self.policy(x)
-        which = self._which(twin)
+        are its policy's on `x` (`either`: and a layer must also be fed on the clean image)."""
+        if x is None or self.policy is None:
+            twin = self.bits[idx]
+            fed = self._fed(twin)
+        else:
+            twin = self.policy(x)
+            fed = self._fed(twin) & self._fed(self.bits[idx]) if self.either else self._fed(twin)
+        which = self._first(fed)
         held = which != 0
         keep = keep.expand(len(idx), -1).clone()
         keep[held] = twin[held]
@@ -481,11 +490,16 @@ class TwinGuard:
     def shares(self) -> list[float]:
         """The share of the training inputs whose failure stretches each of `layers`, then the
         share spared."""
-        which = self._which(self.bits)
+        which = self._first(self._fed(self.bits))
         return [float((which == k).float().mean()) for k in (*range(len(self.layers)), -1)]
 
-    def _which(self, twin: Tensor) -> Tensor:
-        fed = twin[:, list(self.layers)] >= self.floor  # (B, K)
+    def _fed(self, twin: Tensor) -> Tensor:
+        """(B, K): whether the twin's bits `twin` (B, L) give each stretched layer the floor."""
+        return twin[:, list(self.layers)] >= self.floor
+
+    @staticmethod
+    def _first(fed: Tensor) -> Tensor:
+        """(B,): the index of each row's first fed layer, -1 where none is."""
         return torch.where(fed.any(dim=1), fed.int().argmax(dim=1), -1)
 
 
@@ -564,8 +578,9 @@ def twin_guard(
         if model_setting(train, "twin_stretch", model) == "least_starved":
             layers = layers[:1]
     policy = pair.bits if float(model_setting(train, "input_noise", model)) > 0 else None
+    either = model_setting(train, "twin_spare", model) == "either"
     return dataclasses.replace(guard, layer=layers[0]), TwinGuard(
-        twin, tuple(layers), guard.floor, policy
+        twin, tuple(layers), guard.floor, policy, either
     )
 
 
