@@ -677,7 +677,7 @@ def test_a_detrimental_pair_trains_against_its_twin_s_bits(
         extra += (f"train.away_bits={away}",)
     # the student's own factor on the rounds (a detrimental pair's): 2 rounds, 1.5x
     longer = 1.5 if away == "assigned" else 1.0
-    extra += (f"+train.detrimental_rounds_factor.SmallCNN={longer}",)
+    extra += (f"train.detrimental_rounds_factor.SmallCNN={longer}",)
     pairs.run(_pair_cfg(tiny_distill, tmp_path / "d", "detrimental", *extra))
     assert load_pair(tmp_path / "d", space="bits").kind == "detrimental"
     cfg = _pair_cfg(tiny_distill, tmp_path / "d", "detrimental")

@@ -268,8 +268,8 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(pair("detrimental", "train.twin_spare=either")) != base
     assert _result_config(pair("robust", "train.twin_spare=either")) == robust
     # `auto` settings compare by the value they read: an MLP saved with its own values
-    # stands, and one saved with the fallbacks (before its own defaults) trains again; the CNN,
-    # which has none of its own, stands with them
+    # stands, and one saved with the fallbacks (before its own defaults) trains again; so does
+    # the CNN, which has its own now too
     mlp_own = (
         "train.keep_weight=1.5",
         "train.input_noise=0.05",
@@ -285,8 +285,13 @@ def test_a_pair_is_another_config_only_when_what_it_reads_changes() -> None:
     assert _result_config(pair("detrimental", *explicit)) != base
     cnn = pair("detrimental", "victim.model=cnn", student_class="SmallCNN")
     cnn_before = pair("detrimental", "victim.model=cnn", *explicit, student_class="SmallCNN")
-    assert _result_config(cnn_before) == _result_config(cnn)  # it has none of its own
-    own = ("train.keep_weight=1.5", "train.input_noise=0.05", "train.twin_stretch=per_input")
+    assert _result_config(cnn_before) != _result_config(cnn)  # it has its own now
+    own = (
+        "train.keep_weight=1.5",
+        "train.input_noise=0.05",
+        "train.twin_stretch=per_input",
+        "train.twin_spare=either",
+    )
     cnn_own = pair("detrimental", "victim.model=cnn", *own, student_class="SmallCNN")
-    assert _result_config(cnn_own) != _result_config(cnn)
-    assert _result_config(pair("detrimental", "+train.keep_weights.SmallCNN=9")) == base
+    assert _result_config(cnn_own) == _result_config(cnn)
+    assert _result_config(pair("detrimental", "train.keep_weights.SmallCNN=9")) == base
