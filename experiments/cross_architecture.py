@@ -89,7 +89,11 @@ def main() -> int:
         "",
         summary_table(rows),
         "",
-        f"Per seed, with the fixed patterns: `{out}/rows.csv`.",
+        "Per seed (points; the targets hold on every seed or not at all):",
+        "",
+        per_seed_table(rows),
+        "",
+        f"Per seed, with the fixed patterns named: `{out}/rows.csv`.",
     ]
     common.update_readme("cross_architecture", "\n".join(section))
     return 0
@@ -151,6 +155,16 @@ def summary_table(rows: Sequence[dict[str, Any]]) -> str:
         for heading, *_ in COLUMNS:
             cells.append(mean_std([100 * r[heading] for r in group]))
         body.append(cells)
+    return format_table(headers, body, markdown=True)
+
+
+def per_seed_table(rows: Sequence[dict[str, Any]]) -> str:
+    headers = ["model", "budget", "seed", *(c[0] for c in COLUMNS)]
+    body = [
+        [r["model"], f"{r['budget']:.1f}", str(r["seed"])]
+        + [f"{100 * r[heading]:.2f}" for heading, *_ in COLUMNS]
+        for r in rows
+    ]
     return format_table(headers, body, markdown=True)
 
 

@@ -364,6 +364,11 @@ def test_the_cross_architecture_table_pairs_each_seed_s_twins_and_groups_over_se
     cells = [c.strip() for c in body[0].split("|")[1:-1]]
     assert cells[:3] == ["mlp", "4.0", "2"]
     assert cells[3:] == ["72.00 ± 2.83"] * len(columns)  # mean ± std over seeds, in points
+    per_seed = [line for line in module.per_seed_table(rows).splitlines() if "| mlp" in line]
+    assert [[c.strip() for c in line.split("|")[1:5]] for line in per_seed] == [
+        ["mlp", "4.0", "0", "70.00"],
+        ["mlp", "4.0", "1", "74.00"],
+    ]
 
 
 def test_a_pair_sweep_trains_the_robust_pairs_then_each_detrimental_one_against_its_twin(
