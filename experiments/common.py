@@ -330,6 +330,7 @@ def pair_sweep(
     seeds: Sequence[str],
     overrides: Sequence[str] = (),
     root: Path = PAIRS_ROOT,
+    report_only: bool = False,
 ) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
     """Train (or load, when finished) the robust pairs of every model, budget and seed in one
     Hydra sweep under `root`, then the detrimental pairs in a second, each held under its
@@ -338,7 +339,7 @@ def pair_sweep(
     configuration share its run.
 
     Returns the robust sweep's command and the runs of both, as `qrl.report.scan_runs` sorts
-    them.
+    them (`report_only`: the pairs already finished; none trained).
     """
     check_extra(overrides, PAIR_KEYS)
     grid = [
@@ -358,8 +359,9 @@ def pair_sweep(
         "progress=false",
     ]
     command = [*sweep, "kind=robust"]
-    run(command)
-    run([*sweep, "kind=detrimental", "train.twin=${robust_twin:}"])  # each held under its twin
+    if not report_only:
+        run(command)
+        run([*sweep, "kind=detrimental", "train.twin=${robust_twin:}"])  # each under its twin
     return command, scan(root, [*grid, "kind=detrimental,robust"])
 
 

@@ -1,6 +1,7 @@
 """Bit-width pairs across architectures and budgets: does each model's failure belong to its pair?
 
     python experiments/cross_architecture.py [--cases cnn:3.0,cnn:4.0,...] [--seeds 0,1,2]
+        [--report-only]
 
 For every case (a model's cached digits victim at an average-bit budget) and seed, the
 detrimental and robust pairs of `python -m qrl.pairs` (the sweep of experiments/pairs_table.py
@@ -50,6 +51,11 @@ def main() -> int:
     parser.add_argument("--cases", default=CASES, help="model:budget, comma-separated")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--out", default="runs/experiments/cross_architecture")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="cross-evaluate the pairs already finished; train none (the table's n says how many)",
+    )
     args = parser.parse_args()
     common.enter_repo()
     cases = [(m, float(b)) for m, b in (c.split(":") for c in args.cases.split(","))]
@@ -57,7 +63,9 @@ def main() -> int:
     commands, runs = [], []
     for model in dict.fromkeys(m for m, _ in cases):  # one sweep per model, its budgets
         budgets = [str(b) for m, b in cases if m == model]
-        command, scanned = common.pair_sweep([model], budgets, [str(s) for s in seeds])
+        command, scanned = common.pair_sweep(
+            [model], budgets, [str(s) for s in seeds], report_only=args.report_only
+        )
         commands.append(command)
         runs += scanned["finished"]
     rows = [

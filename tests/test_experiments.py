@@ -391,3 +391,6 @@ def test_a_pair_sweep_trains_the_robust_pairs_then_each_detrimental_one_against_
     for c in commands:  # job dirs named by their overrides, as ${robust_twin:} reads them
         assert "hydra.sweep.subdir=${hydra.job.override_dirname}" in c
         assert f"hydra.sweep.dir={tmp_path}" in c
+    commands.clear()
+    again, _ = common.pair_sweep(["mlp"], ["3.0"], ["4"], root=tmp_path, report_only=True)
+    assert again == command and not commands  # the same command named, nothing trained
