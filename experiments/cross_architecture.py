@@ -32,6 +32,7 @@ from qrl.tables import format_table
 from qrl.victim import distilled_victim
 
 CASES = "cnn:3.0,cnn:4.0,cnn:5.0,cnn:6.0,mlp:4.0,resnet18:4.0"
+UNIFORM = "uniform bits at the budget"  # the row `uniform <budget> bits` (an integer budget)
 # The table's columns: (heading, network, policy row of the cross-evaluation, value)
 COLUMNS = (
     ("detrimental drop, own policy", "detrimental", "own policy", "drop"),
@@ -41,6 +42,7 @@ COLUMNS = (
     ("detrimental drop, best fixed pattern", "detrimental", "best fixed pattern", "drop"),
     ("detrimental drop, worst fixed pattern", "detrimental", "worst fixed pattern", "drop"),
     ("robust drop, random bits", "robust", "random bits", "drop"),
+    ("robust drop, uniform bits", "robust", UNIFORM, "drop"),
     ("detrimental FP acc", "detrimental", "own policy", "acc_fp"),
     ("robust FP acc", "robust", "own policy", "acc_fp"),
 )
@@ -139,6 +141,9 @@ def cross_of(
     print(f"cross-evaluating {model} at {budget} bits, seed {seed}")
     rows = cross_evaluation(pairs, victim.data.test, seed=seed)
     by = {(r["network"], r["policy"]): r for r in rows}
+    for net in KINDS:  # the budget's uniform bits, where it is a whole number of bits
+        uniform = by.get((net, f"uniform {budget:g} bits"))
+        by[(net, UNIFORM)] = uniform or {"drop": float("nan")}
     values = {heading: by[(net, pol)][key] for heading, net, pol, key in COLUMNS}
     for label in ("best", "worst"):
         values[f"{label} pattern"] = by[("detrimental", f"{label} fixed pattern")]["note"]
