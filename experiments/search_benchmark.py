@@ -6,7 +6,8 @@ experiments/README.md.
 
 Runs `python -m qrl.bench members.family=hard` into `<out>_hard` (or `--hard-out`), then
 `python -m qrl.bench` (the easy family) into `--out`: 10 held-out members x seeds 0, 1, 2,
-1,000 evaluations, agents random, es, optuna, ppo, sac by default; further Hydra overrides are
+1,000 evaluations, agents random, es, optuna, ppo, sac by default (the hard family: random, es,
+ppo_narrow, sac_narrow, the PPO and SAC presets tuned on it); further Hydra overrides are
 passed on to both runs, `--hard-overrides` to the hard one only. Then writes one section
 between the `bench` markers of experiments/README.md: the hard family first (its tables, every
 agent held against random, the members' region sizes and approach profiles, and the hard
@@ -28,6 +29,8 @@ from omegaconf import OmegaConf
 from qrl.bench import BLACK_BOX  # the black-box baselines PPO and SAC are held against
 from qrl.planted.hard import FOUND_DROP  # a hard member's action is found at this drop
 
+# The hard family's agents unless overrides choose: the PPO and SAC presets tuned on it.
+HARD_AGENTS = "agents=[random,es,ppo_narrow,sac_narrow]"
 TITLE = "Search speed on planted failures (`python -m qrl.bench`)"
 HARD_TITLE = "Search speed on the hard planted family (`python -m qrl.bench members.family=hard`)"
 
@@ -101,7 +104,7 @@ def hard_targets(
         f"- default agent (`{default_agent}`) finds it in >= 90% of runs: "
         f"{found(default_agent):.2f} -> {verdict(found(default_agent) >= 0.9)}",
     ]
-    for agent in ("ppo", "sac"):
+    for agent in learning_agents(metrics):
         if f"bench/{agent}/runs" not in metrics:
             lines.append(f"- {agent}: not run -> **not met**")
             continue
@@ -120,6 +123,12 @@ def hard_targets(
             f"{verdict(ok_found and ok_speed and above)}"
         )
     return lines
+
+
+def learning_agents(metrics: dict[str, object]) -> list[str]:
+    """The PPO and SAC presets a run holds (ppo, sac, ppo_narrow, ...); ppo and sac if none."""
+    ran = sorted({key.split("/")[1] for key in metrics if key.endswith("/runs")})
+    return [a for a in ran if a.split("_")[0] in ("ppo", "sac")] or ["ppo", "sac"]
 
 
 def _num(value: object) -> str:
@@ -277,7 +286,11 @@ def main() -> int:
     if not families or set(families) - {"hard", "easy"}:
         raise SystemExit(f"--families takes hard, easy or hard,easy; got {args.families!r}")
     if "hard" in families:
-        hard = command(hard_out, "members.family=hard", *args.overrides, *args.hard_overrides)
+        chosen = [o for o in [*args.overrides, *args.hard_overrides] if o.startswith("agents=")]
+        agents = [] if chosen else [HARD_AGENTS]
+        hard = command(
+            hard_out, "members.family=hard", *agents, *args.overrides, *args.hard_overrides
+        )
         common.run(hard, sweep=False)
         common.update_readme("bench_hard", hard_section(hard_out, hard, args.default_agent))
     if "easy" in families:

@@ -1,7 +1,10 @@
 """Tune PPO's and SAC's hyperparameters with Optuna, on a planted family's tuning members only.
 
     python experiments/tune_agents.py [--agents ppo,sac] [--trials 10] [--members 4] [--seeds 0]
-        [--family easy|hard]
+        [--family easy|hard] [--enqueue AGENT:JSON ...]
+
+`--agents` names conf/agent presets of PPO or SAC (ppo_narrow and sac_narrow, tuned on the hard
+family, too); each study starts from its preset's values, then any `--enqueue`d trials.
 
 Each trial runs the agent (its conf/agent preset with the trial's values) on every tuning
 member and seed with the benchmark's budget, stopping at the first action in the region
@@ -11,7 +14,7 @@ plus how far its best reward stayed from a full drop (1 - best, within 0..1). It
 the region in every run first and fast second, and on a hard family, where most runs miss,
 getting closer along the region's graded approach: without that term, every trial that misses
 everywhere scores the same and the sampler learns nothing. The held-out members are never
-touched; the best values go into conf/agent/<agent>.yaml by hand, with this command beside
+touched; the best values go into a conf/agent preset by hand, with this command beside
 them, and `python -m qrl.bench` then reports them on the held-out members.
 
 Besides the algorithm's own keys, the search space holds what `qrl.search_wrapper` adds to what
@@ -41,7 +44,7 @@ from qrl.planted.hard import hard_tuning_members
 
 def suggest_search(trial: optuna.Trial) -> dict[str, Any]:
     """The trial's `search` node (`qrl.search_wrapper`)."""
-    step = trial.suggest_categorical("relative_step", ["none", "0.1", "0.2", "0.4"])
+    step = trial.suggest_categorical("relative_step", ["none", "0.2", "0.5"])
     return {
         "warmup": trial.suggest_categorical("warmup", [0, 16, 32, 64]),
         "relative_step": None if step == "none" else float(step),
@@ -49,8 +52,18 @@ def suggest_search(trial: optuna.Trial) -> dict[str, Any]:
     }
 
 
+def algorithm(name: str) -> str:
+    """The SB3 class of the agent preset `name`, "ppo" or "sac" (ppo_narrow is PPO too)."""
+    target = str(agent_config(name).model.get("_target_", ""))
+    for known in ("ppo", "sac"):
+        if target.lower().endswith("." + known):
+            return known
+    raise SystemExit(f"tuning is defined for PPO and SAC presets; {name} is {target or 'neither'}")
+
+
 def suggest(name: str, trial: optuna.Trial) -> dict[str, Any]:
     """The trial's values of the agent's `model` keys (and policy_kwargs)."""
+    name = algorithm(name)
     if name == "ppo":
         n_steps = trial.suggest_categorical("n_steps", [16, 32, 64, 128])
         return {
@@ -143,6 +156,13 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=1000)
     parser.add_argument("--out", default="runs/experiments/tune_agents")
     parser.add_argument(
+        "--enqueue",
+        action="append",
+        default=[],
+        metavar="AGENT:JSON",
+        help="a trial to run before the sampler's, e.g. a pilot's values (repeatable)",
+    )
+    parser.add_argument(
         "--family", default="easy", choices=["easy", "hard"], help="whose tuning members"
     )
     args = parser.parse_args()
@@ -173,6 +193,10 @@ def main() -> int:
         if search:
             first.update(_default_search(agent_config(name).get("search")))
         study.enqueue_trial(first)
+        for given in args.enqueue:
+            agent, _, values = given.partition(":")
+            if agent == name:
+                study.enqueue_trial(json.loads(values))
         study.optimize(
             objective(name, members, seeds, args.budget, options, log, search, save), args.trials
         )
@@ -196,6 +220,7 @@ def _default_search(node: Any) -> dict[str, Any]:
 
 def _default_params(name: str, model: Any) -> dict[str, Any]:
     """The preset's values under the search space's names (to enqueue as the first trial)."""
+    name = algorithm(name)
     keys = {
         "ppo": ["learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "ent_coef"],
         "sac": ["learning_rate", "learning_starts", "batch_size", "gamma", "tau", "gradient_steps"],

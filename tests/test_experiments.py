@@ -290,6 +290,31 @@ def test_the_tuning_script_searches_tuning_members_only(
     assert agent.name == "ppo" and "model" in agent and options
 
 
+def test_the_tuning_script_runs_an_enqueued_trial_after_the_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_script("tune_agents", monkeypatch)
+    tried: list[tuple[float, int, object]] = []
+
+    def run_one(member, agent, seed, budget, options):
+        tried.append((agent.model.gamma, agent.model.n_steps, agent.search.relative_step))
+        return module.RunResult("ppo", member, seed, None, budget, 0.0, 0.0)
+
+    monkeypatch.setattr(module, "hard_tuning_members", lambda n: ["member0"])
+    monkeypatch.setattr(module, "run_one", run_one)
+    pilot = {"gamma": 0.0, "n_steps": 32, "relative_step": "0.5", "warmup": 16}
+    argv = ["--agents", "ppo", "--trials", "2", "--members", "1", "--budget", "50"]
+    argv += ["--family", "hard", "--enqueue", "ppo:" + json.dumps(pilot)]
+    argv += ["--enqueue", 'sac:{"gamma": 0.9}']  # another agent's: not run for ppo
+    monkeypatch.setattr(sys, "argv", ["tune_agents.py", *argv, "--out", str(tmp_path)])
+    assert module.main() == 0
+    defaults = module.agent_config("ppo")
+    assert tried[0][:2] == (defaults.model.gamma, defaults.model.n_steps)  # the preset first
+    assert tried[1] == (0.0, 32, 0.5)  # then the enqueued trial
+    assert len(json.loads((tmp_path / "tuned.json").read_text())["ppo"]["trials"]) == 2
+    assert module.algorithm("ppo_narrow") == "ppo" and module.algorithm("sac_narrow") == "sac"
+
+
 def test_the_tuning_objective_ranks_every_find_above_every_miss_and_closer_misses_higher(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -394,3 +419,40 @@ def test_a_pair_sweep_trains_the_robust_pairs_then_each_detrimental_one_against_
     commands.clear()
     again, _ = common.pair_sweep(["mlp"], ["3.0"], ["4"], root=tmp_path, report_only=True)
     assert again == command and not commands  # the same command named, nothing trained
+
+
+def test_the_hard_targets_judge_every_ppo_and_sac_preset_that_ran(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    module = _load_script("search_benchmark", monkeypatch)
+
+    def agent(name: str, found: float, at_200: float, evals: float, above: bool) -> dict:
+        key = f"bench/{name}"
+        return {
+            f"{key}/runs": 60,
+            f"{key}/found@1000": found,
+            f"{key}/found@1000_ci_low": found - 0.1,
+            f"{key}/found@1000_ci_high": found + 0.1,
+            f"{key}/found@200": at_200,
+            f"{key}/found@200_ci_low": at_200 - 0.1,
+            f"{key}/found@200_ci_high": at_200 + 0.1,
+            f"{key}/evals_to_random_found": evals,
+            f"{key}/evals_to_random_found_ci_low": evals / 2,
+            f"{key}/evals_to_random_found_ci_high": evals * 2,
+            f"{key}/above_random_at_200": above,
+        }
+
+    metrics = {
+        **agent("random", 0.2, 0.05, 1000, False),
+        **agent("es", 0.95, 0.6, 120, True),
+        **agent("ppo_narrow", 0.85, 0.5, 150, True),
+        **agent("sac_narrow", 0.85, 0.25, 400, False),
+    }
+    lines = module.hard_targets(metrics, "es", 1000, 200)
+    assert lines[0].endswith("**met**") and lines[1].endswith("**met**")  # random, es
+    (ppo,) = [line for line in lines if line.startswith("- ppo_narrow:")]
+    (sac,) = [line for line in lines if line.startswith("- sac_narrow:")]
+    assert ppo.endswith("**met**") and "in 150 [75, 300] evaluations" in ppo
+    assert sac.endswith("**not met**") and "(within 200: no)" in sac
+    assert len(lines) == 4  # no "ppo: not run" where a PPO preset ran
+    assert module.learning_agents({"bench/random/runs": 60}) == ["ppo", "sac"]

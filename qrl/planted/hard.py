@@ -436,7 +436,9 @@ def _first(start: int, n: int) -> list[Member]:
     members: list[Member] = []
     seed = start
     while len(members) < n:
-        if seed - start >= 4 * n + 10:
+        # About one seed in five admits a member (6 of the first 47 tuning seeds, 21 of the
+        # first 52 held-out ones); the guard only stops a family that admits almost none.
+        if seed - start >= 10 * n + 10:
             raise RuntimeError(f"too few hard members from seed {start}: {len(members)} of {n}")
         member = hard_member(seed)
         if member is not None:
