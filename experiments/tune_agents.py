@@ -44,7 +44,7 @@ from qrl.planted.hard import hard_tuning_members
 
 def suggest_search(trial: optuna.Trial) -> dict[str, Any]:
     """The trial's `search` node (`qrl.search_wrapper`)."""
-    step = trial.suggest_categorical("relative_step", ["none", "0.2", "0.5"])
+    step = trial.suggest_categorical("relative_step", ["none", "0.2", "0.5", "1.0"])
     return {
         "warmup": trial.suggest_categorical("warmup", [0, 16, 32, 64]),
         "relative_step": None if step == "none" else float(step),
@@ -193,10 +193,9 @@ def main() -> int:
         if search:
             first.update(_default_search(agent_config(name).get("search")))
         study.enqueue_trial(first)
-        for given in args.enqueue:
-            agent, _, values = given.partition(":")
+        for agent, values in enqueued(args.enqueue):
             if agent == name:
-                study.enqueue_trial(json.loads(values))
+                study.enqueue_trial(values)
         study.optimize(
             objective(name, members, seeds, args.budget, options, log, search, save), args.trials
         )
@@ -205,6 +204,21 @@ def main() -> int:
     save()
     print(f"wrote {out / 'tuned.json'}")
     return 0
+
+
+def enqueued(given: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    """`--enqueue AGENT:JSON` values as (agent, trial params); a malformed one stops the run."""
+    trials = []
+    for text in given:
+        agent, _, values = text.partition(":")
+        try:
+            params = json.loads(values)
+        except json.JSONDecodeError as exc:
+            raise SystemExit(f"--enqueue {text!r}: not AGENT:JSON ({exc})") from None
+        if not isinstance(params, dict):
+            raise SystemExit(f"--enqueue {text!r}: the JSON must be an object of trial params")
+        trials.append((agent, params))
+    return trials
 
 
 def _default_search(node: Any) -> dict[str, Any]:

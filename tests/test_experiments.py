@@ -313,6 +313,8 @@ def test_the_tuning_script_runs_an_enqueued_trial_after_the_defaults(
     assert tried[1] == (0.0, 32, 0.5)  # then the enqueued trial
     assert len(json.loads((tmp_path / "tuned.json").read_text())["ppo"]["trials"]) == 2
     assert module.algorithm("ppo_narrow") == "ppo" and module.algorithm("sac_narrow") == "sac"
+    with pytest.raises(SystemExit, match="not AGENT:JSON"):
+        module.enqueued(["ppo:{gamma: 0}"])
 
 
 def test_the_tuning_objective_ranks_every_find_above_every_miss_and_closer_misses_higher(

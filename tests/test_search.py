@@ -276,8 +276,8 @@ def test_search_config_errors_are_clear(tmp_path: Path) -> None:
     )
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip() == (
-        "error: unknown agent option 'dqn'; choose one of a2c, es, optuna, ppo, ppo_narrow, random, "
-        "sac, sac_narrow, td3 "
+        "error: unknown agent option 'dqn'; choose one of a2c, es, optuna, ppo, ppo_narrow, "
+        "random, sac, sac_narrow, td3 "
         f"(files in {CONF_DIR / 'agent'})"
     )
     assert not tmp_path.exists() or not any(tmp_path.iterdir())
