@@ -143,7 +143,15 @@ SWEEPS: dict[str, tuple[list[str], dict[str, str]]] = {
         ["--model", "mlp", "--budget", "5.0", "--seeds", "4"],
         {"victim.model": "mlp", "bits.budget": "5.0", "kind": "robust", "seed": "4"},
     ),
-    "search_benchmark": (["members.count=2"], {"members.count": "2", "progress": "false"}),
+    "search_benchmark": (  # the hard family runs first, with the presets tuned on it
+        ["members.count=2"],
+        {
+            "members.count": "2",
+            "progress": "false",
+            "members.family": "hard",
+            "agents": "[random,es,ppo_narrow,sac_narrow]",
+        },
+    ),
 }
 IN_PROCESS = {
     "input_pairs_table",
@@ -458,3 +466,21 @@ def test_the_hard_targets_judge_every_ppo_and_sac_preset_that_ran(
     assert sac.endswith("**not met**") and "(within 200: no)" in sac
     assert len(lines) == 4  # no "ppo: not run" where a PPO preset ran
     assert module.learning_agents({"bench/random/runs": 60}) == ["ppo", "sac"]
+
+
+def test_the_hard_family_runs_the_agents_a_user_chooses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    module = _load_script("search_benchmark", monkeypatch)
+    monkeypatch.chdir(tmp_path)
+
+    def launched(command: list[str], sweep: bool = True) -> None:
+        raise _Launched(command)
+
+    monkeypatch.setattr(module.common, "run", launched)
+    argv = ["--out", str(tmp_path / "out"), "--hard-overrides", "agents=[random,ppo]"]
+    monkeypatch.setattr(sys, "argv", ["search_benchmark.py", *argv])
+    with pytest.raises(_Launched) as stopped:
+        module.main()
+    agents = [a for a in stopped.value.args[0] if a.startswith("agents=")]
+    assert agents == ["agents=[random,ppo]"]  # not the narrow presets beside it
