@@ -26,7 +26,7 @@ from pathlib import Path
 import common
 from omegaconf import OmegaConf
 
-from qrl.bench import BLACK_BOX  # the black-box baselines PPO and SAC are held against
+from qrl.bench import BLACK_BOX, sb3_algorithm  # BLACK_BOX: what PPO and SAC are held against
 from qrl.planted.hard import FOUND_DROP  # a hard member's action is found at this drop
 
 # The hard family's agents unless overrides choose: the PPO and SAC presets tuned on it.
@@ -128,7 +128,7 @@ def hard_targets(
 def learning_agents(metrics: dict[str, object]) -> list[str]:
     """The PPO and SAC presets a run holds (ppo, sac, ppo_narrow, ...); ppo and sac if none."""
     ran = sorted({key.split("/")[1] for key in metrics if key.endswith("/runs")})
-    return [a for a in ran if a.split("_")[0] in ("ppo", "sac")] or ["ppo", "sac"]
+    return [a for a in ran if sb3_algorithm(a) in ("ppo", "sac")] or ["ppo", "sac"]
 
 
 def _num(value: object) -> str:

@@ -36,7 +36,7 @@ from typing import Any
 import optuna
 from omegaconf import DictConfig, OmegaConf
 
-from qrl.bench import RunResult, agent_config, env_options, run_one
+from qrl.bench import RunResult, agent_config, env_options, run_one, sb3_algorithm
 from qrl.config import load_config
 from qrl.planted.family import Member, tuning_members
 from qrl.planted.hard import hard_tuning_members
@@ -54,11 +54,10 @@ def suggest_search(trial: optuna.Trial) -> dict[str, Any]:
 
 def algorithm(name: str) -> str:
     """The SB3 class of the agent preset `name`, "ppo" or "sac" (ppo_narrow is PPO too)."""
-    target = str(agent_config(name).model.get("_target_", ""))
-    for known in ("ppo", "sac"):
-        if target.lower().endswith("." + known):
-            return known
-    raise SystemExit(f"tuning is defined for PPO and SAC presets; {name} is {target or 'neither'}")
+    known = sb3_algorithm(name)
+    if known in ("ppo", "sac"):
+        return known
+    raise SystemExit(f"tuning is defined for PPO and SAC presets; {name} is {known or 'neither'}")
 
 
 def suggest(name: str, trial: optuna.Trial) -> dict[str, Any]:

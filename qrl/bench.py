@@ -78,6 +78,16 @@ def agent_config(name: str) -> DictConfig:
     return cfg
 
 
+def sb3_algorithm(name: str) -> str | None:
+    """The SB3 algorithm of the agent preset `name`, lower case ("ppo" for ppo and ppo_narrow,
+    read from its model's `_target_`), or None for an agent that is not an SB3 one."""
+    model = agent_config(name).get("model") or {}
+    target = str(model.get("_target_", "")) if isinstance(model, DictConfig) else ""
+    if not target.startswith("stable_baselines3."):
+        return None
+    return target.rsplit(".", 1)[-1].lower()
+
+
 def env_options(cfg: DictConfig) -> dict[str, Any]:
     """`qrl/QuantFailure-v0` keywords from the `env` and `space` groups (input space only)."""
     if str(cfg.space.mode) != "input":

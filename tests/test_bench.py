@@ -11,6 +11,7 @@ import pytest
 
 from qrl import bench, stats
 from qrl.agents import SearchLog
+from qrl.bench import sb3_algorithm
 from qrl.config import load_config
 from qrl.errors import ConfigError
 
@@ -187,3 +188,11 @@ def test_bench_settings_are_checked_before_work(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="compare_at"):
         bench.run(load_config("bench", [f"out={tmp_path}", "compare_at=0"]))
     assert not (tmp_path / "config.yaml").exists()
+
+
+def test_a_presets_sb3_algorithm_comes_from_its_model_target() -> None:
+    assert sb3_algorithm("ppo_narrow") == "ppo" and sb3_algorithm("sac_narrow") == "sac"
+    assert sb3_algorithm("td3") == "td3"
+    assert sb3_algorithm("es") is None and sb3_algorithm("random") is None  # not SB3 agents
+    with pytest.raises(ConfigError, match="unknown agent 'nope'"):
+        sb3_algorithm("nope")

@@ -9,6 +9,7 @@ import torch
 from omegaconf import OmegaConf
 
 from qrl.agents import AGENT_KINDS
+from qrl.bench import sb3_algorithm
 from qrl.checkpoints import InputSpec, build_model
 from qrl.config import CONF_DIR, instantiate, load_config
 from qrl.errors import DataError
@@ -61,7 +62,7 @@ def test_every_agent_option_composes_and_builds(name: str) -> None:
 
         factory = instantiate(cfg.agent.model)  # a partial: the search supplies env and seed
         model = factory(env=gym.make("Pendulum-v1"), seed=0)  # a Box action, as qrl's envs
-        assert type(model).__name__ == name.split("_")[0].upper()  # ppo_narrow is a PPO
+        assert type(model).__name__.lower() == sb3_algorithm(name)  # ppo_narrow: "ppo"
         for key in ("learning_rate", "gamma", "batch_size", "n_steps", "tau", "buffer_size"):
             if key in cfg.agent.model:
                 assert getattr(model, key) == cfg.agent.model[key], key
